@@ -1,0 +1,29 @@
+//! msk-sync: apply MSK (Kafka) change events to a SQL database.
+//!
+//! A batch of Kafka records, as Lambda's MSK event-source mapping delivers it, is ordered, decoded, routed by
+//! `changeType`, mapped to rows and applied in one database transaction. Records that cannot be applied are
+//! kept in a dead-letter table in that same transaction; failures a retry may cure fail the whole batch.
+//!
+//! # Layout
+//!
+//! Data flows one way; no module imports a later stage.
+//!
+//! - [`event`]: the MSK event model and the flatten + order step.
+//! - [`decode`]: base64 and one file per value format.
+//! - [`change`]: `changeType` → upsert or delete (bedrock's routing).
+//! - [`topics`]: which sync receives a topic (exact names, globs, `*`).
+//! - [`sync`]: mappings (declarative and typed), collapse per key, bulk apply, dead letters.
+//! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
+//! - [`report`]: the batch report, which is also the Lambda response.
+//! - [`config`]: the configuration file and its validation.
+//! - [`run`]: the ways in: Lambda, `replay`, `config check`. The only module that knows about Lambda.
+
+pub mod change;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod pipeline;
+pub mod report;
+pub mod run;
+pub mod sync;
+pub mod topics;

@@ -1,0 +1,319 @@
+//! One batch through every stage: order → decode → route changeType → map → collapse, then apply.
+//!
+//! [`Pipeline`] is the pure part (no I/O, built once per function instance); [`Handler`] adds the database
+//! and is what Lambda, `replay` and the local runner call.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::change::{Change, route};
+use crate::decode::{Codec, DecodeError, base64_decode, key_text};
+use crate::event::{MskEvent, Record};
+use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
+use crate::sync::{Changes, DeadLetter, Mapping, Meta, Sink};
+use crate::topics::TopicRouter;
+
+/// The compiled, database-free part of a function: codec, routing and mappings.
+#[derive(Debug)]
+pub struct Pipeline {
+    codec: Codec,
+    router: TopicRouter,
+    mappings: Vec<Arc<dyn Mapping>>,
+}
+
+/// What happened to one message, for `replay --dry-run`.
+#[derive(Debug, Serialize)]
+pub struct Inspection<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// The message as it would be mapped: decoded, with Kafka fields injected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a Value>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A batch turned into writes, not yet applied.
+#[derive(Debug)]
+pub struct Plan {
+    /// One entry per mapping, in mapping order.
+    pub changes: Vec<Changes>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub report: BatchReport,
+}
+
+impl Pipeline {
+    /// `mappings[i]` receives the topics `patterns[i]` match.
+    pub fn new(
+        codec: Codec,
+        mappings: Vec<(Vec<String>, Arc<dyn Mapping>)>,
+    ) -> Result<Self, Vec<String>> {
+        let router = TopicRouter::new(
+            mappings
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (p, _))| p.iter().map(move |t| (i, t.as_str()))),
+        )?;
+        Ok(Self {
+            codec,
+            router,
+            mappings: mappings.into_iter().map(|(_, m)| m).collect(),
+        })
+    }
+
+    pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
+        &self.mappings
+    }
+
+    /// Runs every stage but the database. Only a transient failure (one that a retry may cure) is an `Err`;
+    /// everything wrong with a record is in the plan's dead letters.
+    pub fn plan(
+        &self,
+        event: MskEvent,
+        inspect: &mut dyn FnMut(Inspection<'_>),
+    ) -> Result<Plan, DecodeError> {
+        let mut report = BatchReport {
+            status: STATUS_OK,
+            received: event.record_count(),
+            ..BatchReport::default()
+        };
+        let mut changes: Vec<Changes> = self.mappings.iter().map(|_| Changes::default()).collect();
+        let mut dead_letters = Vec::new();
+        for record in event.ordered() {
+            let key = key_text(record.key.as_deref());
+            let target = self.router.route(&record.topic);
+            let meta = Meta {
+                record: &record,
+                key: key.as_deref(),
+            };
+            let messages = match (&record.value, target) {
+                (_, None) => Err(format!("no sync is configured for topic {}", record.topic)),
+                (None, Some(t)) => {
+                    // A tombstone has no message: it can only delete by record key.
+                    report.messages += 1;
+                    let mapping = &self.mappings[t];
+                    let deleted = mapping.tombstone_key(&meta).map(|k| changes[t].delete(k));
+                    let (outcome, reason) = match &deleted {
+                        Ok(()) => (Outcome::Delete, None),
+                        Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
+                    };
+                    inspect(Inspection {
+                        topic: &record.topic,
+                        partition: record.partition,
+                        offset: record.offset,
+                        index: 0,
+                        key: key.as_deref(),
+                        outcome,
+                        sync: Some(mapping.name()),
+                        reason,
+                        message: None,
+                    });
+                    if let Err(e) = deleted {
+                        reject(&record, 0, e, &mut report, &mut dead_letters);
+                    }
+                    continue;
+                }
+                (Some(value), Some(_)) => {
+                    match base64_decode(value).and_then(|bytes| self.codec.decode(&bytes)) {
+                        Ok(messages) => Ok(messages),
+                        Err(DecodeError::Permanent(e)) => Err(e),
+                        Err(transient) => return Err(transient),
+                    }
+                }
+            };
+            let messages = match messages {
+                Ok(m) => m,
+                Err(reason) => {
+                    report.messages += 1;
+                    inspect(Inspection {
+                        topic: &record.topic,
+                        partition: record.partition,
+                        offset: record.offset,
+                        index: 0,
+                        key: key.as_deref(),
+                        outcome: Outcome::DeadLetter,
+                        sync: None,
+                        reason: Some(&reason),
+                        message: None,
+                    });
+                    reject(&record, 0, reason, &mut report, &mut dead_letters);
+                    continue;
+                }
+            };
+            let Some(t) = target else { continue };
+            let mapping = &self.mappings[t];
+            for (index, mut message) in messages.into_iter().enumerate() {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                report.messages += 1;
+                inject(&mut message, &record);
+                let result = route(&message).and_then(|change| match change {
+                    Change::Upsert => {
+                        let row = mapping.row(&message, &meta)?;
+                        let key = mapping
+                            .table()
+                            .key
+                            .iter()
+                            .map(|&i| row[i].clone())
+                            .collect();
+                        changes[t].upsert(key, row);
+                        Ok(Outcome::Upsert)
+                    }
+                    Change::Delete => {
+                        changes[t].delete(mapping.key(&message, &meta)?);
+                        Ok(Outcome::Delete)
+                    }
+                });
+                let (outcome, reason) = match &result {
+                    Ok(o) => (*o, None),
+                    Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
+                };
+                inspect(Inspection {
+                    topic: &record.topic,
+                    partition: record.partition,
+                    offset: record.offset,
+                    index,
+                    key: key.as_deref(),
+                    outcome,
+                    sync: Some(mapping.name()),
+                    reason,
+                    message: Some(&message),
+                });
+                if let Err(e) = result {
+                    reject(&record, index, e, &mut report, &mut dead_letters);
+                }
+            }
+        }
+        report.superseded = changes.iter().map(Changes::superseded).sum();
+        Ok(Plan {
+            changes,
+            dead_letters,
+            report,
+        })
+    }
+}
+
+/// The fields bedrock adds to every message before mapping it.
+fn inject(message: &mut Value, record: &Record) {
+    if let Value::Object(map) = message {
+        map.insert("kafkaRecordTimestamp".into(), Value::from(record.timestamp));
+        map.insert("kafkaTopic".into(), Value::from(record.topic.as_str()));
+    }
+}
+
+fn reject(
+    record: &Record,
+    index: u32,
+    reason: String,
+    report: &mut BatchReport,
+    dead: &mut Vec<DeadLetter>,
+) {
+    report.note(RecordResult {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        index,
+        status: STATUS_DEAD_LETTER,
+        outcome: Outcome::DeadLetter,
+        reason: Some(reason.clone()),
+    });
+    dead.push(DeadLetter {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        index,
+        timestamp: record.timestamp,
+        key_base64: record.key.clone(),
+        value_base64: record.value.clone(),
+        error: reason,
+    });
+}
+
+/// Why a batch was not processed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The invocation itself is wrong (not an MSK event): retrying will not help.
+    #[error("{0}")]
+    Invalid(String),
+    /// Database or schema registry trouble: nothing was written; retry the whole batch.
+    #[error("transient failure, batch not applied (retry it): {0}")]
+    Transient(String),
+}
+
+/// The pipeline plus the database: the one handler behind every way in.
+#[derive(Debug)]
+pub struct Handler {
+    pipeline: Pipeline,
+    sink: Sink,
+}
+
+impl Handler {
+    pub fn new(pipeline: Pipeline, sink: Sink) -> Self {
+        Self { pipeline, sink }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    /// Any JSON payload: what Lambda hands over.
+    pub async fn handle_json(&self, payload: Value) -> Result<BatchReport, HandlerError> {
+        let event =
+            MskEvent::from_value(payload).map_err(|e| HandlerError::Invalid(e.to_string()))?;
+        self.handle(event).await
+    }
+
+    pub async fn handle(&self, event: MskEvent) -> Result<BatchReport, HandlerError> {
+        let source = event.event_source.clone();
+        let Plan {
+            changes,
+            dead_letters,
+            mut report,
+        } = self
+            .pipeline
+            .plan(event, &mut |_| {})
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let applied = self.sink.apply(changes, &dead_letters).await.map_err(|e| {
+            tracing::warn!(event_source = %source, records = report.received, error = %e, "batch rolled back");
+            HandlerError::Transient(e.to_string())
+        })?;
+        report.upserted = applied.upserted;
+        report.deleted = applied.deleted;
+        tracing::info!(
+            event_source = %source,
+            records = report.received,
+            upserted = report.upserted,
+            deleted = report.deleted,
+            superseded = report.superseded,
+            filtered = report.filtered,
+            dead_lettered = report.dead_lettered,
+            status = report.status,
+            "batch applied"
+        );
+        for r in &report.records {
+            if r.outcome == Outcome::DeadLetter {
+                // Coordinates and reason only: reasons never quote message values.
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, index = r.index,
+                    reason = r.reason.as_deref().unwrap_or_default(), "record dead-lettered");
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,672 @@
+//! The declarative sync: a table described in config, each column filled from a JSONPath into the message or
+//! from the record's Kafka metadata. Everything is parsed and checked once, when the config is compiled.
+
+use chrono::{DateTime, Utc};
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use sea_orm::DbBackend;
+use sea_orm::sea_query::{Alias, ColumnDef, TableCreateStatement, Value as SqlValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::mapping::{Mapping, Meta};
+use super::table::{TableDef, check_ident, create_table};
+
+/// One `[[sync]]` entry of the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// For logs and reports; defaults to the table name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Topic names or globs (`orders.*`); `*` alone makes this the default sync.
+    pub topics: Vec<String>,
+    pub table: String,
+    /// The key column(s), by column name.
+    pub key: Vec<String>,
+    pub columns: Vec<ColumnConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    /// A JSONPath into the message (RFC 9535); the first match is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Kafka metadata instead of a message field: key, topic, partition, offset, timestamp or header:NAME.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// text (default), integer, float, boolean, json or timestamp.
+    #[serde(rename = "type", default = "default_type")]
+    pub ty: String,
+    /// A non-key column is NULL when its path matches nothing, unless it is required.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn default_type() -> String {
+    "text".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Integer,
+    Float,
+    Boolean,
+    Json,
+    Timestamp,
+}
+
+pub const COLUMN_TYPES: &str = "text, integer, float, boolean, json, timestamp";
+
+impl ColumnType {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "text" => Self::Text,
+            "integer" => Self::Integer,
+            "float" => Self::Float,
+            "boolean" => Self::Boolean,
+            "json" => Self::Json,
+            "timestamp" => Self::Timestamp,
+            _ => return None,
+        })
+    }
+
+    fn null(self) -> SqlValue {
+        match self {
+            Self::Text => SqlValue::String(None),
+            Self::Integer => SqlValue::BigInt(None),
+            Self::Float => SqlValue::Double(None),
+            Self::Boolean => SqlValue::Bool(None),
+            Self::Json => SqlValue::Json(None),
+            Self::Timestamp => SqlValue::ChronoDateTimeUtc(None),
+        }
+    }
+
+    fn column_def(self, name: &str, is_key: bool, backend: DbBackend) -> ColumnDef {
+        let mut def = ColumnDef::new(Alias::new(name));
+        match self {
+            // MySQL cannot index TEXT without a prefix length, so key text is varchar(255) there.
+            Self::Text if is_key => def.string(),
+            Self::Text => def.text(),
+            Self::Integer => def.big_integer(),
+            Self::Float => def.double(),
+            Self::Boolean => def.boolean(),
+            Self::Json => def.json_binary(),
+            // MySQL's TIMESTAMP ends in 2038 and drops milliseconds.
+            Self::Timestamp if backend == DbBackend::MySql => def.custom(Alias::new("DATETIME(3)")),
+            Self::Timestamp => def.timestamp_with_time_zone(),
+        };
+        if is_key {
+            def.not_null();
+        }
+        def
+    }
+
+    /// Converts a JSON value; errors name the expected and found kinds, never the value (it may be sensitive).
+    fn convert(self, value: &Value) -> Result<SqlValue, String> {
+        let bad = || format!("expected {}, got {}", self.expected(), kind(value));
+        Ok(match (self, value) {
+            (_, Value::Null) => self.null(),
+            (Self::Text, Value::String(s)) => SqlValue::String(Some(s.clone())),
+            (Self::Text, Value::Number(n)) => SqlValue::String(Some(n.to_string())),
+            (Self::Text, Value::Bool(b)) => SqlValue::String(Some(b.to_string())),
+            (Self::Text, other) => SqlValue::String(Some(other.to_string())),
+            (Self::Integer, Value::Number(n)) => {
+                SqlValue::BigInt(Some(integer(n).ok_or_else(bad)?))
+            }
+            (Self::Integer, Value::String(s)) => {
+                SqlValue::BigInt(Some(s.trim().parse().map_err(|_| bad())?))
+            }
+            (Self::Float, Value::Number(n)) => SqlValue::Double(Some(n.as_f64().ok_or_else(bad)?)),
+            (Self::Float, Value::String(s)) => match s.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() => SqlValue::Double(Some(f)),
+                _ => return Err(bad()),
+            },
+            (Self::Boolean, Value::Bool(b)) => SqlValue::Bool(Some(*b)),
+            (Self::Boolean, Value::String(s)) if s == "true" || s == "false" => {
+                SqlValue::Bool(Some(s == "true"))
+            }
+            (Self::Json, v) => SqlValue::Json(Some(Box::new(v.clone()))),
+            (Self::Timestamp, Value::Number(n)) => {
+                let ms = integer(n).ok_or_else(bad)?;
+                SqlValue::ChronoDateTimeUtc(Some(
+                    DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(bad)?,
+                ))
+            }
+            (Self::Timestamp, Value::String(s)) => SqlValue::ChronoDateTimeUtc(Some(
+                DateTime::parse_from_rfc3339(s.trim())
+                    .map_err(|_| bad())?
+                    .to_utc(),
+            )),
+            _ => return Err(bad()),
+        })
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Integer => "an integer",
+            Self::Float => "a number",
+            Self::Boolean => "a boolean",
+            Self::Json => "JSON",
+            Self::Timestamp => "epoch milliseconds or an RFC 3339 timestamp",
+        }
+    }
+}
+
+/// An integer, also from a float with no fraction (many JSON producers write 42.0).
+fn integer(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        let f = n.as_f64()?;
+        (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+    })
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Where a column's value comes from.
+#[derive(Debug)]
+enum Source {
+    /// `$.a.b` — plain member names, looked up directly (the common case, and much faster than a query).
+    Members(Vec<String>),
+    Path(Box<JpQuery>),
+    Key,
+    Topic,
+    Partition,
+    Offset,
+    Timestamp,
+    Header(String),
+}
+
+#[derive(Debug)]
+struct Column {
+    name: String,
+    source: Source,
+    spec: String,
+    ty: ColumnType,
+    required: bool,
+    is_key: bool,
+}
+
+/// Longest key text accepted: the varchar(255) that MySQL key columns get.
+const MAX_KEY_TEXT: usize = 255;
+
+impl Column {
+    fn value(&self, message: &Value, meta: &Meta<'_>) -> Result<SqlValue, String> {
+        let found: Option<Value> = match &self.source {
+            Source::Members(names) => {
+                let mut node = Some(message);
+                for name in names {
+                    node = node.and_then(|n| n.get(name));
+                }
+                node.cloned()
+            }
+            Source::Path(query) => js_path_process(query, message)
+                .ok()
+                .and_then(|hits| hits.into_iter().next())
+                .map(|hit| hit.val().clone()),
+            Source::Key => meta.key.map(|k| Value::String(k.to_string())),
+            Source::Topic => Some(Value::String(meta.record.topic.clone())),
+            Source::Partition => Some(Value::from(meta.record.partition)),
+            Source::Offset => Some(Value::from(meta.record.offset)),
+            Source::Timestamp => Some(Value::from(meta.record.timestamp)),
+            Source::Header(name) => {
+                match meta.record.header_pairs().filter(|(k, _)| k == name).last() {
+                    None => None,
+                    Some((_, bytes)) => Some(Value::String(
+                        std::str::from_utf8(bytes)
+                            .map_err(|_| {
+                                format!("column {}: header {name} is not UTF-8", self.name)
+                            })?
+                            .to_string(),
+                    )),
+                }
+            }
+        };
+        match found {
+            None | Some(Value::Null) if self.required => Err(format!(
+                "column {}: {} {}",
+                self.name,
+                self.spec,
+                if found.is_none() {
+                    "matched nothing"
+                } else {
+                    "is null"
+                }
+            )),
+            None => Ok(self.ty.null()),
+            Some(v) => {
+                let value = self
+                    .ty
+                    .convert(&v)
+                    .map_err(|e| format!("column {} ({}): {e}", self.name, self.spec))?;
+                if let SqlValue::String(Some(s)) = &value
+                    && self.is_key
+                    && s.chars().count() > MAX_KEY_TEXT
+                {
+                    return Err(format!(
+                        "column {}: key text longer than {MAX_KEY_TEXT} characters",
+                        self.name
+                    ));
+                }
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// A compiled [`SyncConfig`].
+#[derive(Debug)]
+pub struct DeclarativeMapping {
+    name: String,
+    table: TableDef,
+    columns: Vec<Column>,
+}
+
+impl DeclarativeMapping {
+    /// Compiles a sync, or lists every problem in it (each prefixed with `at`).
+    pub fn compile(cfg: &SyncConfig, at: &str) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut say = |p: String| problems.push(format!("{at}: {p}"));
+        if let Err(e) = check_ident("table", &cfg.table) {
+            say(e);
+        }
+        if cfg.topics.is_empty() {
+            say("topics is empty: name at least one topic or glob (\"*\" for all)".into());
+        }
+        if cfg.key.is_empty() {
+            say("key is empty: name the column(s) that identify an entity".into());
+        }
+        if cfg.columns.is_empty() {
+            say("columns is empty".into());
+        }
+        let mut columns = Vec::new();
+        for (i, c) in cfg.columns.iter().enumerate() {
+            let here = format!("column {} ({:?})", i + 1, c.name);
+            if let Err(e) = check_ident("column name", &c.name) {
+                say(format!("{here}: {e}"));
+            }
+            if cfg.columns[..i].iter().any(|o| o.name == c.name) {
+                say(format!("{here}: defined twice"));
+            }
+            let ty = ColumnType::parse(&c.ty);
+            if ty.is_none() {
+                say(format!(
+                    "{here}: unknown type {:?} (one of {COLUMN_TYPES})",
+                    c.ty
+                ));
+            }
+            let source = match (&c.path, &c.from) {
+                (Some(path), None) => match compile_path(path) {
+                    Ok(s) => Some((s, path.clone())),
+                    Err(e) => {
+                        say(format!("{here}: bad JSONPath {path:?}: {e}"));
+                        None
+                    }
+                },
+                (None, Some(from)) => match compile_from(from) {
+                    Some(s) => Some((s, format!("from {from}"))),
+                    None => {
+                        say(format!(
+                            "{here}: unknown from {from:?} (one of key, topic, partition, offset, timestamp, header:NAME)"
+                        ));
+                        None
+                    }
+                },
+                _ => {
+                    say(format!("{here}: give exactly one of path or from"));
+                    None
+                }
+            };
+            if let (Some(ty), Some((source, spec))) = (ty, source) {
+                let is_key = cfg.key.contains(&c.name);
+                columns.push(Column {
+                    name: c.name.clone(),
+                    source,
+                    spec,
+                    ty,
+                    required: c.required || is_key,
+                    is_key,
+                });
+            }
+        }
+        let mut key = Vec::new();
+        for k in &cfg.key {
+            match cfg.columns.iter().position(|c| &c.name == k) {
+                Some(i) => key.push(i),
+                None => say(format!("key column {k:?} is not among the columns")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            name: cfg.name.clone().unwrap_or_else(|| cfg.table.clone()),
+            table: TableDef {
+                name: cfg.table.clone(),
+                columns: cfg.columns.iter().map(|c| c.name.clone()).collect(),
+                key,
+            },
+            columns,
+        })
+    }
+
+    fn key_values(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        self.table
+            .key
+            .iter()
+            .map(|&i| self.columns[i].value(message, meta))
+            .collect()
+    }
+}
+
+fn compile_path(path: &str) -> Result<Source, String> {
+    let query = parse_json_path(path).map_err(|e| e.to_string())?;
+    let members: Option<Vec<String>> = path.strip_prefix("$.").and_then(|rest| {
+        rest.split('.')
+            .map(|m| {
+                let plain =
+                    !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                plain.then(|| m.to_string())
+            })
+            .collect()
+    });
+    Ok(match members {
+        Some(names) => Source::Members(names),
+        None => Source::Path(Box::new(query)),
+    })
+}
+
+fn compile_from(from: &str) -> Option<Source> {
+    Some(match from {
+        "key" => Source::Key,
+        "topic" => Source::Topic,
+        "partition" => Source::Partition,
+        "offset" => Source::Offset,
+        "timestamp" => Source::Timestamp,
+        _ => Source::Header(
+            from.strip_prefix("header:")
+                .filter(|h| !h.is_empty())?
+                .to_string(),
+        ),
+    })
+}
+
+impl Mapping for DeclarativeMapping {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn table(&self) -> &TableDef {
+        &self.table
+    }
+
+    fn create_table(&self, backend: DbBackend) -> TableCreateStatement {
+        let defs = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.ty.column_def(&c.name, self.table.key.contains(&i), backend)
+            })
+            .collect();
+        let key: Vec<&str> = self.table.key_columns().collect();
+        create_table(&self.table.name, defs, &key)
+    }
+
+    fn row(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        self.columns
+            .iter()
+            .map(|c| c.value(message, meta))
+            .collect()
+    }
+
+    fn key(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        self.key_values(message, meta)
+    }
+
+    fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        let from_key = self
+            .table
+            .key
+            .iter()
+            .all(|&i| matches!(self.columns[i].source, Source::Key));
+        if !from_key || self.table.key.len() != 1 {
+            return Err(format!(
+                "tombstone (null value) for sync {}: its key does not come from the record key (from = \"key\"), so the entity to delete is unknown",
+                self.name
+            ));
+        }
+        if meta.key.is_none() {
+            return Err("tombstone (null value) without a UTF-8 record key".to_string());
+        }
+        self.key_values(&Value::Null, meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Record;
+    use serde_json::json;
+
+    fn config(columns: Value, key: &[&str]) -> SyncConfig {
+        serde_json::from_value(json!({
+            "topics": ["planets"], "table": "servicea_planet", "key": key, "columns": columns
+        }))
+        .unwrap()
+    }
+
+    fn planet() -> DeclarativeMapping {
+        let cfg = config(
+            json!([
+                {"name": "uuid", "path": "$.planetUuid"},
+                {"name": "name", "path": "$.planetName"},
+                {"name": "mass", "path": "$.details.mass", "type": "float"},
+                {"name": "moons", "path": "$.moons[0].name"},
+                {"name": "updated", "path": "$.kafkaRecordTimestamp", "type": "timestamp"},
+                {"name": "source_offset", "from": "offset", "type": "integer"},
+                {"name": "trace", "from": "header:trace-id"}
+            ]),
+            &["uuid"],
+        );
+        DeclarativeMapping::compile(&cfg, "sync 1").unwrap()
+    }
+
+    fn record() -> Record {
+        Record {
+            topic: "planets".into(),
+            partition: 2,
+            offset: 7,
+            timestamp: 1_700_000_000_000,
+            headers: vec![
+                [("trace-id".to_string(), b"abc".to_vec())]
+                    .into_iter()
+                    .collect(),
+            ],
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn maps_paths_and_metadata_to_typed_values() {
+        let m = planet();
+        let r = record();
+        let meta = Meta {
+            record: &r,
+            key: None,
+        };
+        let msg = json!({"planetUuid": "p-1", "planetName": "Mars", "details": {"mass": 6.4},
+                         "moons": [{"name": "Phobos"}, {"name": "Deimos"}], "kafkaRecordTimestamp": 1_700_000_000_000i64});
+        let row = m.row(&msg, &meta).unwrap();
+        assert_eq!(row[0], SqlValue::String(Some("p-1".into())));
+        assert_eq!(row[1], SqlValue::String(Some("Mars".into())));
+        assert_eq!(row[2], SqlValue::Double(Some(6.4)));
+        assert_eq!(row[3], SqlValue::String(Some("Phobos".into())));
+        assert_eq!(
+            row[4],
+            SqlValue::ChronoDateTimeUtc(DateTime::from_timestamp_millis(1_700_000_000_000))
+        );
+        assert_eq!(row[5], SqlValue::BigInt(Some(7)));
+        assert_eq!(row[6], SqlValue::String(Some("abc".into())));
+        assert_eq!(
+            m.key(&msg, &meta).unwrap(),
+            vec![SqlValue::String(Some("p-1".into()))]
+        );
+    }
+
+    #[test]
+    fn missing_optional_is_null_missing_key_is_an_error() {
+        let m = planet();
+        let r = record();
+        let meta = Meta {
+            record: &r,
+            key: None,
+        };
+        let row = m.row(&json!({"planetUuid": "p-1"}), &meta).unwrap();
+        assert_eq!(row[1], SqlValue::String(None));
+        let err = m.row(&json!({"planetName": "Mars"}), &meta).unwrap_err();
+        assert_eq!(err, "column uuid: $.planetUuid matched nothing");
+        let err = m.key(&json!({"planetUuid": null}), &meta).unwrap_err();
+        assert_eq!(err, "column uuid: $.planetUuid is null");
+    }
+
+    #[test]
+    fn conversion_errors_name_the_column_not_the_value() {
+        let m = planet();
+        let r = record();
+        let meta = Meta {
+            record: &r,
+            key: None,
+        };
+        let err = m
+            .row(
+                &json!({"planetUuid": "p", "details": {"mass": "heavy-secret"}}),
+                &meta,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "column mass ($.details.mass): expected a number, got a string"
+        );
+        assert!(!err.contains("heavy-secret"));
+    }
+
+    #[test]
+    fn conversions() {
+        use ColumnType::*;
+        assert_eq!(
+            Integer.convert(&json!(42.0)),
+            Ok(SqlValue::BigInt(Some(42)))
+        );
+        assert_eq!(
+            Integer.convert(&json!("17")),
+            Ok(SqlValue::BigInt(Some(17)))
+        );
+        assert!(Integer.convert(&json!(1.5)).is_err());
+        assert_eq!(
+            Boolean.convert(&json!("true")),
+            Ok(SqlValue::Bool(Some(true)))
+        );
+        assert!(Boolean.convert(&json!(1)).is_err());
+        assert_eq!(
+            Text.convert(&json!(12)),
+            Ok(SqlValue::String(Some("12".into())))
+        );
+        assert_eq!(
+            Text.convert(&json!({"a": 1})),
+            Ok(SqlValue::String(Some("{\"a\":1}".into())))
+        );
+        assert_eq!(
+            Timestamp.convert(&json!("2024-01-02T03:04:05.678+01:00")),
+            Ok(SqlValue::ChronoDateTimeUtc(
+                DateTime::from_timestamp_millis(1_704_161_045_678)
+            ))
+        );
+        assert!(Float.convert(&json!("NaN")).is_err());
+    }
+
+    #[test]
+    fn tombstone_needs_a_key_from_the_record_key() {
+        let r = record();
+        let meta = Meta {
+            record: &r,
+            key: Some("p-9"),
+        };
+        let err = planet().tombstone_key(&meta).unwrap_err();
+        assert!(err.contains("does not come from the record key"), "{err}");
+        let by_key = DeclarativeMapping::compile(
+            &config(
+                json!([{"name": "uuid", "from": "key"}, {"name": "name", "path": "$.n"}]),
+                &["uuid"],
+            ),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(
+            by_key.tombstone_key(&meta).unwrap(),
+            vec![SqlValue::String(Some("p-9".into()))]
+        );
+    }
+
+    #[test]
+    fn compile_lists_every_problem() {
+        let cfg: SyncConfig = serde_json::from_value(json!({
+            "topics": [], "table": "bad table", "key": ["id", "nope"],
+            "columns": [
+                {"name": "id", "path": "$.[broken"},
+                {"name": "x;drop", "path": "$.x", "type": "varchar"},
+                {"name": "y", "from": "weather"},
+                {"name": "z"}
+            ]
+        }))
+        .unwrap();
+        let problems = DeclarativeMapping::compile(&cfg, "sync 1 (t)").unwrap_err();
+        let text = problems.join("\n");
+        for needle in [
+            "table \"bad table\" is not a plain SQL identifier",
+            "topics is empty",
+            "bad JSONPath \"$.[broken\"",
+            "column name \"x;drop\" is not a plain SQL identifier",
+            "unknown type \"varchar\"",
+            "unknown from \"weather\"",
+            "give exactly one of path or from",
+            "key column \"nope\" is not among the columns",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(problems.iter().all(|p| p.starts_with("sync 1 (t): ")));
+    }
+
+    #[test]
+    fn general_jsonpath_takes_the_first_match() {
+        let cfg = config(
+            json!([{"name": "id", "path": "$.id"}, {"name": "tag", "path": "$.tags[?@.primary == true].name"}]),
+            &["id"],
+        );
+        let m = DeclarativeMapping::compile(&cfg, "s").unwrap();
+        let r = record();
+        let meta = Meta {
+            record: &r,
+            key: None,
+        };
+        let msg = json!({"id": "1", "tags": [{"name": "a"}, {"name": "b", "primary": true}, {"name": "c", "primary": true}]});
+        assert_eq!(
+            m.row(&msg, &meta).unwrap()[1],
+            SqlValue::String(Some("b".into()))
+        );
+    }
+}

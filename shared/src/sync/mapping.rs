@@ -1,0 +1,39 @@
+//! How a message becomes a row: the [`Mapping`] trait, shared by the declarative (config) and typed (sea-orm
+//! entity) syncs, so that both are applied by the same bulk statements.
+
+use sea_orm::DbBackend;
+use sea_orm::sea_query::{TableCreateStatement, Value as SqlValue};
+use serde_json::Value;
+
+use super::TableDef;
+use crate::event::Record;
+
+/// What a mapping may read besides the message: the record it came from and its decoded key.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    pub record: &'a Record,
+    /// The record key as UTF-8 text, if it has one.
+    pub key: Option<&'a str>,
+}
+
+/// Turns messages of some topics into rows of one table. Built once per function instance.
+pub trait Mapping: Send + Sync + std::fmt::Debug {
+    /// A name for logs and reports.
+    fn name(&self) -> &str;
+
+    fn table(&self) -> &TableDef;
+
+    /// The statement that creates the table when it is missing.
+    fn create_table(&self, backend: DbBackend) -> TableCreateStatement;
+
+    /// The whole row, one value per `table().columns`, for an upsert. An `Err` is a permanent error of the
+    /// record: it is dead-lettered with this message.
+    fn row(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+
+    /// The key values, one per `table().key`, for a delete; a delete needs no other field.
+    fn key(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+
+    /// The key of the entity a tombstone (a record with a null value) deletes, from the record key; an `Err`
+    /// says why this mapping cannot tell, and the tombstone is dead-lettered with it.
+    fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+}

@@ -1,0 +1,143 @@
+//! The typed sync: a sea-orm entity whose model is built from a message in Rust (bedrock's
+//! `from_kafka_event`). The table, its columns and its key come from the entity, so the same bulk statements
+//! apply it as a declarative sync.
+
+use std::marker::PhantomData;
+
+use sea_orm::sea_query::{TableCreateStatement, Value as SqlValue};
+use sea_orm::{
+    DbBackend, EntityTrait, IdenStatic, Iterable, ModelTrait, PrimaryKeyToColumn, Schema,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::mapping::{Mapping, Meta};
+use super::table::TableDef;
+
+/// Builds a model from a message. An `Err` is a permanent error of the record (it is dead-lettered).
+pub trait FromKafkaEvent: ModelTrait + Sized {
+    fn from_kafka_event(message: &Value) -> Result<Self, String>;
+
+    /// The primary-key values a DELETED message names, in primary-key order. The default builds the whole
+    /// model, as bedrock does; override it when delete events carry only the key.
+    fn delete_key(message: &Value) -> Result<Vec<SqlValue>, String> {
+        let model = Self::from_kafka_event(message)?;
+        Ok(<Self::Entity as EntityTrait>::PrimaryKey::iter()
+            .map(|pk| model.get(pk.into_column()))
+            .collect())
+    }
+
+    /// The primary-key values of the entity a tombstone (null value) with this record key deletes; by default
+    /// a tombstone cannot be mapped and is dead-lettered.
+    fn tombstone_key(key: &str) -> Result<Vec<SqlValue>, String> {
+        let _ = key;
+        Err(
+            "tombstone (null value): this entity does not map the record key to its primary key"
+                .into(),
+        )
+    }
+}
+
+/// A required field of a message, deserialized; the error names the field, never its value.
+pub fn field<T: DeserializeOwned>(message: &Value, name: &str) -> Result<T, String> {
+    match message.get(name) {
+        None | Some(Value::Null) => Err(format!("missing field {name}")),
+        Some(v) => T::deserialize(v).map_err(|_| {
+            format!(
+                "field {name}: expected {}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("a value")
+            )
+        }),
+    }
+}
+
+/// An optional field: absent or null is `None`.
+pub fn optional_field<T: DeserializeOwned>(
+    message: &Value,
+    name: &str,
+) -> Result<Option<T>, String> {
+    match message.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => field(message, name).map(Some),
+    }
+}
+
+/// A [`Mapping`] over a sea-orm entity.
+pub struct TypedMapping<E: EntityTrait> {
+    name: String,
+    table: TableDef,
+    entity: PhantomData<fn() -> E>,
+}
+
+impl<E: EntityTrait> std::fmt::Debug for TypedMapping<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypedMapping")
+            .field("name", &self.name)
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+impl<E> TypedMapping<E>
+where
+    E: EntityTrait + Default,
+    E::Model: FromKafkaEvent,
+{
+    pub fn new(name: impl Into<String>) -> Self {
+        let columns: Vec<E::Column> = E::Column::iter().collect();
+        let key = E::PrimaryKey::iter()
+            .filter_map(|pk| {
+                let col = pk.into_column();
+                columns.iter().position(|c| c.as_str() == col.as_str())
+            })
+            .collect();
+        Self {
+            name: name.into(),
+            table: TableDef {
+                name: E::default().table_name().to_string(),
+                columns: columns.iter().map(|c| c.as_str().to_string()).collect(),
+                key,
+            },
+            entity: PhantomData,
+        }
+    }
+}
+
+impl<E> Mapping for TypedMapping<E>
+where
+    E: EntityTrait + Default,
+    E::Model: FromKafkaEvent,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn table(&self) -> &TableDef {
+        &self.table
+    }
+
+    fn create_table(&self, backend: DbBackend) -> TableCreateStatement {
+        let mut stmt = Schema::new(backend).create_table_from_entity(E::default());
+        stmt.if_not_exists();
+        stmt
+    }
+
+    fn row(&self, message: &Value, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        let model = E::Model::from_kafka_event(message)?;
+        Ok(E::Column::iter().map(|c| model.get(c)).collect())
+    }
+
+    fn key(&self, message: &Value, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        E::Model::delete_key(message)
+    }
+
+    fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        match meta.key {
+            Some(key) => E::Model::tombstone_key(key),
+            None => Err("tombstone (null value) without a UTF-8 record key".into()),
+        }
+    }
+}
