@@ -1,1 +1,6 @@
-fn main() {}
+//! planet-sync: the typed Planet sync (see the crate doc). Lambda mode under the Lambda runtime, else the CLI.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    msk_sync::run::main(planet_sync::app()).await
+}
