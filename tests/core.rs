@@ -1,1 +1,773 @@
+//! The core pipeline end to end: events/ files replayed through the real CLI and handler into SQLite,
+//! PostgreSQL and MariaDB, asserting rows, dead letters and reports.
 
+mod common;
+
+use common::*;
+use msk_sync::pipeline::HandlerError;
+use msk_sync::report::Outcome;
+
+const A: &str = "00000001-7c1e-4b8a-9f3d-5e2a1c0b0001";
+const B: &str = "00000002-7c1e-4b8a-9f3d-5e2a1c0b0002";
+const C: &str = "00000003-7c1e-4b8a-9f3d-5e2a1c0b0003";
+const D: &str = "00000004-7c1e-4b8a-9f3d-5e2a1c0b0004";
+const E: &str = "00000005-7c1e-4b8a-9f3d-5e2a1c0b0005";
+const X: &str = "00000006-7c1e-4b8a-9f3d-5e2a1c0b0006";
+const Y: &str = "00000007-7c1e-4b8a-9f3d-5e2a1c0b0007";
+const Z: &str = "00000008-7c1e-4b8a-9f3d-5e2a1c0b0008";
+
+/// One `#[tokio::test]` per backend for each case.
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
+        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
+    };
+}
+
+on_every_backend!(
+    mixed_partitions_follow_timestamps_but_keep_partition_order,
+    replaying_twice_gives_the_same_tables,
+    poison_records_are_dead_lettered_and_the_rest_applied,
+    the_same_entity_changed_many_times_ends_in_its_last_state,
+    created_updated_deleted_with_the_typed_planet_sync,
+    typed_sync_deletes_on_tombstones_keyed_by_uuid,
+    self_managed_and_aws_doc_events_are_accepted,
+    every_declarative_column_type_round_trips,
+    large_batches_are_chunked_under_the_bind_limit,
+);
+
+fn planet(uuid: &str, name: &str) -> (String, String) {
+    (uuid.to_string(), name.to_string())
+}
+
+async fn mixed_partitions_follow_timestamps_but_keep_partition_order(backend: Backend) {
+    let db = TestDb::new(backend, &format!("mixed_{backend:?}")).await;
+    let run = replay(&db, &["mixed-partitions.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (
+            report.status,
+            report.received,
+            report.upserted,
+            report.deleted,
+            report.superseded,
+            report.dead_lettered
+        ),
+        (200, 11, 6, 1, 4, 0)
+    );
+    assert!(report.records.is_empty());
+    // A: offset 101 has an earlier timestamp than offset 100 but comes after it in its partition, so it wins.
+    // Y: partition 2's older change (ts +300) is applied before partition 1's newer one (ts +500), although
+    //    partition 1 comes first in the event's map. X: the other way round. B: created, then deleted.
+    assert_eq!(
+        db.planets().await,
+        vec![
+            planet(A, "Alpha v2"),
+            planet(C, "Gamma"),
+            planet(D, "Delta"),
+            planet(E, "Epsilon"),
+            planet(X, "Xi new"),
+            planet(Y, "Ypsilon new"),
+        ]
+    );
+    assert!(!db.planets().await.iter().any(|(u, _)| u == B));
+    assert_eq!(db.count("msk_sync_dead_letter").await, 0);
+}
+
+async fn replaying_twice_gives_the_same_tables(backend: Backend) {
+    let db = TestDb::new(backend, &format!("twice_{backend:?}")).await;
+    let files = [
+        "mixed-partitions.json",
+        "malformed.json",
+        "same-entity-many-changes.json",
+    ];
+    let first = replay(&db, &files).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let planets = db.planets().await;
+    let dead = db
+        .rows(
+            "msk_sync_dead_letter",
+            &["kafka_offset", "error", "created_at"],
+            "kafka_offset",
+        )
+        .await;
+    let second = replay(&db, &files).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(first.reports(), second.reports());
+    assert_eq!(db.planets().await, planets);
+    assert_eq!(
+        db.rows(
+            "msk_sync_dead_letter",
+            &["kafka_offset", "error", "created_at"],
+            "kafka_offset"
+        )
+        .await,
+        dead
+    );
+    assert_eq!(dead.len(), 7);
+}
+
+async fn poison_records_are_dead_lettered_and_the_rest_applied(backend: Backend) {
+    let db = TestDb::new(backend, &format!("poison_{backend:?}")).await;
+    let run = replay(&db, &["malformed.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (
+            report.status,
+            report.received,
+            report.upserted,
+            report.dead_lettered
+        ),
+        (400, 9, 2, 7)
+    );
+    assert_eq!(
+        db.planets().await,
+        vec![planet(A, "Good before"), planet(D, "Good after")]
+    );
+    let dead = db.dead_letters().await;
+    let expected: &[(i64, &str)] = &[
+        (301, "value is not valid base64"),
+        (302, "value is not valid JSON"),
+        (303, "Unknown changeType ARCHIVED"),
+        (304, "column uuid: $.planetUuid matched nothing"),
+        (305, "tombstone (null value)"),
+        (306, "tombstone (null value)"),
+        (307, "value is JSON array, expected an object"),
+    ];
+    assert_eq!(dead.len(), expected.len(), "{dead:?}");
+    for ((offset, error), (want_offset, want)) in dead.iter().zip(expected) {
+        assert_eq!(offset, want_offset);
+        assert!(error.starts_with(want), "offset {offset}: {error}");
+    }
+    // The report lists the same records with status 400, in batch order.
+    let listed: Vec<(i64, u16, Outcome)> = report
+        .records
+        .iter()
+        .map(|r| (r.offset, r.status, r.outcome))
+        .collect();
+    assert_eq!(
+        listed,
+        expected
+            .iter()
+            .map(|(o, _)| (*o, 400, Outcome::DeadLetter))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        report.records[2].reason.as_deref(),
+        Some("Unknown changeType ARCHIVED")
+    );
+    // The raw value is kept, exactly as the event carried it.
+    let raw = db
+        .rows(
+            "msk_sync_dead_letter",
+            &["kafka_offset", "value_base64", "key_base64"],
+            "kafka_offset",
+        )
+        .await;
+    assert_eq!(raw[0][1], "not base64!!");
+    assert_eq!(
+        raw[3][2],
+        "MDAwMDAwMDItN2MxZS00YjhhLTlmM2QtNWUyYTFjMGIwMDAy"
+    );
+    assert_eq!(raw[4][1], "NULL", "a tombstone has no value");
+}
+
+async fn the_same_entity_changed_many_times_ends_in_its_last_state(backend: Backend) {
+    let db = TestDb::new(backend, &format!("many_{backend:?}")).await;
+    let run = replay(
+        &db,
+        &["mixed-partitions.json", "same-entity-many-changes.json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[1];
+    assert_eq!(
+        (
+            report.received,
+            report.upserted,
+            report.deleted,
+            report.superseded
+        ),
+        (9, 1, 1, 7)
+    );
+    let planets = db.planets().await;
+    assert!(planets.contains(&planet(Z, "Zeta final")), "{planets:?}");
+    assert!(
+        !planets.iter().any(|(u, _)| u == D),
+        "D was deleted last: {planets:?}"
+    );
+}
+
+async fn created_updated_deleted_with_the_typed_planet_sync(backend: Backend) {
+    let db = TestDb::new(backend, &format!("typed_{backend:?}")).await;
+    let app = planet_sync::app();
+    let run = replay_with(&app, &db, None, &["planet-created.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(db.planets().await, vec![planet(A, "Arrakis")]);
+    let run = replay_with(&app, &db, None, &["planet-updated.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(db.planets().await, vec![planet(A, "Dune")]);
+    let run = replay_with(&app, &db, None, &["planet-deleted.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.reports()[0].deleted, 1);
+    assert_eq!(db.planets().await, vec![]);
+    // Deleting a planet that is not there is not an error (bedrock).
+    let run = replay_with(&app, &db, None, &["planet-deleted.json"]).await;
+    assert_eq!((run.code, run.reports()[0].status), (0, 200));
+    // The typed and declarative syncs build the same table from the same events.
+    let run = replay_with(&app, &db, None, &["mixed-partitions.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let typed = db.planets().await;
+    let other = TestDb::new(backend, &format!("typed_decl_{backend:?}")).await;
+    assert_eq!(replay(&other, &["mixed-partitions.json"]).await.code, 0);
+    assert_eq!(other.planets().await, typed);
+}
+
+async fn typed_sync_deletes_on_tombstones_keyed_by_uuid(backend: Backend) {
+    let db = TestDb::new(backend, &format!("tomb_{backend:?}")).await;
+    let app = planet_sync::app();
+    assert_eq!(
+        replay_with(&app, &db, None, &["mixed-partitions.json"])
+            .await
+            .code,
+        0
+    );
+    assert!(db.planets().await.iter().any(|(u, _)| u == C));
+    let run = replay_with(&app, &db, None, &["malformed.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    // 305 is a tombstone keyed by C's uuid: a delete. 306 has no key: a dead letter.
+    assert_eq!(
+        (report.upserted, report.deleted, report.dead_lettered),
+        (2, 1, 6)
+    );
+    assert!(!db.planets().await.iter().any(|(u, _)| u == C));
+    let dead = db.dead_letters().await;
+    assert!(
+        dead.iter()
+            .any(|(o, e)| *o == 306 && e.contains("without a UTF-8 record key")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|(o, e)| *o == 304 && e == "missing field planetUuid"),
+        "{dead:?}"
+    );
+}
+
+async fn self_managed_and_aws_doc_events_are_accepted(backend: Backend) {
+    let db = TestDb::new(backend, &format!("sources_{backend:?}")).await;
+    let run = replay(&db, &["self-managed.json", "aws-doc.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports = run.reports();
+    assert_eq!((reports[0].status, reports[0].upserted), (200, 2));
+    assert_eq!(
+        db.planets().await,
+        vec![planet(X, "Self-managed"), planet(Y, "Also self-managed")]
+    );
+    // The documentation's record is on a topic no sync claims: kept, with the reason.
+    assert_eq!((reports[1].status, reports[1].dead_lettered), (400, 1));
+    assert_eq!(
+        db.dead_letters().await,
+        vec![(15, "no sync is configured for topic mytopic".to_string())]
+    );
+}
+
+async fn every_declarative_column_type_round_trips(backend: Backend) {
+    let db = TestDb::new(backend, &format!("types_{backend:?}")).await;
+    let config = db.write(
+        "types.toml",
+        r#"
+        [[sync]]
+        topics = ["shop.*"]
+        table = "shop_order"
+        key = ["shop", "order_id"]
+        columns = [
+          { name = "shop", from = "topic" },
+          { name = "order_id", path = "$.id", type = "integer" },
+          { name = "total", path = "$.amount.total", type = "float" },
+          { name = "paid", path = "$.paid", type = "boolean" },
+          { name = "lines", path = "$.lines", type = "json" },
+          { name = "placed_at", path = "$.placedAt", type = "timestamp" },
+          { name = "first_sku", path = "$.lines[0].sku" },
+          { name = "note", path = "$.note" },
+          { name = "source", from = "header:source" },
+          { name = "kafka_offset", from = "offset", type = "integer" },
+          { name = "kafka_ts", from = "timestamp", type = "timestamp" },
+        ]
+        "#,
+    );
+    let msg = |id: i64, ct: &str, extra: serde_json::Value| {
+        let mut m = serde_json::json!({"changeType": ct, "id": id, "amount": {"total": 12.5}, "paid": true,
+            "lines": [{"sku": "A-1", "qty": 2}], "placedAt": "2026-11-24T10:00:00.250Z"});
+        m.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        m
+    };
+    let event = make_event(&[
+        (
+            "shop.eu",
+            0,
+            1,
+            msg(1, "CREATED", serde_json::json!({"note": "first"})),
+        ),
+        (
+            "shop.eu",
+            0,
+            2,
+            msg(
+                2,
+                "CREATED",
+                serde_json::json!({"paid": false, "placedAt": 1764000000000_i64}),
+            ),
+        ),
+        (
+            "shop.us",
+            0,
+            3,
+            msg(1, "CREATED", serde_json::json!({"amount": {"total": "7"}})),
+        ),
+        ("shop.us", 0, 4, msg(3, "CREATED", serde_json::json!({}))),
+        ("shop.us", 0, 5, msg(3, "DELETED", serde_json::json!({}))),
+        (
+            "shop.eu",
+            0,
+            6,
+            msg(9, "CREATED", serde_json::json!({"paid": "yes"})),
+        ),
+    ]);
+    let file = db.write("orders.json", &event);
+    let config = config.display().to_string();
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &db.url,
+            "--config",
+            &config,
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (report.upserted, report.deleted, report.dead_lettered),
+        (3, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.records[0].reason.as_deref(),
+        Some("column paid ($.paid): expected a boolean, got a string")
+    );
+    let rows = db
+        .rows(
+            "shop_order",
+            &[
+                "shop",
+                "order_id",
+                "total",
+                "paid",
+                "first_sku",
+                "note",
+                "source",
+                "kafka_offset",
+            ],
+            "kafka_offset",
+        )
+        .await;
+    let truth = |b: bool| match (backend, b) {
+        (Backend::Postgres, true) => "true",
+        (Backend::Postgres, false) => "false",
+        (_, true) => "1",
+        (_, false) => "0",
+    };
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                "shop.eu",
+                "1",
+                "12.5",
+                truth(true),
+                "A-1",
+                "first",
+                "test",
+                "1"
+            ],
+            vec![
+                "shop.eu",
+                "2",
+                "12.5",
+                truth(false),
+                "A-1",
+                "NULL",
+                "test",
+                "2"
+            ],
+            vec![
+                "shop.us",
+                "1",
+                if backend == Backend::Sqlite {
+                    "7.0"
+                } else {
+                    "7"
+                },
+                truth(true),
+                "A-1",
+                "NULL",
+                "test",
+                "3"
+            ],
+        ]
+    );
+    // JSON and timestamps: compare what each backend gives back, parsed.
+    let rows = db
+        .rows(
+            "shop_order",
+            &["lines", "placed_at", "kafka_ts"],
+            "kafka_offset",
+        )
+        .await;
+    let lines: serde_json::Value = serde_json::from_str(&rows[0][0]).unwrap();
+    assert_eq!(lines, serde_json::json!([{"sku": "A-1", "qty": 2}]));
+    assert!(
+        rows[0][1].starts_with("2026-11-24") && rows[0][1].contains("10:00:00.25"),
+        "{:?}",
+        rows[0]
+    );
+    assert!(
+        rows[1][1].contains("2025-11-24") && rows[1][1].contains("16:00:00"),
+        "{:?}",
+        rows[1]
+    );
+}
+
+async fn large_batches_are_chunked_under_the_bind_limit(backend: Backend) {
+    let db = TestDb::new(backend, &format!("large_{backend:?}")).await;
+    // 20 000 planets over 4 partitions: more rows than one statement may bind on any backend.
+    let records: Vec<_> = (0..20_000)
+        .map(|i| {
+            let uuid = format!("{i:08}-0000-4000-8000-000000000000");
+            let ct = if i % 10 == 9 { "DELETED" } else { "CREATED" };
+            (
+                "servicea.planet",
+                i % 4,
+                i as i64,
+                serde_json::json!({"changeType": ct, "planetUuid": uuid,
+                "planetName": format!("planet {i}")}),
+            )
+        })
+        .collect();
+    let file = db.write("large.json", &make_event(&records));
+    let config = default_config();
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &db.url,
+            "--config",
+            &config,
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        (run.reports()[0].upserted, run.reports()[0].deleted),
+        (18_000, 2_000)
+    );
+    assert_eq!(db.count("servicea_planet").await, 18_000);
+}
+
+/// An MSK event from (topic, partition, offset, message) tuples; timestamps follow offsets, header source=test.
+fn make_event(records: &[(&str, i32, i64, serde_json::Value)]) -> String {
+    use base64::Engine;
+    let mut map = serde_json::Map::new();
+    for (topic, partition, offset, message) in records {
+        let value =
+            base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(message).unwrap());
+        let list = map
+            .entry(format!("{topic}-{partition}"))
+            .or_insert_with(|| serde_json::json!([]));
+        list.as_array_mut().unwrap().push(serde_json::json!({
+            "topic": topic, "partition": partition, "offset": offset, "timestamp": 1764000000000_i64 + offset,
+            "timestampType": "CREATE_TIME", "value": value, "headers": [{"source": [116, 101, 115, 116]}]
+        }));
+    }
+    serde_json::json!({"eventSource": "aws:kafka", "records": map}).to_string()
+}
+
+// --- invocations that are wrong, and a database that goes away -------------------------------------------
+
+#[tokio::test]
+async fn bad_invocations_exit_2_and_name_the_problem() {
+    let db = TestDb::new(Backend::Sqlite, "bad_invocations").await;
+    let not_msk = db.write("sqs.json", r#"{"Records": [{"eventSource": "aws:sqs"}]}"#);
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(&default_config()),
+        &[not_msk.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("sqs.json: not an MSK event"),
+        "{}",
+        run.stderr
+    );
+
+    let run = replay(&db, &["no-such-file.json"]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("no-such-file.json: cannot read"),
+        "{}",
+        run.stderr
+    );
+
+    // Files are checked before anything is applied.
+    let run = replay(&db, &["mixed-partitions.json", "no-such-file.json"]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stdout.is_empty());
+
+    let bad = db.write("bad.toml", "[[sync]]\ntopics = [\"t\"]\ntable = \"x; drop table y\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", path = \"$..[\" }]\n");
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(bad.to_str().unwrap()),
+        &["mixed-partitions.json"],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("not a plain SQL identifier"),
+        "{}",
+        run.stderr
+    );
+
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &db.url,
+            "--config",
+            "/nonexistent.toml",
+            "x.json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("/nonexistent.toml: cannot read"),
+        "{}",
+        run.stderr
+    );
+
+    let run = cli(&entity_sync(), &["frobnicate"]).await;
+    assert_eq!(run.code, 2);
+    // Nothing above created the default SQLite file or any table.
+    assert_eq!(db.count_tables().await, 0);
+}
+
+#[tokio::test]
+async fn config_check_lists_every_problem() {
+    let db = TestDb::new(Backend::Sqlite, "config_check").await;
+    let bad = db.write(
+        "bad.toml",
+        r#"
+        [[sync]]
+        topics = ["orders", "["]
+        table = "orders; DROP TABLE users"
+        key = ["id"]
+        columns = [
+          { name = "id", path = "$.id[", type = "integer" },
+          { name = "total", path = "$.total", type = "money" },
+          { name = "src", from = "partitionz" },
+        ]
+        "#,
+    );
+    let run = cli(&entity_sync(), &["config", "check", bad.to_str().unwrap()]).await;
+    assert_eq!(run.code, 2);
+    for needle in [
+        "table \"orders; DROP TABLE users\" is not a plain SQL identifier",
+        "column 1 (\"id\"): bad JSONPath \"$.id[\"",
+        "column 2 (\"total\"): unknown type \"money\"",
+        "column 3 (\"src\"): unknown from \"partitionz\"",
+        "5 problem(s)",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "missing {needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+    let run = cli(&entity_sync(), &["config", "check", &default_config()]).await;
+    assert_eq!(
+        (run.code, run.stdout.trim_end().ends_with(": ok")),
+        (0, true),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn dry_run_prints_messages_and_writes_nothing() {
+    let db = TestDb::new(Backend::Sqlite, "dry_run").await;
+    let file = event_file("malformed.json").display().to_string();
+    let config = default_config();
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--dry-run",
+            "--database-url",
+            &db.url,
+            "--config",
+            &config,
+            &file,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 9);
+    assert_eq!(lines[0]["outcome"], "upsert");
+    assert_eq!(lines[0]["message"]["planetName"], "Good before");
+    assert_eq!(lines[0]["message"]["kafkaTopic"], "servicea.planet");
+    assert_eq!(
+        lines[0]["message"]["kafkaRecordTimestamp"],
+        1764000002000_i64
+    );
+    assert_eq!(lines[3]["reason"], "Unknown changeType ARCHIVED");
+    assert_eq!(db.count_tables().await, 0);
+}
+
+/// The database connection dies after two of the batch's INSERT statements went through (the proxy cuts when
+/// the third chunk's first row goes over the wire; statements are prepared once, so SQL text is no marker):
+/// the transaction
+/// must leave nothing behind, `replay` exits 1, the Lambda handler returns an error, and a retry applies all.
+async fn database_goes_away_mid_batch(backend: Backend) {
+    let pattern: &'static [u8] = b"planet-0010-";
+    let db = TestDb::new(backend, &format!("outage_{backend:?}")).await;
+    // Create the tables first, so the cut hits the batch's own statements.
+    assert_eq!(replay(&db, &["planet-created.json"]).await.code, 0);
+    let before = db.planets().await;
+
+    let records: Vec<_> = (0..60)
+        .map(|i| {
+            (
+                "servicea.planet",
+                i % 3,
+                i as i64,
+                serde_json::json!({"planetUuid": format!("planet-{i:04}-end"), "planetName": "x"}),
+            )
+        })
+        .chain([(
+            "servicea.planet",
+            0,
+            1000,
+            serde_json::json!({"changeType": "BOGUS", "planetUuid": "p"}),
+        )])
+        .collect();
+    let file = db.write("big.json", &make_event(&records));
+    let config = db.write(
+        "small-chunks.toml",
+        &format!(
+            "[database]\nmax_rows_per_statement = 5\n{}",
+            std::fs::read_to_string(default_config()).unwrap()
+        ),
+    );
+
+    let upstream = host_port(&server_url(backend));
+    let proxy = CutProxy::start(upstream.clone(), pattern, 1).await;
+    let proxied = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &proxied,
+            "--config",
+            config.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(proxy.was_cut(), "the proxy never saw the third chunk");
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("transient failure, batch not applied (retry it)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.planets().await, before, "a partial batch was written");
+    assert_eq!(
+        db.count("msk_sync_dead_letter").await,
+        0,
+        "dead letters outlived the rollback"
+    );
+
+    // The same through the handler Lambda calls: an error, so Lambda retries the batch.
+    let proxy = CutProxy::start(upstream, pattern, 1).await;
+    let proxied = db.url.replacen(
+        &host_port(&server_url(backend)),
+        &format!("127.0.0.1:{}", proxy.port),
+        1,
+    );
+    let app = entity_sync();
+    let cfg = app.load_config(Some(&config)).unwrap();
+    let handler = app.handler(&cfg, Some(&proxied)).await.unwrap();
+    let payload: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    match handler.handle_json(payload).await {
+        Err(HandlerError::Transient(_)) => {}
+        other => panic!("expected a transient error, got {other:?}"),
+    }
+    assert_eq!(db.planets().await, before);
+
+    // The retry, with the database back.
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &db.url,
+            "--config",
+            config.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(db.count("servicea_planet").await, 61);
+    assert_eq!(db.count("msk_sync_dead_letter").await, 1);
+}
+
+#[tokio::test]
+async fn postgres_goes_away_mid_batch() {
+    database_goes_away_mid_batch(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_goes_away_mid_batch() {
+    database_goes_away_mid_batch(Backend::MariaDb).await;
+}

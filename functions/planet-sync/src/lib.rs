@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use msk_sync::run::App;
-use msk_sync::sync::typed::{FromKafkaEvent, TypedMapping, field};
 use msk_sync::sync::Mapping;
+use msk_sync::sync::typed::{FromKafkaEvent, TypedMapping, field};
 
 use sea_orm::sea_query::Value as SqlValue;
 use serde_json::Value;
@@ -32,7 +32,10 @@ pub mod planet {
 
 impl FromKafkaEvent for planet::Model {
     fn from_kafka_event(message: &Value) -> Result<Self, String> {
-        Ok(Self { uuid: field(message, "planetUuid")?, name: field(message, "planetName")? })
+        Ok(Self {
+            uuid: field(message, "planetUuid")?,
+            name: field(message, "planetName")?,
+        })
     }
 
     /// A DELETED event needs only the uuid.
@@ -50,4 +53,3 @@ pub fn app() -> App {
     let mapping: Arc<dyn Mapping> = Arc::new(TypedMapping::<planet::Entity>::new("planet"));
     App::typed("planet-sync", vec![(vec!["*".to_string()], mapping)])
 }
-

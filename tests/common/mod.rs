@@ -1,0 +1,350 @@
+//! Shared test plumbing: a fresh database per test on each backend, the real CLI run in-process, and a TCP
+//! proxy that cuts a database connection in the middle of a batch.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use msk_sync::report::BatchReport;
+use msk_sync::run::App;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+/// The servers the tests use; CI starts them (.ci/run). A server that is down fails the test, never skips it.
+pub fn server_url(backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => unreachable!("SQLite is embedded"),
+        Backend::Postgres => std::env::var("MSK_SYNC_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
+        Backend::MariaDb => std::env::var("MSK_SYNC_TEST_MARIADB")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+    }
+}
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn event_file(name: &str) -> PathBuf {
+    repo().join("events").join(name)
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub conn: DatabaseConnection,
+    /// Keeps the SQLite file alive; holds the config files a test writes.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_name = format!("msk_{}_{}", name, std::process::id()).to_lowercase();
+        let url = match backend {
+            Backend::Sqlite => {
+                format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display())
+            }
+            Backend::Postgres => {
+                let admin_url = format!("{}/test", server_url(backend));
+                let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL at {admin_url} is not reachable (start it: .ci/run): {e}")
+                });
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                    .await
+                    .unwrap();
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                format!("{}/{db_name}?sslmode=disable", server_url(backend))
+            }
+            Backend::MariaDb => {
+                let admin_url = format!("{}/test", server_url(backend));
+                let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+                    panic!("MariaDB at {admin_url} is not reachable (start it: .ci/run): {e}")
+                });
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db_name}"))
+                    .await
+                    .unwrap();
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                format!("{}/{db_name}", server_url(backend))
+            }
+        };
+        let conn = Database::connect(&url)
+            .await
+            .expect("connect to the test database");
+        Self {
+            backend,
+            url,
+            conn,
+            dir,
+        }
+    }
+
+    pub fn db_backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// `SELECT cols FROM table ORDER BY order`, every value as text (NULL as "NULL").
+    pub async fn rows(&self, table: &str, cols: &[&str], order: &str) -> Vec<Vec<String>> {
+        let cast = if self.backend == Backend::MariaDb {
+            "CHAR"
+        } else {
+            "TEXT"
+        };
+        let q = |c: &str| {
+            if self.backend == Backend::MariaDb {
+                format!("`{c}`")
+            } else {
+                format!("\"{c}\"")
+            }
+        };
+        let select: Vec<String> = cols
+            .iter()
+            .map(|c| format!("CAST({} AS {cast})", q(c)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            select.join(", "),
+            q(table),
+            q(order)
+        );
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(self.db_backend(), sql))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                (0..cols.len())
+                    .map(|i| {
+                        r.try_get_by_index::<Option<String>>(i)
+                            .unwrap()
+                            .unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let q = if self.backend == Backend::MariaDb {
+            format!("`{table}`")
+        } else {
+            format!("\"{table}\"")
+        };
+        let sql = format!("SELECT COUNT(*) FROM {q}");
+        let row = self
+            .conn
+            .query_one_raw(Statement::from_string(self.db_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    /// Planets as (uuid, name), by uuid.
+    pub async fn planets(&self) -> Vec<(String, String)> {
+        self.rows("servicea_planet", &["uuid", "name"], "uuid")
+            .await
+            .into_iter()
+            .map(|mut r| {
+                let name = r.pop().unwrap();
+                (r.pop().unwrap(), name)
+            })
+            .collect()
+    }
+
+    /// Dead letters as (offset, error), by offset.
+    pub async fn dead_letters(&self) -> Vec<(i64, String)> {
+        self.rows(
+            "msk_sync_dead_letter",
+            &["kafka_offset", "error"],
+            "kafka_offset",
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].clone()))
+        .collect()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// What one CLI run printed and returned.
+pub struct Run {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The batch reports printed on stdout, one per event file.
+    pub fn reports(&self) -> Vec<BatchReport> {
+        serde_json::Deserializer::from_str(&self.stdout)
+            .into_iter::<BatchReport>()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("stdout is not a stream of reports ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs a function binary's command line in-process: the same code path as the binary, minus `main`.
+pub async fn cli(app: &App, args: &[&str]) -> Run {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let argv = std::iter::once("fn").chain(args.iter().copied());
+    let code = msk_sync::run::cli::run(app, argv, &mut out, &mut err).await;
+    Run {
+        code,
+        stdout: String::from_utf8(out).unwrap(),
+        stderr: String::from_utf8(err).unwrap(),
+    }
+}
+
+pub fn entity_sync() -> App {
+    App::declarative("entity-sync")
+}
+
+pub fn default_config() -> String {
+    repo().join("msk-sync.toml").display().to_string()
+}
+
+/// `replay` with entity-sync and the repository's msk-sync.toml.
+pub async fn replay(db: &TestDb, events: &[&str]) -> Run {
+    let config = default_config();
+    replay_with(&entity_sync(), db, Some(&config), events).await
+}
+
+pub async fn replay_with(app: &App, db: &TestDb, config: Option<&str>, events: &[&str]) -> Run {
+    let files: Vec<String> = events
+        .iter()
+        .map(|e| event_file(e).display().to_string())
+        .collect();
+    let mut args = vec!["replay", "--database-url", db.url.as_str()];
+    if let Some(c) = config {
+        args.extend(["--config", c]);
+    }
+    args.extend(files.iter().map(String::as_str));
+    cli(app, &args).await
+}
+
+/// A TCP proxy to a database server that forwards faithfully until the client has sent `pattern` `nth` times
+/// in all, then drops every connection without forwarding that packet and refuses new ones: the database
+/// "goes away" in the middle of a batch.
+pub struct CutProxy {
+    pub port: u16,
+    pub cut: Arc<AtomicBool>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: String, pattern: &'static [u8], nth: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let flag = Arc::clone(&cut);
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    return; // dropping the listener refuses further connections
+                }
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                tokio::spawn(pump(
+                    client,
+                    server,
+                    pattern,
+                    nth,
+                    Arc::clone(&seen),
+                    Arc::clone(&flag),
+                ));
+            }
+        });
+        Self { port, cut }
+    }
+
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    pattern: &'static [u8],
+    nth: usize,
+    seen: Arc<AtomicUsize>,
+    cut: Arc<AtomicBool>,
+) {
+    let mut up = vec![0u8; 64 * 1024];
+    let mut down = vec![0u8; 64 * 1024];
+    loop {
+        if cut.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::select! {
+            n = client.read(&mut up) => {
+                let Ok(n) = n else { return };
+                if n == 0 { return; }
+                let hits = up[..n].windows(pattern.len()).filter(|w| *w == pattern).count();
+                if hits > 0 && seen.fetch_add(hits, Ordering::SeqCst) + hits >= nth {
+                    cut.store(true, Ordering::SeqCst);
+                    return;
+                }
+                if server.write_all(&up[..n]).await.is_err() { return; }
+            }
+            n = server.read(&mut down) => {
+                let Ok(n) = n else { return };
+                if n == 0 { return; }
+                if client.write_all(&down[..n]).await.is_err() { return; }
+            }
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// The host:port of a server URL such as `postgres://user@host:port`.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap();
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_string()
+}
+
+impl TestDb {
+    /// Tables in the test database (SQLite only: used to prove that nothing was written).
+    pub async fn count_tables(&self) -> i64 {
+        assert_eq!(self.backend, Backend::Sqlite);
+        let sql = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'";
+        let row = self
+            .conn
+            .query_one_raw(Statement::from_string(DbBackend::Sqlite, sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+}
