@@ -771,3 +771,140 @@ async fn postgres_goes_away_mid_batch() {
 async fn mariadb_goes_away_mid_batch() {
     database_goes_away_mid_batch(Backend::MariaDb).await;
 }
+
+/// A value the mapping accepts but the database refuses (PostgreSQL: a NUL character in text; MariaDB: a planet
+/// name longer than the typed entity's varchar(255)) must not fail the batch on every retry: that row is
+/// dead-lettered with the database's reason, minus the value, and the rest of the batch is applied.
+async fn rows_the_database_refuses_are_dead_lettered(backend: Backend) {
+    let db = TestDb::new(backend, &format!("refused_{backend:?}")).await;
+    let (app, config, poison) = match backend {
+        Backend::Postgres => (
+            entity_sync(),
+            Some(default_config()),
+            serde_json::json!({"planetUuid": "p2", "planetName": "nul\u{0}inside"}),
+        ),
+        _ => (
+            planet_sync::app(),
+            None,
+            serde_json::json!({"planetUuid": "p2", "planetName": "far future ".repeat(30)}),
+        ),
+    };
+    let event = make_event(&[
+        (
+            "servicea.planet",
+            0,
+            1,
+            serde_json::json!({"planetUuid": "p1", "planetName": "one", "seenAt": 0}),
+        ),
+        ("servicea.planet", 0, 2, poison),
+        (
+            "servicea.planet",
+            1,
+            3,
+            serde_json::json!({"changeType": "ARCHIVED", "planetUuid": "p9"}),
+        ),
+        (
+            "servicea.planet",
+            1,
+            4,
+            serde_json::json!({"planetUuid": "p3", "planetName": "three", "seenAt": 0}),
+        ),
+        (
+            "servicea.planet",
+            1,
+            5,
+            serde_json::json!({"changeType": "DELETED", "planetUuid": "p4"}),
+        ),
+    ]);
+    let file = db.write("refused.json", &event);
+    let run = replay_with(&app, &db, config.as_deref(), &[file.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (
+            report.status,
+            report.upserted,
+            report.deleted,
+            report.dead_lettered
+        ),
+        (400, 2, 1, 2),
+        "{report:?}"
+    );
+    // Batch order in the report, whatever stage found the problem.
+    assert_eq!(
+        report.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    let reason = report.records[0].reason.clone().unwrap();
+    assert!(
+        reason.starts_with("servicea_planet: the database refused the row ("),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("nul") && !reason.contains("far future"),
+        "the reason quotes the value: {reason}"
+    );
+    assert_eq!(
+        db.rows("servicea_planet", &["uuid"], "uuid").await,
+        vec![vec!["p1"], vec!["p3"]]
+    );
+    let dead = db.dead_letters().await;
+    assert_eq!(dead.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(dead[0].1, reason);
+}
+
+#[tokio::test]
+async fn postgres_refused_rows_are_dead_lettered() {
+    rows_the_database_refuses_are_dead_lettered(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_refused_rows_are_dead_lettered() {
+    rows_the_database_refuses_are_dead_lettered(Backend::MariaDb).await;
+}
+
+/// MySQL compares text case-blind by default; Kafka keys and the batch's collapse do not. The tables msk-sync
+/// creates use a binary collation, so "abc" and "ABC" stay two entities.
+#[tokio::test]
+async fn mariadb_keys_are_case_sensitive() {
+    let db = TestDb::new(Backend::MariaDb, "case_keys").await;
+    let event = make_event(&[
+        (
+            "servicea.planet",
+            0,
+            1,
+            serde_json::json!({"planetUuid": "abc", "planetName": "lower"}),
+        ),
+        (
+            "servicea.planet",
+            0,
+            2,
+            serde_json::json!({"planetUuid": "ABC", "planetName": "upper"}),
+        ),
+        (
+            "servicea.planet",
+            0,
+            3,
+            serde_json::json!({"changeType": "DELETED", "planetUuid": "abc"}),
+        ),
+    ]);
+    let file = db.write("case.json", &event);
+    let config = default_config();
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &db.url,
+            "--config",
+            &config,
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        db.planets().await,
+        vec![("ABC".to_string(), "upper".to_string())]
+    );
+}

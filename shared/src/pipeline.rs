@@ -12,7 +12,7 @@ use crate::change::{Change, route};
 use crate::decode::{Codec, DecodeError, base64_decode, key_text};
 use crate::event::{MskEvent, Record};
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
-use crate::sync::{Changes, DeadLetter, Mapping, Meta, Sink};
+use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, Sink};
 use crate::topics::TopicRouter;
 
 /// The compiled, database-free part of a function: codec, routing and mappings.
@@ -54,6 +54,8 @@ pub struct Plan {
     pub changes: Vec<Changes>,
     pub dead_letters: Vec<DeadLetter>,
     pub report: BatchReport,
+    /// The batch's records in the order they were applied; [`Origin::record`] indexes it.
+    pub records: Vec<Record>,
 }
 
 impl Pipeline {
@@ -93,11 +95,16 @@ impl Pipeline {
         };
         let mut changes: Vec<Changes> = self.mappings.iter().map(|_| Changes::default()).collect();
         let mut dead_letters = Vec::new();
-        for record in event.ordered() {
+        let records = event.ordered();
+        for (position, record) in records.iter().enumerate() {
+            let origin = |index| Origin {
+                record: position,
+                index,
+            };
             let key = key_text(record.key.as_deref());
             let target = self.router.route(&record.topic);
             let meta = Meta {
-                record: &record,
+                record,
                 key: key.as_deref(),
             };
             let messages = match (&record.value, target) {
@@ -106,7 +113,9 @@ impl Pipeline {
                     // A tombstone has no message: it can only delete by record key.
                     report.messages += 1;
                     let mapping = &self.mappings[t];
-                    let deleted = mapping.tombstone_key(&meta).map(|k| changes[t].delete(k));
+                    let deleted = mapping
+                        .tombstone_key(&meta)
+                        .map(|k| changes[t].delete(k, origin(0)));
                     let (outcome, reason) = match &deleted {
                         Ok(()) => (Outcome::Delete, None),
                         Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
@@ -123,7 +132,7 @@ impl Pipeline {
                         message: None,
                     });
                     if let Err(e) = deleted {
-                        reject(&record, 0, e, &mut report, &mut dead_letters);
+                        reject(record, 0, e, &mut report, &mut dead_letters);
                     }
                     continue;
                 }
@@ -150,7 +159,7 @@ impl Pipeline {
                         reason: Some(&reason),
                         message: None,
                     });
-                    reject(&record, 0, reason, &mut report, &mut dead_letters);
+                    reject(record, 0, reason, &mut report, &mut dead_letters);
                     continue;
                 }
             };
@@ -159,7 +168,7 @@ impl Pipeline {
             for (index, mut message) in messages.into_iter().enumerate() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 report.messages += 1;
-                inject(&mut message, &record);
+                inject(&mut message, record);
                 let result = route(&message).and_then(|change| match change {
                     Change::Upsert => {
                         let row = mapping.row(&message, &meta)?;
@@ -169,11 +178,11 @@ impl Pipeline {
                             .iter()
                             .map(|&i| row[i].clone())
                             .collect();
-                        changes[t].upsert(key, row);
+                        changes[t].upsert(key, row, origin(index));
                         Ok(Outcome::Upsert)
                     }
                     Change::Delete => {
-                        changes[t].delete(mapping.key(&message, &meta)?);
+                        changes[t].delete(mapping.key(&message, &meta)?, origin(index));
                         Ok(Outcome::Delete)
                     }
                 });
@@ -193,7 +202,7 @@ impl Pipeline {
                     message: Some(&message),
                 });
                 if let Err(e) = result {
-                    reject(&record, index, e, &mut report, &mut dead_letters);
+                    reject(record, index, e, &mut report, &mut dead_letters);
                 }
             }
         }
@@ -202,6 +211,7 @@ impl Pipeline {
             changes,
             dead_letters,
             report,
+            records,
         })
     }
 }
@@ -221,6 +231,11 @@ fn reject(
     report: &mut BatchReport,
     dead: &mut Vec<DeadLetter>,
 ) {
+    note_dead_letter(report, record, index, &reason);
+    dead.push(dead_letter(record, index, reason));
+}
+
+fn note_dead_letter(report: &mut BatchReport, record: &Record, index: u32, reason: &str) {
     report.note(RecordResult {
         topic: record.topic.clone(),
         partition: record.partition,
@@ -228,9 +243,12 @@ fn reject(
         index,
         status: STATUS_DEAD_LETTER,
         outcome: Outcome::DeadLetter,
-        reason: Some(reason.clone()),
+        reason: Some(reason.to_string()),
     });
-    dead.push(DeadLetter {
+}
+
+fn dead_letter(record: &Record, index: u32, reason: String) -> DeadLetter {
+    DeadLetter {
         topic: record.topic.clone(),
         partition: record.partition,
         offset: record.offset,
@@ -239,7 +257,7 @@ fn reject(
         key_base64: record.key.clone(),
         value_base64: record.value.clone(),
         error: reason,
-    });
+    }
 }
 
 /// Why a batch was not processed.
@@ -286,16 +304,39 @@ impl Handler {
             changes,
             dead_letters,
             mut report,
+            records,
         } = self
             .pipeline
             .plan(event, &mut |_| {})
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
-        let applied = self.sink.apply(changes, &dead_letters).await.map_err(|e| {
+        let reject = |origin: Origin, reason: &str| {
+            dead_letter(&records[origin.record], origin.index, reason.to_string())
+        };
+        let applied = self.sink.apply(&changes, &dead_letters, &reject).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = report.received, error = %e, "batch rolled back");
             HandlerError::Transient(e.to_string())
         })?;
         report.upserted = applied.upserted;
         report.deleted = applied.deleted;
+        if !applied.rejected.is_empty() {
+            for (origin, reason) in &applied.rejected {
+                note_dead_letter(&mut report, &records[origin.record], origin.index, reason);
+            }
+            // Keep the report's list in batch order: the refused rows were found after the others.
+            let position: std::collections::HashMap<(&str, i32, i64), usize> = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ((r.topic.as_str(), r.partition, r.offset), i))
+                .collect();
+            report.records.sort_by_key(|r| {
+                (
+                    position
+                        .get(&(r.topic.as_str(), r.partition, r.offset))
+                        .copied(),
+                    r.index,
+                )
+            });
+        }
         tracing::info!(
             event_source = %source,
             records = report.received,

@@ -3,6 +3,7 @@
 //!
 //! Rows are keyed by Kafka coordinates, so replaying a batch rewrites the same rows instead of adding copies.
 
+use sea_orm::DbBackend;
 use sea_orm::sea_query::{Alias, ColumnDef, Expr, TableCreateStatement, Value as SqlValue};
 
 use super::table::{self, TableDef};
@@ -43,7 +44,9 @@ pub(crate) fn table_def(name: &str) -> TableDef {
     }
 }
 
-pub(crate) fn create_table(name: &str) -> TableCreateStatement {
+pub(crate) fn create_table(name: &str, backend: DbBackend) -> TableCreateStatement {
+    // Key, value and reason are kept whatever their size: a record is never refused here.
+    let text = |n: &str| table::long_text(&mut ColumnDef::new(Alias::new(n)), backend).to_owned();
     let col = |n: &str| ColumnDef::new(Alias::new(n));
     table::create_table(
         name,
@@ -53,9 +56,9 @@ pub(crate) fn create_table(name: &str) -> TableCreateStatement {
             col("kafka_offset").big_integer().not_null().to_owned(),
             col("message_index").integer().not_null().to_owned(),
             col("kafka_timestamp").big_integer().not_null().to_owned(),
-            col("key_base64").text().null().to_owned(),
-            col("value_base64").text().null().to_owned(),
-            col("error").text().not_null().to_owned(),
+            text("key_base64").null().to_owned(),
+            text("value_base64").null().to_owned(),
+            text("error").not_null().to_owned(),
             // Never updated by a replay, so the table stays the same when a batch is applied twice.
             col("created_at")
                 .timestamp()

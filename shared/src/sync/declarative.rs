@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::mapping::{Mapping, Meta};
-use super::table::{TableDef, check_ident, create_table};
+use super::table::{TableDef, check_ident, create_table, long_text};
 
 /// One `[[sync]]` entry of the config file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -91,7 +91,7 @@ impl ColumnType {
         match self {
             // MySQL cannot index TEXT without a prefix length, so key text is varchar(255) there.
             Self::Text if is_key => def.string(),
-            Self::Text => def.text(),
+            Self::Text => long_text(&mut def, backend),
             Self::Integer => def.big_integer(),
             Self::Float => def.double(),
             Self::Boolean => def.boolean(),
@@ -133,15 +133,17 @@ impl ColumnType {
             (Self::Json, v) => SqlValue::Json(Some(Box::new(v.clone()))),
             (Self::Timestamp, Value::Number(n)) => {
                 let ms = integer(n).ok_or_else(bad)?;
-                SqlValue::ChronoDateTimeUtc(Some(
+                SqlValue::ChronoDateTimeUtc(Some(portable_timestamp(
                     DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(bad)?,
-                ))
+                )?))
             }
-            (Self::Timestamp, Value::String(s)) => SqlValue::ChronoDateTimeUtc(Some(
-                DateTime::parse_from_rfc3339(s.trim())
-                    .map_err(|_| bad())?
-                    .to_utc(),
-            )),
+            (Self::Timestamp, Value::String(s)) => {
+                SqlValue::ChronoDateTimeUtc(Some(portable_timestamp(
+                    DateTime::parse_from_rfc3339(s.trim())
+                        .map_err(|_| bad())?
+                        .to_utc(),
+                )?))
+            }
             _ => return Err(bad()),
         })
     }
@@ -155,6 +157,20 @@ impl ColumnType {
             Self::Json => "JSON",
             Self::Timestamp => "epoch milliseconds or an RFC 3339 timestamp",
         }
+    }
+}
+
+/// Years every backend stores faithfully: MySQL's DATETIME holds 1000..=9999, and MariaDB silently stores a
+/// later timestamp as 0000-00-00 instead of refusing it. Outside the range the record is dead-lettered.
+fn portable_timestamp(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    use chrono::Datelike;
+    if (1000..=9999).contains(&t.year()) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "timestamp outside the years 1000 to 9999, which not every database can store (year {})",
+            t.year()
+        ))
     }
 }
 
@@ -597,6 +613,15 @@ mod tests {
             ))
         );
         assert!(Float.convert(&json!("NaN")).is_err());
+        // MariaDB would store year 10000 as 0000-00-00: refuse it up front, on every backend.
+        let far = Timestamp.convert(&json!(253402300800000_i64)).unwrap_err();
+        assert!(far.contains("outside the years 1000 to 9999"), "{far}");
+        assert!(Timestamp.convert(&json!("0999-12-31T23:59:59Z")).is_err());
+        assert!(
+            Timestamp
+                .convert(&json!("9999-12-31T23:59:59.999Z"))
+                .is_ok()
+        );
     }
 
     #[test]

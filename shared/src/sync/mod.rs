@@ -28,10 +28,18 @@ pub use dead_letter::DeadLetter;
 pub use mapping::{Mapping, Meta};
 pub use table::TableDef;
 
+/// Which message a change came from: the position of its record in the batch's order, and the message's index
+/// within the record. Kept so that a row the database rejects can be dead-lettered with its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub record: usize,
+    pub index: u32,
+}
+
 /// What a batch does to one mapping's table, after collapsing: at most one operation per key.
 #[derive(Debug, Default)]
 pub struct Changes {
-    ops: Vec<Option<Op>>,
+    ops: Vec<Option<(Op, Origin)>>,
     slots: HashMap<Vec<SqlValue>, usize>,
     superseded: usize,
 }
@@ -44,17 +52,17 @@ enum Op {
 
 impl Changes {
     /// Records an upsert of `row`, whose key values are `key`; a later change of the same key replaces it.
-    pub fn upsert(&mut self, key: Vec<SqlValue>, row: Vec<SqlValue>) {
-        self.push(key, Op::Upsert(row));
+    pub fn upsert(&mut self, key: Vec<SqlValue>, row: Vec<SqlValue>, origin: Origin) {
+        self.push(key, Op::Upsert(row), origin);
     }
 
-    pub fn delete(&mut self, key: Vec<SqlValue>) {
-        self.push(key.clone(), Op::Delete(key));
+    pub fn delete(&mut self, key: Vec<SqlValue>, origin: Origin) {
+        self.push(key.clone(), Op::Delete(key), origin);
     }
 
-    fn push(&mut self, key: Vec<SqlValue>, op: Op) {
+    fn push(&mut self, key: Vec<SqlValue>, op: Op, origin: Origin) {
         let slot = self.ops.len();
-        self.ops.push(Some(op));
+        self.ops.push(Some((op, origin)));
         if let Some(previous) = self.slots.insert(key, slot) {
             // Last in batch order wins: the earlier change would be overwritten anyway, so never send it.
             self.ops[previous] = None;
@@ -67,26 +75,32 @@ impl Changes {
         self.superseded
     }
 
-    /// (rows to upsert, keys to delete), in batch order.
-    fn split(self) -> (Vec<Vec<SqlValue>>, Vec<Vec<SqlValue>>) {
+    /// (rows to upsert, keys to delete), in batch order, with where each came from.
+    fn split(&self) -> (Vec<Values<'_>>, Vec<Values<'_>>) {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
-        for op in self.ops.into_iter().flatten() {
+        for (op, origin) in self.ops.iter().flatten() {
             match op {
-                Op::Upsert(row) => upserts.push(row),
-                Op::Delete(key) => deletes.push(key),
+                Op::Upsert(row) => upserts.push((row.as_slice(), *origin)),
+                Op::Delete(key) => deletes.push((key.as_slice(), *origin)),
             }
         }
         (upserts, deletes)
     }
 }
 
+/// A row (upsert) or key (delete), with the message it came from.
+type Values<'a> = (&'a [SqlValue], Origin);
+
 /// Rows written by one applied batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub upserted: usize,
     pub deleted: usize,
     pub dead_lettered: usize,
+    /// Changes the database refused as data (a value out of its column's range, an invalid byte sequence…),
+    /// with the reason: they were dead-lettered instead of failing the batch forever.
+    pub rejected: Vec<(Origin, String)>,
 }
 
 /// Database settings that do not come from the URL.
@@ -159,12 +173,16 @@ impl Sink {
         self.ready
             .get_or_try_init(|| async {
                 let backend = self.backend();
-                for m in &self.mappings {
-                    self.db.execute(&m.create_table(backend)).await?;
+                let dead = dead_letter::create_table(&self.options.dead_letter_table, backend);
+                let tables = self.mappings.iter().map(|m| m.create_table(backend));
+                for mut stmt in tables.chain([dead]) {
+                    if backend == DbBackend::MySql {
+                        // Any text a producer sends must fit (the server default may be latin1), and keys must
+                        // compare byte for byte as they do in Kafka and in the batch's collapse, not case-blind.
+                        stmt.character_set("utf8mb4").collate("utf8mb4_bin");
+                    }
+                    self.db.execute(&stmt).await?;
                 }
-                self.db
-                    .execute(&dead_letter::create_table(&self.options.dead_letter_table))
-                    .await?;
                 Ok::<(), DbErr>(())
             })
             .await?;
@@ -173,12 +191,32 @@ impl Sink {
 
     /// Writes one batch in one transaction: every mapping's upserts and deletes, and the dead letters. On any
     /// error the transaction rolls back and nothing of the batch is written.
+    ///
+    /// A row the database refuses as data would fail the batch on every retry and block its partitions, so
+    /// when the bulk attempt fails with such an error, the batch is applied again row by row (each in a
+    /// savepoint) and the refused rows are dead-lettered through `reject`, which builds the dead letter of an
+    /// [`Origin`]. Any other error (connection, deadlock, timeout, permissions) is returned for a retry.
     pub async fn apply(
         &self,
-        changes: Vec<Changes>,
+        changes: &[Changes],
         dead_letters: &[DeadLetter],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
     ) -> Result<Applied, DbErr> {
         self.ensure_tables().await?;
+        match self.apply_bulk(changes, dead_letters).await {
+            Err(e) if data_error(&e).is_some() => {
+                tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
+                self.apply_row_by_row(changes, dead_letters, reject).await
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_bulk(
+        &self,
+        changes: &[Changes],
+        dead_letters: &[DeadLetter],
+    ) -> Result<Applied, DbErr> {
         let backend = self.backend();
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
@@ -189,23 +227,92 @@ impl Sink {
             applied.deleted += deletes.len();
             let rows = self.rows_per_statement(backend, table.columns.len());
             for chunk in upserts.chunks(rows) {
-                txn.execute(&upsert_statement(table, chunk)?).await?;
+                let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(row, _)| *row).collect();
+                txn.execute(&upsert_statement(table, &chunk)?).await?;
             }
             let keys = self.rows_per_statement(backend, table.key.len());
             for chunk in deletes.chunks(keys) {
-                txn.execute(&delete_statement(table, chunk)).await?;
+                let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(key, _)| *key).collect();
+                txn.execute(&delete_statement(table, &chunk)).await?;
             }
         }
-        let table = dead_letter::table_def(&self.options.dead_letter_table);
-        let rows = self.rows_per_statement(backend, table.columns.len());
-        for chunk in dead_letters.chunks(rows) {
-            let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
-            txn.execute(&upsert_statement_only(&table, &rows, &["error"])?)
-                .await?;
-        }
+        self.write_dead_letters(&txn, dead_letters).await?;
         applied.dead_lettered = dead_letters.len();
         txn.commit().await?;
         Ok(applied)
+    }
+
+    async fn apply_row_by_row(
+        &self,
+        changes: &[Changes],
+        dead_letters: &[DeadLetter],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
+    ) -> Result<Applied, DbErr> {
+        let txn = self.db.begin().await?;
+        let mut applied = Applied::default();
+        for (mapping, changes) in self.mappings.iter().zip(changes) {
+            let table = mapping.table();
+            let (upserts, deletes) = changes.split();
+            let ops = upserts.into_iter().map(|(row, o)| (true, row, o));
+            for (is_upsert, values, origin) in
+                ops.chain(deletes.into_iter().map(|(key, o)| (false, key, o)))
+            {
+                let savepoint = txn.begin().await?;
+                let done = if is_upsert {
+                    savepoint
+                        .execute(&upsert_statement(table, &[values])?)
+                        .await
+                } else {
+                    savepoint.execute(&delete_statement(table, &[values])).await
+                };
+                match done {
+                    Ok(_) => {
+                        savepoint.commit().await?;
+                        if is_upsert {
+                            applied.upserted += 1
+                        } else {
+                            applied.deleted += 1
+                        }
+                    }
+                    Err(e) => match data_error(&e) {
+                        Some(reason) => {
+                            savepoint.rollback().await?;
+                            applied
+                                .rejected
+                                .push((origin, format!("{}: {reason}", table.name)));
+                        }
+                        None => return Err(e),
+                    },
+                }
+            }
+        }
+        let mut all: Vec<DeadLetter> = dead_letters.to_vec();
+        all.extend(
+            applied
+                .rejected
+                .iter()
+                .map(|(origin, reason)| reject(*origin, reason)),
+        );
+        self.write_dead_letters(&txn, &all).await?;
+        applied.dead_lettered = all.len();
+        txn.commit().await?;
+        Ok(applied)
+    }
+
+    async fn write_dead_letters(
+        &self,
+        txn: &impl ConnectionTrait,
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), DbErr> {
+        let table = dead_letter::table_def(&self.options.dead_letter_table);
+        let rows = self.rows_per_statement(self.backend(), table.columns.len());
+        for chunk in dead_letters.chunks(rows) {
+            let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
+            let rows: Vec<&[SqlValue]> = rows.iter().map(Vec::as_slice).collect();
+            txn.execute(&upsert_statement_only(&table, &rows, &["error"])?)
+                .await?;
+        }
+        Ok(())
     }
 
     fn rows_per_statement(&self, backend: DbBackend, columns: usize) -> usize {
@@ -217,7 +324,7 @@ impl Sink {
 /// `INSERT … VALUES (…), (…) ON CONFLICT (key) DO UPDATE SET every other column` (MySQL: ON DUPLICATE KEY).
 fn upsert_statement(
     table: &TableDef,
-    rows: &[Vec<SqlValue>],
+    rows: &[&[SqlValue]],
 ) -> Result<sea_orm::sea_query::InsertStatement, DbErr> {
     let update: Vec<&str> = table.non_key_columns().collect();
     upsert_statement_only(table, rows, &update)
@@ -225,7 +332,7 @@ fn upsert_statement(
 
 fn upsert_statement_only(
     table: &TableDef,
-    rows: &[Vec<SqlValue>],
+    rows: &[&[SqlValue]],
     update: &[&str],
 ) -> Result<sea_orm::sea_query::InsertStatement, DbErr> {
     let mut stmt = Query::insert();
@@ -247,10 +354,7 @@ fn upsert_statement_only(
 }
 
 /// `DELETE … WHERE key IN (…)`, or `(k1, k2) IN ((…), …)` for a composite key.
-fn delete_statement(
-    table: &TableDef,
-    keys: &[Vec<SqlValue>],
-) -> sea_orm::sea_query::DeleteStatement {
+fn delete_statement(table: &TableDef, keys: &[&[SqlValue]]) -> sea_orm::sea_query::DeleteStatement {
     let mut stmt = Query::delete();
     stmt.from_table(Alias::new(&table.name));
     let columns: Vec<&str> = table.key_columns().collect();
@@ -261,10 +365,72 @@ fn delete_statement(
     } else {
         stmt.and_where(
             Expr::tuple(columns.iter().map(|c| Expr::col(Alias::new(*c))))
-                .in_tuples(keys.iter().map(|k| ValueTuple::Many(k.clone()))),
+                .in_tuples(keys.iter().map(|k| ValueTuple::Many(k.to_vec()))),
         );
     }
     stmt
+}
+
+/// Why the database refused a statement, when the refusal is about the data (SQLSTATE class 22 "data
+/// exception" or 23 "integrity constraint", MySQL's data errors, SQLite's constraint / mismatch / too big):
+/// retrying cannot help, but the row can be dead-lettered. `None` for everything else.
+///
+/// The reason keeps the database's words but not what it quotes, which may be the value.
+fn data_error(err: &DbErr) -> Option<String> {
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    let sqlx::Error::Database(db) = e.as_ref() else {
+        return None;
+    };
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let is_data = if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // 1292 incorrect value, 1264 out of range, 1366 incorrect string value, 1406 data too long,
+        // 1048 column cannot be null, 1452 / 1451 foreign keys; several of these report SQLSTATE HY000.
+        code.starts_with("22")
+            || code.starts_with("23")
+            || [1048, 1264, 1292, 1366, 1406, 1451, 1452].contains(&my.number())
+    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes 18 (too big), 19 (constraint), 20 (mismatch); extended codes keep them in the low byte.
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+    } else {
+        code.starts_with("22") || code.starts_with("23")
+    };
+    is_data.then(|| {
+        format!(
+            "the database refused the row ({code}): {}",
+            redact_quoted(db.message())
+        )
+    })
+}
+
+/// `invalid input syntax for type integer: "abc"` → `invalid input syntax for type integer: "..."`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str("...");
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '\'' || c == '"' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -278,15 +444,16 @@ mod tests {
 
     #[test]
     fn last_change_per_key_wins() {
+        let at = |record| Origin { record, index: 0 };
         let mut c = Changes::default();
-        c.upsert(vec![s("a")], vec![s("a"), s("1")]);
-        c.upsert(vec![s("b")], vec![s("b"), s("1")]);
-        c.delete(vec![s("a")]);
-        c.upsert(vec![s("b")], vec![s("b"), s("2")]);
+        c.upsert(vec![s("a")], vec![s("a"), s("1")], at(0));
+        c.upsert(vec![s("b")], vec![s("b"), s("1")], at(1));
+        c.delete(vec![s("a")], at(2));
+        c.upsert(vec![s("b")], vec![s("b"), s("2")], at(3));
         assert_eq!(c.superseded(), 2);
         let (upserts, deletes) = c.split();
-        assert_eq!(upserts, vec![vec![s("b"), s("2")]]);
-        assert_eq!(deletes, vec![vec![s("a")]]);
+        assert_eq!(upserts, vec![(&[s("b"), s("2")][..], at(3))]);
+        assert_eq!(deletes, vec![(&[s("a")][..], at(2))]);
     }
 
     #[test]
@@ -296,7 +463,7 @@ mod tests {
             columns: vec!["k1".into(), "k2".into(), "v".into()],
             key: vec![0, 1],
         };
-        let up = upsert_statement(&table, &[vec![s("a"), s("b"), s("c")]]).unwrap();
+        let up = upsert_statement(&table, &[&[s("a"), s("b"), s("c")]]).unwrap();
         assert_eq!(
             up.to_string(PostgresQueryBuilder),
             r#"INSERT INTO "t" ("k1", "k2", "v") VALUES ('a', 'b', 'c') ON CONFLICT ("k1", "k2") DO UPDATE SET "v" = "excluded"."v""#
@@ -305,7 +472,7 @@ mod tests {
             up.to_string(MysqlQueryBuilder),
             "INSERT INTO `t` (`k1`, `k2`, `v`) VALUES ('a', 'b', 'c') ON DUPLICATE KEY UPDATE `v` = VALUES(`v`)"
         );
-        let del = delete_statement(&table, &[vec![s("a"), s("b")], vec![s("c"), s("d")]]);
+        let del = delete_statement(&table, &[&[s("a"), s("b")], &[s("c"), s("d")]]);
         assert_eq!(
             del.to_string(PostgresQueryBuilder),
             r#"DELETE FROM "t" WHERE ("k1", "k2") IN (('a', 'b'), ('c', 'd'))"#
@@ -315,10 +482,23 @@ mod tests {
             columns: vec!["id".into()],
             key: vec![0],
         };
-        let up = upsert_statement(&single, &[vec![s("a")]]).unwrap();
+        let up = upsert_statement(&single, &[&[s("a")]]).unwrap();
         assert!(
             up.to_string(PostgresQueryBuilder)
                 .ends_with(r#"DO UPDATE SET "id" = "excluded"."id""#)
         );
+    }
+
+    #[test]
+    fn quoted_values_never_reach_a_reason() {
+        assert_eq!(
+            redact_quoted(r#"invalid input syntax for type integer: "abc""#),
+            r#"invalid input syntax for type integer: "...""#
+        );
+        assert_eq!(
+            redact_quoted("Incorrect string value: '\\xF0\\x9F' for column `name` at row 1"),
+            "Incorrect string value: '...' for column `name` at row 1"
+        );
+        assert_eq!(redact_quoted("unterminated 'sec"), "unterminated '...");
     }
 }

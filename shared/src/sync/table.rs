@@ -69,6 +69,15 @@ pub(crate) fn create_table(
     stmt
 }
 
+/// Text of any length: MySQL's TEXT stops at 64 KiB, so it gets LONGTEXT there.
+pub(crate) fn long_text(def: &mut ColumnDef, backend: DbBackend) -> &mut ColumnDef {
+    if backend == DbBackend::MySql {
+        def.custom(Alias::new("LONGTEXT"))
+    } else {
+        def.text()
+    }
+}
+
 /// The most bind parameters one statement may carry on each backend (SQLite ≥ 3.32: 32766; the wire
 /// protocols of PostgreSQL and MySQL count parameters in 16 bits).
 pub fn bind_limit(backend: DbBackend) -> usize {
