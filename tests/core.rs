@@ -1,11 +1,9 @@
 //! The core pipeline end to end: events/ files replayed through the real CLI and handler into SQLite,
 //! PostgreSQL and MariaDB, asserting rows, dead letters and reports.
 
-mod common;
-
-use common::*;
 use msk_sync::pipeline::HandlerError;
 use msk_sync::report::Outcome;
+use msk_sync_tests::*;
 
 const A: &str = "00000001-7c1e-4b8a-9f3d-5e2a1c0b0001";
 const B: &str = "00000002-7c1e-4b8a-9f3d-5e2a1c0b0002";

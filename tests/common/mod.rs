@@ -1,6 +1,5 @@
 //! Shared test plumbing: a fresh database per test on each backend, the real CLI run in-process, and a TCP
 //! proxy that cuts a database connection in the middle of a batch.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,8 +29,10 @@ pub fn server_url(backend: Backend) -> String {
     }
 }
 
+/// The repository root (this crate lives in its tests/ folder).
 pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests)
 }
 
 pub fn event_file(name: &str) -> PathBuf {
