@@ -349,3 +349,69 @@ impl TestDb {
         row.try_get_by_index::<i64>(0).unwrap()
     }
 }
+
+/// A TCP proxy that can take its upstream "down": while down it drops every open connection and refuses
+/// new ones at once, as a database host that went away would.
+pub struct ToggleProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<AtomicUsize>,
+}
+
+impl ToggleProxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicUsize::new(0));
+        let (flag, gen_) = (Arc::clone(&up), Arc::clone(&generation));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    let _ = client.shutdown().await;
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let born = gen_.load(Ordering::SeqCst);
+                let (flag, gen_) = (Arc::clone(&flag), Arc::clone(&gen_));
+                tokio::spawn(async move {
+                    // Reuses the cut proxy's pump: "cut" is "taken down since this connection was made".
+                    let cut = Arc::new(AtomicBool::new(false));
+                    let watcher = Arc::clone(&cut);
+                    tokio::spawn(async move {
+                        while flag.load(Ordering::SeqCst) && gen_.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        watcher.store(true, Ordering::SeqCst);
+                    });
+                    pump(
+                        client,
+                        server,
+                        b"\0never\0matches\0",
+                        usize::MAX,
+                        Arc::new(AtomicUsize::new(0)),
+                        cut,
+                    )
+                    .await;
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    /// Returns once open connections have been dropped.
+    pub async fn set_up(&self, up: bool) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.up.store(up, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

@@ -1,17 +1,29 @@
-//! Lambda mode: the handler is built once per instance (cold start) and serves every invocation.
-//! The response is the batch report; a transient failure is an invocation error, so Lambda retries the batch.
+//! Lambda mode: the handler is built once per instance (cold start: config, mappings, the lazy database
+//! pool) and serves every invocation. The response is the batch report. A transient failure fails the
+//! invocation so that Lambda retries the batch; with `ReportBatchItemFailures` turned on for the event
+//! source mapping (`MSK_SYNC_PARTIAL_BATCH_RESPONSE=true`, provisioned mode) it is reported as item
+//! failures instead.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::App;
+use crate::event::MskEvent;
+use crate::pipeline::{Handler, HandlerError};
 use crate::report::BatchReport;
 
+/// Set to `true` when the event source mapping has `FunctionResponseTypes: [ReportBatchItemFailures]`.
+pub const PARTIAL_BATCH_ENV: &str = "MSK_SYNC_PARTIAL_BATCH_RESPONSE";
+
 pub async fn run(app: App) -> ExitCode {
+    // Honours AWS_LAMBDA_LOG_LEVEL and AWS_LAMBDA_LOG_FORMAT (JSON when the function's LoggingConfig says so).
     lambda_runtime::tracing::init_default_subscriber();
+    let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let handler = match app.load_config(None) {
         Ok(config) => app.handler(&config, None).await,
         Err(e) => Err(e),
@@ -19,19 +31,14 @@ pub async fn run(app: App) -> ExitCode {
     let handler = match handler {
         Ok(h) => Arc::new(h),
         Err(e) => {
-            // The runtime reports a failed init to Lambda when the process exits non-zero.
+            // Exiting before the first poll makes Lambda report a failed init.
             tracing::error!(function = app.name, error = %e, "cannot start");
             return ExitCode::from(super::cli::EXIT_INVALID);
         }
     };
     let served = lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let handler = Arc::clone(&handler);
-        async move {
-            handler
-                .handle_json(event.payload)
-                .await
-                .map_err(lambda_runtime::Error::from)
-        }
+        async move { invoke(&handler, event.payload, partial).await }
     }))
     .await;
     match served {
@@ -43,5 +50,75 @@ pub async fn run(app: App) -> ExitCode {
     }
 }
 
-/// For type inference in tests and docs: what an invocation returns.
-pub type Response = BatchReport;
+/// The response body: the report, plus `batchItemFailures` in partial-batch mode.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    #[serde(flatten)]
+    pub report: Option<BatchReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_item_failures: Option<Vec<BatchItemFailure>>,
+}
+
+/// Kafka's partial batch response item (AWS Lambda Developer Guide, "Configuring error handling controls for
+/// Kafka event sources", https://docs.aws.amazon.com/lambda/latest/dg/kafka-retry-configurations.html):
+/// `{"itemIdentifier": {"partition": "<topic>-<partition>", "offset": N}}`; Lambda resumes that partition at N.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItemFailure {
+    pub item_identifier: ItemIdentifier,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemIdentifier {
+    pub partition: String,
+    pub offset: i64,
+}
+
+/// One invocation. `partial` selects how a transient failure is reported.
+pub async fn invoke(
+    handler: &Handler,
+    payload: Value,
+    partial: bool,
+) -> Result<Response, Diagnostic> {
+    let event = MskEvent::from_value(payload).map_err(|e| HandlerError::Invalid(e.to_string()))?;
+    // A batch is applied whole or not at all, so a failed batch resumes every partition at its first record.
+    let first_offsets: BTreeMap<String, i64> = event
+        .records
+        .iter()
+        .filter_map(|(key, records)| Some((key.clone(), records.iter().map(|r| r.offset).min()?)))
+        .collect();
+    match handler.handle(event).await {
+        Ok(report) => Ok(Response {
+            report: Some(report),
+            batch_item_failures: partial.then(Vec::new),
+        }),
+        Err(HandlerError::Transient(e)) if partial => {
+            tracing::warn!(partitions = first_offsets.len(), error = %e, "batch not applied: reporting every partition for retry");
+            let failures = first_offsets
+                .into_iter()
+                .map(|(partition, offset)| BatchItemFailure {
+                    item_identifier: ItemIdentifier { partition, offset },
+                })
+                .collect();
+            Ok(Response {
+                report: None,
+                batch_item_failures: Some(failures),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        let error_type = match e {
+            HandlerError::Invalid(_) => "InvalidEvent",
+            HandlerError::Transient(_) => "TransientFailure",
+        };
+        Diagnostic {
+            error_type: error_type.into(),
+            error_message: e.to_string(),
+        }
+    }
+}

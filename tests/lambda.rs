@@ -1,0 +1,219 @@
+//! The functions in Lambda mode, through the Lambda runtime API: `cargo lambda watch` emulates the runtime
+//! API and runs each function binary as Lambda would; `cargo lambda invoke` sends events/ files. Also the
+//! partial-batch (ReportBatchItemFailures) response, in-process.
+//!
+//! Needs cargo-lambda (`pip install cargo-lambda==1.9.2`; `.ci/run` installs it into
+//! ~/.cache/msk-sync-ci-venv): without it these tests fail, they do not skip.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use msk_sync::run::lambda::invoke;
+use msk_sync_tests::*;
+use tokio::process::{Child, Command};
+
+fn cargo_lambda() -> PathBuf {
+    let venv = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/cargo-lambda"));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("cargo-lambda"))
+            .find(|p| p.is_file())
+    });
+    on_path.or(venv.filter(|p| p.is_file())).unwrap_or_else(|| {
+        panic!("cargo-lambda not found: `pip install cargo-lambda==1.9.2` or run .ci/run, which installs it")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Watch {
+    port: u16,
+    _child: Child,
+}
+
+impl Watch {
+    async fn start(env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(cargo_lambda());
+        cmd.arg("lambda").args([
+            "watch",
+            "--ignore-changes",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ]);
+        cmd.arg(port.to_string());
+        for (k, v) in env {
+            cmd.arg("--env-var").arg(format!("{k}={v}"));
+        }
+        cmd.current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("start cargo lambda watch");
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self {
+                    port,
+                    _child: child,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cargo lambda watch did not listen on {port}");
+    }
+
+    /// `cargo lambda invoke FUNCTION --data-file events/FILE`: (succeeded, stdout, stderr).
+    async fn invoke(&self, function: &str, file: &str) -> (bool, String, String) {
+        let out = Command::new(cargo_lambda())
+            .arg("lambda")
+            .args([
+                "invoke",
+                function,
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+            ])
+            .arg(self.port.to_string())
+            .arg("--data-file")
+            .arg(event_file(file))
+            .current_dir(repo())
+            .output()
+            .await
+            .expect("run cargo lambda invoke");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn functions_answer_through_the_lambda_runtime_api() {
+    let db = TestDb::new(Backend::Postgres, "lambda_watch").await;
+    let upstream = host_port(&server_url(Backend::Postgres));
+    let proxy = ToggleProxy::start(upstream.clone()).await;
+    let proxied = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let watch = Watch::start(&[
+        ("DATABASE_URL", proxied),
+        (
+            "MSK_SYNC_CONFIG",
+            repo().join("msk-sync.toml").display().to_string(),
+        ),
+        ("RUST_LOG", "warn".into()),
+    ])
+    .await;
+
+    // A clean batch: the response is the report.
+    let (ok, out, err) = watch.invoke("entity-sync", "mixed-partitions.json").await;
+    assert!(ok, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (report["status"].as_u64(), report["upserted"].as_u64()),
+        (Some(200), Some(6)),
+        "{report}"
+    );
+    assert_eq!(db.count("servicea_planet").await, 6);
+
+    // Poison records: the invocation succeeds, dead letters are written.
+    let (ok, out, err) = watch.invoke("entity-sync", "malformed.json").await;
+    assert!(ok, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (report["status"].as_u64(), report["deadLettered"].as_u64()),
+        (Some(400), Some(7)),
+        "{report}"
+    );
+    assert_eq!(db.count("msk_sync_dead_letter").await, 7);
+
+    // The database goes away: the invocation fails, so Lambda would retry the batch; nothing is written.
+    proxy.set_up(false).await;
+    let (ok, out, err) = watch
+        .invoke("planet-sync", "same-entity-many-changes.json")
+        .await;
+    assert!(!ok, "the invocation succeeded without a database: {out}");
+    assert!(
+        err.contains("TransientFailure") || err.contains("transient failure"),
+        "{err}"
+    );
+    let before = db.planets().await;
+    assert!(!before.iter().any(|(_, name)| name == "Zeta final"));
+
+    // Back: the retry applies it, through the typed function.
+    proxy.set_up(true).await;
+    let (ok, out, err) = watch
+        .invoke("planet-sync", "same-entity-many-changes.json")
+        .await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        db.planets()
+            .await
+            .iter()
+            .any(|(_, name)| name == "Zeta final")
+    );
+
+    // Not an MSK event: an invocation error that says what was expected.
+    let (ok, _, err) = watch.invoke("entity-sync", "../msk-sync.toml").await;
+    assert!(!ok);
+    assert!(
+        err.contains("not an MSK event")
+            || err.contains("InvalidEvent")
+            || err.contains("expected value"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn partial_batch_mode_reports_every_partition_of_a_failed_batch() {
+    let db = TestDb::new(Backend::Postgres, "lambda_partial").await;
+    let upstream = host_port(&server_url(Backend::Postgres));
+    let proxy = ToggleProxy::start(upstream.clone()).await;
+    let proxied = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let app = entity_sync();
+    let config = app
+        .load_config(Some(&repo().join("msk-sync.toml")))
+        .unwrap();
+    let handler = app.handler(&config, Some(&proxied)).await.unwrap();
+    let payload = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap())
+            .unwrap()
+    };
+
+    let ok = serde_json::to_value(invoke(&handler, payload(), true).await.unwrap()).unwrap();
+    assert_eq!(ok["batchItemFailures"], serde_json::json!([]));
+    assert_eq!(ok["upserted"], 6);
+
+    proxy.set_up(false).await;
+    let failed = serde_json::to_value(invoke(&handler, payload(), true).await.unwrap()).unwrap();
+    assert_eq!(
+        failed,
+        serde_json::json!({"batchItemFailures": [
+            {"itemIdentifier": {"partition": "servicea.planet-0", "offset": 100}},
+            {"itemIdentifier": {"partition": "servicea.planet-1", "offset": 50}},
+            {"itemIdentifier": {"partition": "servicea.planet-2", "offset": 70}},
+        ]})
+    );
+    // Without partial-batch mode the same failure is an invocation error.
+    let err = invoke(&handler, payload(), false).await.unwrap_err();
+    assert_eq!(err.error_type, "TransientFailure");
+    let err = invoke(&handler, serde_json::json!({"Records": []}), true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, "InvalidEvent");
+}
