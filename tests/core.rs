@@ -906,3 +906,35 @@ async fn mariadb_keys_are_case_sensitive() {
         vec![("ABC".to_string(), "upper".to_string())]
     );
 }
+
+/// A deployed entity-sync carries its config in the binary; a file named on the command line still wins.
+#[tokio::test]
+async fn a_built_in_config_is_used_when_no_file_is_named() {
+    let db = TestDb::new(Backend::Sqlite, "built_in_config").await;
+    let built_in = std::fs::read_to_string(repo().join("msk-sync.toml")).unwrap();
+    let app = entity_sync().with_embedded_config(Box::leak(built_in.into_boxed_str()));
+    let run = replay_with(&app, &db, None, &["mixed-partitions.json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(db.count("servicea_planet").await, 6);
+
+    let broken = entity_sync().with_embedded_config("[[sync]]\ntopics = []\n");
+    let run = replay_with(&broken, &db, None, &["mixed-partitions.json"]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("built-in config"), "{}", run.stderr);
+    let run = replay_with(
+        &broken,
+        &db,
+        Some(&default_config()),
+        &["mixed-partitions.json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let run = replay_with(&entity_sync(), &db, None, &["mixed-partitions.json"]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("no config: pass --config FILE"),
+        "{}",
+        run.stderr
+    );
+}

@@ -30,6 +30,9 @@ pub enum Syncs {
 pub struct App {
     pub name: &'static str,
     pub syncs: Syncs,
+    /// A config compiled into the binary: used when no file is named or found, which is how a Lambda
+    /// deployment of entity-sync carries its msk-sync.toml.
+    pub embedded_config: Option<&'static str>,
 }
 
 /// Why a handler could not be built: always a bad invocation (exit 2), never worth a retry.
@@ -42,43 +45,58 @@ impl App {
         Self {
             name,
             syncs: Syncs::Declarative,
+            embedded_config: None,
         }
+    }
+
+    pub fn with_embedded_config(mut self, toml: &'static str) -> Self {
+        self.embedded_config = Some(toml);
+        self
     }
 
     pub fn typed(name: &'static str, syncs: Vec<(Vec<String>, Arc<dyn Mapping>)>) -> Self {
         Self {
             name,
             syncs: Syncs::Typed(syncs),
+            embedded_config: None,
         }
     }
 
-    /// Loads the config (`explicit`, else `MSK_SYNC_CONFIG`, else `./msk-sync.toml`); a declarative function
-    /// cannot run without one, a typed function falls back to defaults.
+    /// Loads the config (`explicit`, else `MSK_SYNC_CONFIG`, else `./msk-sync.toml`, else the one built
+    /// in); a declarative function cannot run without one, a typed function falls back to defaults.
     pub fn load_config(&self, explicit: Option<&Path>) -> Result<Config, SetupError> {
-        match Config::locate(explicit) {
-            Some(path) => {
-                let config = Config::from_file(&path).map_err(|e| SetupError(e.to_string()))?;
-                let problems = config.problems();
-                if problems.is_empty() {
-                    Ok(config)
-                } else {
-                    let at = path.display();
-                    Err(SetupError(
-                        problems
-                            .iter()
-                            .map(|p| format!("{at}: {p}"))
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    ))
-                }
+        let checked = |config: Config, at: &str| {
+            let problems = config.problems();
+            if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(SetupError(
+                    problems
+                        .iter()
+                        .map(|p| format!("{at}: {p}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ))
             }
-            None if matches!(self.syncs, Syncs::Declarative) => Err(SetupError(format!(
+        };
+        match (Config::locate(explicit), self.embedded_config) {
+            (Some(path), _) => {
+                let config = Config::from_file(&path).map_err(|e| SetupError(e.to_string()))?;
+                checked(config, &path.display().to_string())
+            }
+            (None, Some(text)) => {
+                let at = "built-in config";
+                let config =
+                    Config::from_toml(text).map_err(|e| SetupError(format!("{at}: {e}")))?;
+                checked(config, at)
+            }
+            (None, None) if matches!(self.syncs, Syncs::Declarative) => Err(SetupError(format!(
                 "{}: no config: pass --config FILE, set {}, or create ./{}",
                 self.name,
                 crate::config::CONFIG_ENV,
                 crate::config::DEFAULT_CONFIG_FILE
             ))),
-            None => Ok(Config::default()),
+            (None, None) => Ok(Config::default()),
         }
     }
 
