@@ -33,6 +33,7 @@ on_every_backend!(
     self_managed_and_aws_doc_events_are_accepted,
     every_declarative_column_type_round_trips,
     large_batches_are_chunked_under_the_bind_limit,
+    filtered_and_masked_messages_never_reach_the_table,
 );
 
 fn planet(uuid: &str, name: &str) -> (String, String) {
@@ -934,6 +935,121 @@ async fn a_built_in_config_is_used_when_no_file_is_named() {
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("no config: pass --config FILE"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// aether's emit filter and masking, before mapping: a message that is not published is counted as filtered and
+/// never written; fields classified above the emit level never reach a column, nested ones included.
+async fn filtered_and_masked_messages_never_reach_the_table(backend: Backend) {
+    let db = TestDb::new(backend, &format!("masked_{backend:?}")).await;
+    let cols = ["uuid", "name", "discovered_by", "galaxy", "sector"];
+    let config = repo().join("events/masked.toml").display().to_string();
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(&config),
+        &["planet-classified.json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (report.status, report.upserted, report.filtered),
+        (200, 2, 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.records[0].offset, report.records[0].outcome),
+        (501, Outcome::Filtered)
+    );
+    let rows = db.rows("servicea_planet_classified", &cols, "uuid").await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![A, "Arrakis", "Pardot Kynes", "Known Universe", "NULL"],
+            vec![C, "Caladan", "NULL", "NULL", "NULL"],
+        ]
+    );
+
+    // The same at emit level "public": the confidential field goes too.
+    let public = std::fs::read_to_string(repo().join("events/masked.toml"))
+        .unwrap()
+        .replace("emit_level = \"confidential\"", "emit_level = \"public\"")
+        .replace(
+            "schemas/planet.avsc",
+            &repo()
+                .join("events/schemas/planet.avsc")
+                .display()
+                .to_string(),
+        );
+    let public = db.write("public.toml", &public);
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(public.to_str().unwrap()),
+        &["planet-classified.json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows = db.rows("servicea_planet_classified", &cols, "uuid").await;
+    assert_eq!(
+        rows[0],
+        vec![A, "Arrakis", "NULL", "Known Universe", "NULL"]
+    );
+}
+
+#[tokio::test]
+async fn dry_run_shows_masking_and_config_check_names_unknown_levels() {
+    let db = TestDb::new(Backend::Sqlite, "mask_dry_run").await;
+    let config = repo().join("events/masked.toml").display().to_string();
+    let file = event_file("planet-classified.json").display().to_string();
+    let run = cli(
+        &entity_sync(),
+        &["replay", "--dry-run", "--config", &config, &file],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[0]["message"]["location"],
+        serde_json::json!({"galaxy": "Known Universe"})
+    );
+    assert_eq!(lines[0]["message"]["discoveredBy"], "Pardot Kynes");
+    assert_eq!(lines[1]["outcome"], "filtered");
+    assert!(
+        lines[1].get("message").is_none(),
+        "a filtered message is not shown"
+    );
+    assert!(
+        !run.stdout.contains("Canopus") && !run.stdout.contains("Ophiuchi"),
+        "a secret field leaked"
+    );
+
+    let bad = std::fs::read_to_string(repo().join("events/masked.toml"))
+        .unwrap()
+        .replace(
+            "levels = [\"public\", \"confidential\", \"secret\"]",
+            "levels = [\"public\", \"secret\"]",
+        )
+        .replace(
+            "schemas/planet.avsc",
+            &repo()
+                .join("events/schemas/planet.avsc")
+                .display()
+                .to_string(),
+        );
+    let bad = db.write("bad-levels.toml", &bad);
+    let run = cli(&entity_sync(), &["config", "check", bad.to_str().unwrap()]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("mask 1: field Planet.discoveredBy: aetherMaskingLevel \"confidential\" is not one of levels"),
         "{}",
         run.stderr
     );

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::CodecConfig;
+use crate::filter::{Filter, FilterConfig};
+use crate::mask::{Mask, MaskConfig};
 use crate::sync::declarative::{DeclarativeMapping, SyncConfig};
 use crate::sync::table::check_ident;
 
@@ -37,6 +39,15 @@ pub struct Config {
     pub codec: CodecConfig,
     #[serde(default, rename = "sync")]
     pub syncs: Vec<SyncConfig>,
+    /// Emit filters: a default (`topics = ["*"]`, or no topics) and per-topic overrides.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
+    /// Masks, likewise.
+    #[serde(default, rename = "mask")]
+    pub masks: Vec<MaskConfig>,
+    /// The directory of the config file: relative schema paths start there.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -60,13 +71,15 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("{}: cannot read: {e}", path.display())]))?;
-        Self::from_toml(&text).map_err(|ConfigError(p)| {
+        let mut config = Self::from_toml(&text).map_err(|ConfigError(p)| {
             ConfigError(
                 p.into_iter()
                     .map(|p| format!("{}: {p}", path.display()))
                     .collect(),
             )
-        })
+        })?;
+        config.base_dir = path.parent().map(Path::to_path_buf);
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -85,9 +98,84 @@ impl Config {
         local.is_file().then_some(local)
     }
 
+    /// The compiled filters, with their topic patterns.
+    pub fn build_filters(&self) -> Result<Vec<(Vec<String>, Filter)>, Vec<String>> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, cfg) in self.filters.iter().enumerate() {
+            match Filter::build(cfg) {
+                Ok(f) => out.push((cfg.topics.clone(), f)),
+                Err(p) => problems.extend(p.into_iter().map(|p| format!("filter {}: {p}", i + 1))),
+            }
+        }
+        let patterns = self
+            .filters
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.topics.iter().map(move |t| (i, t.as_str())));
+        if let Err(p) = crate::topics::TopicRouter::new(patterns) {
+            problems.extend(p.into_iter().map(|p| format!("filter: {p}")));
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The compiled masks, with their topic patterns; each reads its schema file.
+    pub fn build_masks(&self) -> Result<Vec<(Vec<String>, Mask)>, Vec<String>> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, cfg) in self.masks.iter().enumerate() {
+            let at = format!("mask {}", i + 1);
+            let Some(file) = &cfg.schema else {
+                problems.push(format!(
+                    "{at}: schema is missing: name the .avsc file that classifies the fields"
+                ));
+                continue;
+            };
+            let file = match &self.base_dir {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file.clone(),
+            };
+            let schema = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{at}: schema {}: cannot read: {e}", file.display()))
+                .and_then(|text| {
+                    apache_avro::Schema::parse_str(&text).map_err(|e| {
+                        format!("{at}: schema {}: not an Avro schema: {e}", file.display())
+                    })
+                });
+            match schema.map(|s| Mask::build(cfg, &s)) {
+                Ok(Ok(mask)) => out.push((cfg.topics.clone(), mask)),
+                Ok(Err(p)) => problems.extend(p.into_iter().map(|p| format!("{at}: {p}"))),
+                Err(p) => problems.push(p),
+            }
+        }
+        let patterns = self
+            .masks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| m.topics.iter().map(move |t| (i, t.as_str())));
+        if let Err(p) = crate::topics::TopicRouter::new(patterns) {
+            problems.extend(p.into_iter().map(|p| format!("mask: {p}")));
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Every problem in the config, each on its own line; empty when it is usable.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Err(p) = self.build_filters() {
+            problems.extend(p);
+        }
+        if let Err(p) = self.build_masks() {
+            problems.extend(p);
+        }
         if let Some(t) = &self.database.dead_letter_table
             && let Err(e) = check_ident("database.dead_letter_table", t)
         {

@@ -10,6 +10,7 @@
 //!
 //! - [`event`]: the MSK event model and the flatten + order step.
 //! - [`decode`]: base64 and one file per value format.
+//! - [`filter`]: the emit filter (aether); [`mask`]: classification masking (aether, plus nested records).
 //! - [`change`]: `changeType` → upsert or delete (bedrock's routing).
 //! - [`topics`]: which sync receives a topic (exact names, globs, `*`).
 //! - [`sync`]: mappings (declarative and typed), collapse per key, bulk apply, dead letters.
@@ -22,6 +23,9 @@ pub mod change;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod filter;
+pub mod mask;
+mod path;
 pub mod pipeline;
 pub mod report;
 pub mod run;

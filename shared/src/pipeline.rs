@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::change::{Change, route};
 use crate::decode::{Codec, DecodeError, base64_decode, key_text};
 use crate::event::{MskEvent, Record};
+use crate::filter::Filter;
+use crate::mask::Mask;
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
 use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, Sink};
 use crate::topics::TopicRouter;
@@ -21,6 +23,34 @@ pub struct Pipeline {
     codec: Codec,
     router: TopicRouter,
     mappings: Vec<Arc<dyn Mapping>>,
+    filters: ByTopic<Filter>,
+    masks: ByTopic<Mask>,
+}
+
+/// Per-topic stage settings: a default (`*`) and overrides, routed like syncs.
+#[derive(Debug)]
+struct ByTopic<T> {
+    router: TopicRouter,
+    items: Vec<T>,
+}
+
+impl<T> ByTopic<T> {
+    fn new(items: Vec<(Vec<String>, T)>) -> Result<Self, Vec<String>> {
+        let router = TopicRouter::new(
+            items
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (p, _))| p.iter().map(move |t| (i, t.as_str()))),
+        )?;
+        Ok(Self {
+            router,
+            items: items.into_iter().map(|(_, t)| t).collect(),
+        })
+    }
+
+    fn get(&self, topic: &str) -> Option<&T> {
+        self.router.route(topic).map(|i| &self.items[i])
+    }
 }
 
 /// What happened to one message, for `replay --dry-run`.
@@ -74,7 +104,24 @@ impl Pipeline {
             codec,
             router,
             mappings: mappings.into_iter().map(|(_, m)| m).collect(),
+            filters: ByTopic::new(Vec::new())?,
+            masks: ByTopic::new(Vec::new())?,
         })
+    }
+
+    /// Emit filters by topic pattern; a topic no pattern matches passes every message.
+    pub fn with_filters(
+        mut self,
+        filters: Vec<(Vec<String>, Filter)>,
+    ) -> Result<Self, Vec<String>> {
+        self.filters = ByTopic::new(filters)?;
+        Ok(self)
+    }
+
+    /// Masks by topic pattern; a topic no pattern matches is not masked.
+    pub fn with_masks(mut self, masks: Vec<(Vec<String>, Mask)>) -> Result<Self, Vec<String>> {
+        self.masks = ByTopic::new(masks)?;
+        Ok(self)
     }
 
     pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
@@ -165,10 +212,39 @@ impl Pipeline {
             };
             let Some(t) = target else { continue };
             let mapping = &self.mappings[t];
+            let filter = self.filters.get(&record.topic);
+            let mask = self.masks.get(&record.topic);
             for (index, mut message) in messages.into_iter().enumerate() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 report.messages += 1;
                 inject(&mut message, record);
+                if filter.is_some_and(|f| !f.passes(&message)) {
+                    report.note(RecordResult {
+                        topic: record.topic.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        index,
+                        status: STATUS_OK,
+                        outcome: Outcome::Filtered,
+                        reason: None,
+                    });
+                    inspect(Inspection {
+                        topic: &record.topic,
+                        partition: record.partition,
+                        offset: record.offset,
+                        index,
+                        key: key.as_deref(),
+                        outcome: Outcome::Filtered,
+                        sync: Some(mapping.name()),
+                        reason: None,
+                        message: None,
+                    });
+                    continue;
+                }
+                // Before mapping and before anything is logged or shown: a removed field goes nowhere.
+                if let Some(mask) = mask {
+                    mask.apply(&mut message);
+                }
                 let result = route(&message).and_then(|change| match change {
                     Change::Upsert => {
                         let row = mapping.row(&message, &meta)?;

@@ -124,7 +124,14 @@ impl App {
                 out
             }
         };
-        Pipeline::new(config.codec.build(), mappings).map_err(|p| SetupError(p.join("\n")))
+        let filters = config
+            .build_filters()
+            .map_err(|p| SetupError(p.join("\n")))?;
+        let masks = config.build_masks().map_err(|p| SetupError(p.join("\n")))?;
+        Pipeline::new(config.codec.build(), mappings)
+            .and_then(|p| p.with_filters(filters))
+            .and_then(|p| p.with_masks(masks))
+            .map_err(|p| SetupError(p.join("\n")))
     }
 
     /// The full handler; the pool connects lazily, so this never touches the database.

@@ -2,9 +2,6 @@
 //! from the record's Kafka metadata. Everything is parsed and checked once, when the config is compiled.
 
 use chrono::{DateTime, Utc};
-use jsonpath_rust::parser::model::JpQuery;
-use jsonpath_rust::parser::parse_json_path;
-use jsonpath_rust::query::js_path_process;
 use sea_orm::DbBackend;
 use sea_orm::sea_query::{Alias, ColumnDef, TableCreateStatement, Value as SqlValue};
 use serde::{Deserialize, Serialize};
@@ -12,6 +9,7 @@ use serde_json::Value;
 
 use super::mapping::{Mapping, Meta};
 use super::table::{TableDef, check_ident, create_table, long_text};
+use crate::path::JsonPath;
 
 /// One `[[sync]]` entry of the config file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -196,9 +194,7 @@ fn kind(value: &Value) -> &'static str {
 /// Where a column's value comes from.
 #[derive(Debug)]
 enum Source {
-    /// `$.a.b` — plain member names, looked up directly (the common case, and much faster than a query).
-    Members(Vec<String>),
-    Path(Box<JpQuery>),
+    Path(JsonPath),
     Key,
     Topic,
     Partition,
@@ -223,17 +219,7 @@ const MAX_KEY_TEXT: usize = 255;
 impl Column {
     fn value(&self, message: &Value, meta: &Meta<'_>) -> Result<SqlValue, String> {
         let found: Option<Value> = match &self.source {
-            Source::Members(names) => {
-                let mut node = Some(message);
-                for name in names {
-                    node = node.and_then(|n| n.get(name));
-                }
-                node.cloned()
-            }
-            Source::Path(query) => js_path_process(query, message)
-                .ok()
-                .and_then(|hits| hits.into_iter().next())
-                .map(|hit| hit.val().clone()),
+            Source::Path(path) => path.first(message).cloned(),
             Source::Key => meta.key.map(|k| Value::String(k.to_string())),
             Source::Topic => Some(Value::String(meta.record.topic.clone())),
             Source::Partition => Some(Value::from(meta.record.partition)),
@@ -390,20 +376,7 @@ impl DeclarativeMapping {
 }
 
 fn compile_path(path: &str) -> Result<Source, String> {
-    let query = parse_json_path(path).map_err(|e| e.to_string())?;
-    let members: Option<Vec<String>> = path.strip_prefix("$.").and_then(|rest| {
-        rest.split('.')
-            .map(|m| {
-                let plain =
-                    !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                plain.then(|| m.to_string())
-            })
-            .collect()
-    });
-    Ok(match members {
-        Some(names) => Source::Members(names),
-        None => Source::Path(Box::new(query)),
-    })
+    JsonPath::compile(path).map(Source::Path)
 }
 
 fn compile_from(from: &str) -> Option<Source> {

@@ -1,0 +1,384 @@
+//! Classification masking, as aether's `get_mask_from_schema`, extended to nested records.
+//!
+//! Fields of Avro records that carry the annotation (default `aetherMaskingLevel`) are classified at a level.
+//! With `levels` ordered from least to most sensitive, a classified field is removed from the message when the
+//! index of its level is greater than the index of `emit_level`; when `emit_level` is not in `levels`, every
+//! classified field is removed. Unannotated fields are always kept. A level that is not in `levels` is a
+//! configuration error, never a silent keep. Levels compare as JSON values (numbers by value).
+//!
+//! Beyond aether: fields of nested records are masked too, wherever a record sits: a field's type, an array
+//! or map of records, or a union branch. A union with several record branches is masked with every branch's
+//! rules, so a classified field can never slip through by matching the wrong branch.
+//!
+//! The schema is compiled once into a tree of removals; applying it walks the message, not the schema.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use apache_avro::Schema;
+use apache_avro::schema::{Name, ResolvedSchema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::filter::{all_topics, json_eq};
+
+pub const DEFAULT_ANNOTATION: &str = "aetherMaskingLevel";
+
+/// One `[[mask]]` section: the default (`topics` absent or `["*"]`) or a per-topic override.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    #[serde(default = "all_topics")]
+    pub topics: Vec<String>,
+    #[serde(default = "default_annotation")]
+    pub annotation: String,
+    /// Least sensitive first.
+    pub levels: Vec<Value>,
+    pub emit_level: Value,
+    /// An Avro schema (.avsc) that classifies the fields of JSON messages.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+}
+
+fn default_annotation() -> String {
+    DEFAULT_ANNOTATION.to_string()
+}
+
+/// Where records sit inside a value, for the parts of a schema that can hold classified fields.
+#[derive(Debug, Clone)]
+enum Shape {
+    Record(usize),
+    Array(Box<Shape>),
+    Map(Box<Shape>),
+    Union(Vec<Shape>),
+}
+
+#[derive(Debug, Default)]
+struct RecordMask {
+    /// The record's name path, for listings.
+    at: String,
+    remove: Vec<String>,
+    nested: Vec<(String, Shape)>,
+}
+
+/// A compiled mask.
+#[derive(Debug)]
+pub struct Mask {
+    records: Vec<RecordMask>,
+    root: Option<Shape>,
+}
+
+struct Builder<'a> {
+    cfg: &'a MaskConfig,
+    emit: Option<usize>,
+    names: HashMap<Name, &'a Schema>,
+    index: HashMap<Name, usize>,
+    records: Vec<RecordMask>,
+    problems: Vec<String>,
+}
+
+impl Mask {
+    /// Compiles `schema`'s classification under `cfg`, or lists every field whose level is not in `levels`.
+    pub fn build(cfg: &MaskConfig, schema: &Schema) -> Result<Self, Vec<String>> {
+        let names = match ResolvedSchema::try_from(schema) {
+            Ok(resolved) => resolved
+                .get_names()
+                .iter()
+                .map(|(n, s)| (n.clone(), *s))
+                .collect(),
+            Err(e) => return Err(vec![format!("schema: {e}")]),
+        };
+        let mut b = Builder {
+            cfg,
+            emit: cfg.levels.iter().position(|l| json_eq(l, &cfg.emit_level)),
+            names,
+            index: HashMap::new(),
+            records: Vec::new(),
+            problems: Vec::new(),
+        };
+        let root = b.shape(schema, "");
+        if b.problems.is_empty() {
+            Ok(Self {
+                records: b.records,
+                root,
+            })
+        } else {
+            Err(b.problems)
+        }
+    }
+
+    /// Removes every field the emit level does not allow, at every depth.
+    pub fn apply(&self, message: &mut Value) {
+        if let Some(root) = &self.root {
+            self.apply_shape(root, message);
+        }
+    }
+
+    pub fn removes_nothing(&self) -> bool {
+        self.records.iter().all(|r| r.remove.is_empty())
+    }
+
+    /// Dotted paths of the fields this mask removes (record name, then field names).
+    pub fn removed_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .records
+            .iter()
+            .flat_map(|r| r.remove.iter().map(move |f| format!("{}.{f}", r.at)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn apply_shape(&self, shape: &Shape, value: &mut Value) {
+        match (shape, value) {
+            (Shape::Record(i), Value::Object(map)) => {
+                let record = &self.records[*i];
+                for field in &record.remove {
+                    map.shift_remove(field);
+                }
+                for (field, inner) in &record.nested {
+                    if let Some(v) = map.get_mut(field) {
+                        self.apply_shape(inner, v);
+                    }
+                }
+            }
+            (Shape::Array(inner), Value::Array(items)) => {
+                items.iter_mut().for_each(|v| self.apply_shape(inner, v))
+            }
+            (Shape::Map(inner), Value::Object(map)) => {
+                map.values_mut().for_each(|v| self.apply_shape(inner, v))
+            }
+            (Shape::Union(branches), v) => branches.iter().for_each(|b| self.apply_shape(b, v)),
+            _ => {}
+        }
+    }
+}
+
+impl Builder<'_> {
+    fn shape(&mut self, schema: &Schema, at: &str) -> Option<Shape> {
+        match schema {
+            Schema::Record(record) => Some(Shape::Record(self.record(record, at))),
+            Schema::Ref { name } => {
+                let target = *self.names.get(name)?;
+                self.shape(target, at)
+            }
+            Schema::Array(a) => self.shape(&a.items, at).map(|s| Shape::Array(Box::new(s))),
+            Schema::Map(m) => self.shape(&m.types, at).map(|s| Shape::Map(Box::new(s))),
+            Schema::Union(u) => {
+                let mut shapes: Vec<Shape> = u
+                    .variants()
+                    .iter()
+                    .filter_map(|v| self.shape(v, at))
+                    .collect();
+                match shapes.len() {
+                    0 => None,
+                    1 => shapes.pop(),
+                    _ => Some(Shape::Union(shapes)),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn record(&mut self, record: &apache_avro::schema::RecordSchema, at: &str) -> usize {
+        if let Some(&i) = self.index.get(&record.name) {
+            return i; // seen before, or recursive: compiled once
+        }
+        let i = self.records.len();
+        let here = if at.is_empty() {
+            record.name.name().to_string()
+        } else {
+            at.to_string()
+        };
+        self.records.push(RecordMask {
+            at: here.clone(),
+            ..RecordMask::default()
+        });
+        self.index.insert(record.name.clone(), i);
+        let mut remove = Vec::new();
+        let mut nested = Vec::new();
+        for field in &record.fields {
+            let path = format!("{here}.{}", field.name);
+            if let Some(level) = field.custom_attributes.get(&self.cfg.annotation) {
+                match self.cfg.levels.iter().position(|l| json_eq(l, level)) {
+                    None => self.problems.push(format!(
+                        "field {path}: {} {level} is not one of levels {}",
+                        self.cfg.annotation,
+                        Value::Array(self.cfg.levels.clone())
+                    )),
+                    Some(pos) if self.emit.is_none_or(|emit| pos > emit) => {
+                        remove.push(field.name.clone());
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(shape) = self.shape(&field.schema, &path) {
+                nested.push((field.name.clone(), shape));
+            }
+        }
+        self.records[i].remove = remove;
+        self.records[i].nested = nested;
+        i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A record with one field per level of a taxonomy, plus an unannotated field.
+    fn schema(levels: &[Value]) -> Schema {
+        let mut fields = vec![json!({"name": "id", "type": "string"})];
+        for (i, l) in levels.iter().enumerate() {
+            fields
+                .push(json!({"name": format!("f{i}"), "type": "string", "aetherMaskingLevel": l}));
+        }
+        Schema::parse(&json!({"type": "record", "name": "Person", "fields": fields})).unwrap()
+    }
+
+    fn message(n: usize) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("id".into(), json!("x"));
+        for i in 0..n {
+            m.insert(format!("f{i}"), json!(format!("v{i}")));
+        }
+        Value::Object(m)
+    }
+
+    fn config(levels: &[Value], emit: Value) -> MaskConfig {
+        MaskConfig {
+            topics: all_topics(),
+            annotation: DEFAULT_ANNOTATION.into(),
+            levels: levels.to_vec(),
+            emit_level: emit,
+            schema: None,
+        }
+    }
+
+    fn kept(levels: &[Value], emit: Value) -> Vec<String> {
+        let mask = Mask::build(&config(levels, emit), &schema(levels)).unwrap();
+        let mut m = message(levels.len());
+        mask.apply(&mut m);
+        m.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// aether's matrix: every emit level × two taxonomies; a field stays iff its level ≤ the emit level.
+    #[test]
+    fn every_emit_level_of_two_taxonomies() {
+        let numbers: Vec<Value> = (0..=5).map(|n| json!(n)).collect();
+        let words: Vec<Value> = ["public", "confidential", "secret", "top secret", "ufos"]
+            .iter()
+            .map(|w| json!(w))
+            .collect();
+        for levels in [numbers, words] {
+            for (e, emit) in levels.iter().enumerate() {
+                let expected: Vec<String> = std::iter::once("id".to_string())
+                    .chain((0..=e).map(|i| format!("f{i}")))
+                    .collect();
+                assert_eq!(kept(&levels, emit.clone()), expected, "emit level {emit}");
+            }
+            // Off the scale: no classified field is emitted.
+            assert_eq!(kept(&levels, json!("cosmic")), vec!["id"]);
+        }
+    }
+
+    #[test]
+    fn levels_compare_as_json_values() {
+        let levels = vec![json!(0), json!(1), json!(2)];
+        assert_eq!(kept(&levels, json!(1.0)), vec!["id", "f0", "f1"]);
+        assert_eq!(
+            kept(&levels, json!("1")),
+            vec!["id"],
+            "\"1\" is not 1: off the scale"
+        );
+    }
+
+    #[test]
+    fn unknown_level_is_an_error_naming_field_and_level() {
+        let schema = Schema::parse(&json!({"type": "record", "name": "P", "fields": [
+            {"name": "ssn", "type": "string", "aetherMaskingLevel": "restricted"}]}))
+        .unwrap();
+        let err = Mask::build(
+            &config(&[json!("public"), json!("secret")], json!("public")),
+            &schema,
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0].contains("field P.ssn") && err[0].contains("\"restricted\""),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn nested_records_are_masked_field_by_field() {
+        let address = json!({"type": "record", "name": "Address", "fields": [
+            {"name": "city", "type": "string"},
+            {"name": "street", "type": "string", "aetherMaskingLevel": "secret"}]});
+        let schema = Schema::parse(&json!({"type": "record", "name": "Customer", "fields": [
+            {"name": "name", "type": "string"},
+            {"name": "home", "type": address},
+            {"name": "work", "type": ["null", "Address"]},
+            {"name": "previous", "type": {"type": "array", "items": "Address"}},
+            {"name": "byLabel", "type": {"type": "map", "values": "Address"}},
+            {"name": "ssn", "type": "string", "aetherMaskingLevel": "secret"}]}))
+        .unwrap();
+        let mask = Mask::build(
+            &config(&[json!("public"), json!("secret")], json!("public")),
+            &schema,
+        )
+        .unwrap();
+        let a = || json!({"city": "Oslo", "street": "Karl Johans gate 1"});
+        let mut m = json!({"name": "N", "home": a(), "work": a(), "previous": [a(), a()], "byLabel": {"x": a()},
+            "ssn": "123"});
+        mask.apply(&mut m);
+        let c = json!({"city": "Oslo"});
+        assert_eq!(
+            m,
+            json!({"name": "N", "home": c, "work": c, "previous": [c, c], "byLabel": {"x": c}})
+        );
+        let mut with_null =
+            json!({"name": "N", "home": a(), "work": null, "previous": [], "byLabel": {}});
+        mask.apply(&mut with_null);
+        assert_eq!(with_null["work"], Value::Null);
+        assert_eq!(
+            mask.removed_fields(),
+            vec!["Customer.home.street", "Customer.ssn"]
+        );
+        assert!(!mask.removes_nothing());
+        let open = Mask::build(
+            &config(&[json!("public"), json!("secret")], json!("secret")),
+            &schema,
+        )
+        .unwrap();
+        assert!(open.removes_nothing());
+    }
+
+    #[test]
+    fn recursive_schemas_compile_and_apply() {
+        let schema = Schema::parse(&json!({"type": "record", "name": "Node", "fields": [
+            {"name": "label", "type": "string", "aetherMaskingLevel": 1},
+            {"name": "next", "type": ["null", "Node"]}]}))
+        .unwrap();
+        let mask = Mask::build(&config(&[json!(0), json!(1)], json!(0)), &schema).unwrap();
+        let mut m =
+            json!({"label": "a", "next": {"label": "b", "next": {"label": "c", "next": null}}});
+        mask.apply(&mut m);
+        assert_eq!(m, json!({"next": {"next": {"next": null}}}));
+    }
+
+    #[test]
+    fn a_custom_annotation() {
+        let schema = Schema::parse(&json!({"type": "record", "name": "P", "fields": [
+            {"name": "a", "type": "string", "classification": "high"},
+            {"name": "b", "type": "string", "aetherMaskingLevel": "high"}]}))
+        .unwrap();
+        let mut cfg = config(&[json!("low"), json!("high")], json!("low"));
+        cfg.annotation = "classification".into();
+        let mut m = json!({"a": 1, "b": 2});
+        Mask::build(&cfg, &schema).unwrap().apply(&mut m);
+        assert_eq!(m, json!({"b": 2}));
+    }
+}
