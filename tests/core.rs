@@ -34,6 +34,7 @@ on_every_backend!(
     every_declarative_column_type_round_trips,
     large_batches_are_chunked_under_the_bind_limit,
     filtered_and_masked_messages_never_reach_the_table,
+    avro_values_are_decoded_masked_and_applied,
 );
 
 fn planet(uuid: &str, name: &str) -> (String, String) {
@@ -1052,5 +1053,86 @@ async fn dry_run_shows_masking_and_config_check_names_unknown_levels() {
         run.stderr.contains("mask 1: field Planet.discoveredBy: aetherMaskingLevel \"confidential\" is not one of levels"),
         "{}",
         run.stderr
+    );
+}
+
+/// Avro container files (several planets in one record) and Confluent-framed datums, masked by their own
+/// writer schema; an unknown schema id and a truncated datum are dead-lettered; a JSON value that no schema
+/// classifies is dead-lettered rather than applied unmasked.
+async fn avro_values_are_decoded_masked_and_applied(backend: Backend) {
+    let db = TestDb::new(backend, &format!("avro_{backend:?}")).await;
+    let config = repo().join("events/avro.toml").display().to_string();
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(&config),
+        &[
+            "planet-avro-ocf.json",
+            "planet-avro-confluent.json",
+            "planet-created.json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports = run.reports();
+    assert_eq!(
+        (
+            reports[0].received,
+            reports[0].messages,
+            reports[0].upserted
+        ),
+        (2, 3, 2),
+        "{:?}",
+        reports[0]
+    );
+    assert_eq!(
+        (
+            reports[1].upserted,
+            reports[1].deleted,
+            reports[1].dead_lettered
+        ),
+        (1, 1, 2),
+        "{:?}",
+        reports[1]
+    );
+    let reasons: Vec<_> = reports[1]
+        .records
+        .iter()
+        .map(|r| (r.offset, r.reason.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (801, "unknown schema id 9".to_string()),
+            (802, "Avro datum is truncated (95 bytes)".to_string())
+        ]
+    );
+    assert_eq!(reports[2].dead_lettered, 1);
+    assert!(
+        reports[2].records[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("no schema classifies this message")
+    );
+    let rows = db
+        .rows(
+            "servicea_planet_avro",
+            &["uuid", "name", "discovered_by", "galaxy", "sector"],
+            "uuid",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![A, "Dune", "Pardot Kynes", "Known Universe", "NULL"],
+            vec![
+                "00000002-7c1e-4b8a-9f3d-5e2a1c0b0002",
+                "Giedi Prime",
+                "House Harkonnen",
+                "Known Universe",
+                "NULL"
+            ],
+        ]
     );
 }

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::CodecConfig;
+use crate::decode::Format;
 use crate::filter::{Filter, FilterConfig};
-use crate::mask::{Mask, MaskConfig};
+use crate::mask::{Mask, MaskConfig, MaskRule};
 use crate::sync::declarative::{DeclarativeMapping, SyncConfig};
 use crate::sync::table::check_ident;
 
@@ -123,16 +124,28 @@ impl Config {
         }
     }
 
-    /// The compiled masks, with their topic patterns; each reads its schema file.
-    pub fn build_masks(&self) -> Result<Vec<(Vec<String>, Mask)>, Vec<String>> {
+    /// The compiled codec; schema files are read relative to the config file.
+    pub fn build_codec(&self) -> Result<crate::decode::Codec, Vec<String>> {
+        self.codec.build(self.base_dir.as_deref())
+    }
+
+    /// The compiled masks, with their topic patterns; each reads its schema file, if it names one (Avro
+    /// messages are classified by their own schema otherwise).
+    pub fn build_masks(&self) -> Result<Vec<(Vec<String>, MaskRule)>, Vec<String>> {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for (i, cfg) in self.masks.iter().enumerate() {
             let at = format!("mask {}", i + 1);
             let Some(file) = &cfg.schema else {
-                problems.push(format!(
-                    "{at}: schema is missing: name the .avsc file that classifies the fields"
-                ));
+                if self.codec.value == Format::Json {
+                    problems.push(format!(
+                        "{at}: schema is missing: name the .avsc file that classifies the fields of JSON values"
+                    ));
+                } else {
+                    // Avro values are classified by their own schema; a JSON value under this mask is
+                    // dead-lettered rather than applied unmasked.
+                    out.push((cfg.topics.clone(), MaskRule::new(cfg.clone(), None)));
+                }
                 continue;
             };
             let file = match &self.base_dir {
@@ -147,7 +160,9 @@ impl Config {
                     })
                 });
             match schema.map(|s| Mask::build(cfg, &s)) {
-                Ok(Ok(mask)) => out.push((cfg.topics.clone(), mask)),
+                Ok(Ok(mask)) => {
+                    out.push((cfg.topics.clone(), MaskRule::new(cfg.clone(), Some(mask))))
+                }
                 Ok(Err(p)) => problems.extend(p.into_iter().map(|p| format!("{at}: {p}"))),
                 Err(p) => problems.push(p),
             }
@@ -174,6 +189,9 @@ impl Config {
             problems.extend(p);
         }
         if let Err(p) = self.build_masks() {
+            problems.extend(p);
+        }
+        if let Err(p) = self.build_codec() {
             problems.extend(p);
         }
         if let Some(t) = &self.database.dead_letter_table

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use apache_avro::Schema;
 use apache_avro::schema::{Name, ResolvedSchema};
@@ -59,6 +60,52 @@ struct RecordMask {
     at: String,
     remove: Vec<String>,
     nested: Vec<(String, Shape)>,
+}
+
+/// A `[[mask]]` section ready for messages: compiled once from its schema file, or, without one, once per
+/// writer schema of the Avro messages it meets.
+#[derive(Debug)]
+pub struct MaskRule {
+    cfg: MaskConfig,
+    fixed: Option<Arc<Mask>>,
+    by_schema: Mutex<HashMap<String, Result<Arc<Mask>, String>>>,
+}
+
+impl MaskRule {
+    pub fn new(cfg: MaskConfig, fixed: Option<Mask>) -> Self {
+        Self {
+            cfg,
+            fixed: fixed.map(Arc::new),
+            by_schema: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The mask for a message described by `schema` (Avro messages), or the configured one. `Err` says why the
+    /// message cannot be masked; it must then not be applied.
+    pub fn mask_for(&self, schema: Option<&Schema>) -> Result<Arc<Mask>, String> {
+        if let Some(mask) = &self.fixed {
+            return Ok(Arc::clone(mask));
+        }
+        let Some(schema) = schema else {
+            return Err(
+                "no schema classifies this message: give the [[mask]] a schema for JSON values"
+                    .into(),
+            );
+        };
+        let key = schema.canonical_form();
+        let mut cache = self
+            .by_schema
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                Mask::build(&self.cfg, schema)
+                    .map(Arc::new)
+                    .map_err(|p| format!("mask: {}", p.join("; ")))
+            })
+            .clone()
+    }
 }
 
 /// A compiled mask.

@@ -9,10 +9,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::change::{Change, route};
-use crate::decode::{Codec, DecodeError, base64_decode, key_text};
+use crate::decode::{Codec, DecodeError, Decoded, base64_decode, key_text};
 use crate::event::{MskEvent, Record};
 use crate::filter::Filter;
-use crate::mask::Mask;
+use crate::mask::MaskRule;
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
 use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, Sink};
 use crate::topics::TopicRouter;
@@ -24,7 +24,7 @@ pub struct Pipeline {
     router: TopicRouter,
     mappings: Vec<Arc<dyn Mapping>>,
     filters: ByTopic<Filter>,
-    masks: ByTopic<Mask>,
+    masks: ByTopic<MaskRule>,
 }
 
 /// Per-topic stage settings: a default (`*`) and overrides, routed like syncs.
@@ -119,7 +119,7 @@ impl Pipeline {
     }
 
     /// Masks by topic pattern; a topic no pattern matches is not masked.
-    pub fn with_masks(mut self, masks: Vec<(Vec<String>, Mask)>) -> Result<Self, Vec<String>> {
+    pub fn with_masks(mut self, masks: Vec<(Vec<String>, MaskRule)>) -> Result<Self, Vec<String>> {
         self.masks = ByTopic::new(masks)?;
         Ok(self)
     }
@@ -191,7 +191,7 @@ impl Pipeline {
                     }
                 }
             };
-            let messages = match messages {
+            let Decoded { messages, schema } = match messages {
                 Ok(m) => m,
                 Err(reason) => {
                     report.messages += 1;
@@ -213,7 +213,10 @@ impl Pipeline {
             let Some(t) = target else { continue };
             let mapping = &self.mappings[t];
             let filter = self.filters.get(&record.topic);
-            let mask = self.masks.get(&record.topic);
+            let mask = self
+                .masks
+                .get(&record.topic)
+                .map(|rule| rule.mask_for(schema.as_deref()));
             for (index, mut message) in messages.into_iter().enumerate() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 report.messages += 1;
@@ -242,26 +245,35 @@ impl Pipeline {
                     continue;
                 }
                 // Before mapping and before anything is logged or shown: a removed field goes nowhere.
-                if let Some(mask) = mask {
-                    mask.apply(&mut message);
-                }
-                let result = route(&message).and_then(|change| match change {
-                    Change::Upsert => {
-                        let row = mapping.row(&message, &meta)?;
-                        let key = mapping
-                            .table()
-                            .key
-                            .iter()
-                            .map(|&i| row[i].clone())
-                            .collect();
-                        changes[t].upsert(key, row, origin(index));
-                        Ok(Outcome::Upsert)
+                let masked = match &mask {
+                    None => Ok(()),
+                    Some(Ok(mask)) => {
+                        mask.apply(&mut message);
+                        Ok(())
                     }
-                    Change::Delete => {
-                        changes[t].delete(mapping.key(&message, &meta)?, origin(index));
-                        Ok(Outcome::Delete)
-                    }
-                });
+                    Some(Err(reason)) => Err(reason.clone()),
+                };
+                let shown = masked.is_ok();
+                let result =
+                    masked
+                        .and_then(|()| route(&message))
+                        .and_then(|change| match change {
+                            Change::Upsert => {
+                                let row = mapping.row(&message, &meta)?;
+                                let key = mapping
+                                    .table()
+                                    .key
+                                    .iter()
+                                    .map(|&i| row[i].clone())
+                                    .collect();
+                                changes[t].upsert(key, row, origin(index));
+                                Ok(Outcome::Upsert)
+                            }
+                            Change::Delete => {
+                                changes[t].delete(mapping.key(&message, &meta)?, origin(index));
+                                Ok(Outcome::Delete)
+                            }
+                        });
                 let (outcome, reason) = match &result {
                     Ok(o) => (*o, None),
                     Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
@@ -275,7 +287,8 @@ impl Pipeline {
                     outcome,
                     sync: Some(mapping.name()),
                     reason,
-                    message: Some(&message),
+                    // A message that could not be masked is never shown.
+                    message: shown.then_some(&message),
                 });
                 if let Err(e) = result {
                     reject(record, index, e, &mut report, &mut dead_letters);

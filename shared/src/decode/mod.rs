@@ -4,25 +4,107 @@
 //! then only decodes. Every error says whether the batch can go on without the record
 //! ([`DecodeError::Permanent`]: the record is dead-lettered) or must be retried ([`DecodeError::Transient`]).
 
+pub mod avro;
 mod json;
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use apache_avro::Schema;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Which format record values (or keys) are in.
+/// The `[codec]` section: which format record values are in, and the schemas Avro needs.
+///
+/// ```toml
+/// [codec]
+/// value = "auto"                              # json | avro-ocf | avro-confluent | avro-raw | auto (default)
+/// schemas = { "1" = "schemas/planet.avsc" }   # Confluent schema id → .avsc file
+/// raw_schema = "schemas/planet.avsc"          # the writer schema of avro-raw values
+/// reader_schema = "schemas/planet-v2.avsc"    # optional: resolve every Avro value to this schema
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodecConfig {
+    #[serde(default)]
+    pub value: Format,
+    #[serde(default)]
+    pub schemas: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub raw_schema: Option<PathBuf>,
+    #[serde(default)]
+    pub reader_schema: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum CodecConfig {
-    #[default]
+pub enum Format {
     Json,
+    AvroOcf,
+    AvroConfluent,
+    AvroRaw,
+    /// OCF magic → OCF; byte 0 and a known schema id → Confluent; else JSON.
+    #[default]
+    Auto,
 }
 
 impl CodecConfig {
-    pub fn build(&self) -> Codec {
-        match self {
-            CodecConfig::Json => Codec::Json,
+    /// Reads the schemas (paths relative to `base`) and builds the codec, or lists every problem.
+    pub fn build(&self, base: Option<&Path>) -> Result<Codec, Vec<String>> {
+        let mut problems = Vec::new();
+        let read = |what: &str, path: &Path| -> Result<Arc<Schema>, String> {
+            let path = match base {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path.to_path_buf(),
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("codec.{what}: {}: cannot read: {e}", path.display()))?;
+            Schema::parse_str(&text)
+                .map(Arc::new)
+                .map_err(|e| format!("codec.{what}: {}: not an Avro schema: {e}", path.display()))
+        };
+        let mut schemas = HashMap::new();
+        for (id, path) in &self.schemas {
+            match id.parse::<u32>() {
+                Ok(n) => match read(&format!("schemas.{id}"), path) {
+                    Ok(s) => {
+                        schemas.insert(n, s);
+                    }
+                    Err(e) => problems.push(e),
+                },
+                Err(_) => problems.push(format!(
+                    "codec.schemas: {id:?} is not a schema id (a number)"
+                )),
+            }
         }
+        let mut optional = |what: &str, path: &Option<PathBuf>| {
+            path.as_deref()
+                .and_then(|p| read(what, p).map_err(|e| problems.push(e)).ok())
+        };
+        let raw = optional("raw_schema", &self.raw_schema);
+        let reader = optional("reader_schema", &self.reader_schema);
+        if self.value == Format::AvroRaw && self.raw_schema.is_none() {
+            problems.push("codec.value = \"avro-raw\" needs codec.raw_schema".into());
+        }
+        if self.value == Format::AvroConfluent && self.schemas.is_empty() {
+            problems.push(
+                "codec.value = \"avro-confluent\" needs codec.schemas (schema id → .avsc)".into(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(match self.value {
+            Format::Json => Codec::Json,
+            format => Codec::Avro(Arc::new(AvroCodec {
+                format,
+                schemas,
+                raw,
+                reader,
+            })),
+        })
     }
 }
 
@@ -30,6 +112,23 @@ impl CodecConfig {
 #[derive(Debug, Clone)]
 pub enum Codec {
     Json,
+    Avro(Arc<AvroCodec>),
+}
+
+#[derive(Debug)]
+pub struct AvroCodec {
+    format: Format,
+    schemas: HashMap<u32, Arc<Schema>>,
+    raw: Option<Arc<Schema>>,
+    reader: Option<Arc<Schema>>,
+}
+
+/// The messages of one record value, and the Avro schema that describes them (it classifies fields for
+/// masking) when they were Avro.
+#[derive(Debug)]
+pub struct Decoded {
+    pub messages: Vec<Value>,
+    pub schema: Option<Arc<Schema>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,10 +142,55 @@ pub enum DecodeError {
 }
 
 impl Codec {
-    /// Decode one record value into its messages (a format such as Avro OCF may carry several).
-    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
+    /// Decode one record value into its messages (an Avro container file may carry several).
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let json = |bytes| {
+            json::decode(bytes).map(|v| Decoded {
+                messages: vec![v],
+                schema: None,
+            })
+        };
         match self {
-            Codec::Json => json::decode(bytes).map(|v| vec![v]),
+            Codec::Json => json(bytes),
+            Codec::Avro(avro) => {
+                let reader = avro.reader.as_deref();
+                let ocf = |bytes| {
+                    avro::decode_ocf(bytes, reader).map(|(writer, messages)| Decoded {
+                        schema: Some(avro.reader.clone().unwrap_or(writer)),
+                        messages,
+                    })
+                };
+                let datum = |bytes, writer: &Arc<Schema>| {
+                    avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
+                        messages: vec![v],
+                        schema: Some(avro.reader.clone().unwrap_or_else(|| Arc::clone(writer))),
+                    })
+                };
+                let confluent = |bytes| {
+                    match avro::split_confluent(bytes) {
+                    None => Err(DecodeError::Permanent(
+                        "value is not in the Confluent wire format (magic byte 0, 4-byte schema id, datum)".into(),
+                    )),
+                    Some((id, body)) => match avro.schemas.get(&id) {
+                        Some(writer) => datum(body, writer),
+                        None => Err(DecodeError::Permanent(format!("unknown schema id {id}"))),
+                    },
+                }
+                };
+                match avro.format {
+                    Format::Json => json(bytes),
+                    Format::AvroOcf => ocf(bytes),
+                    Format::AvroConfluent => confluent(bytes),
+                    Format::AvroRaw => match &avro.raw {
+                        Some(writer) => datum(bytes, writer),
+                        None => Err(DecodeError::Permanent("no raw_schema configured".into())),
+                    },
+                    Format::Auto if bytes.starts_with(avro::OCF_MAGIC) => ocf(bytes),
+                    // JSON text never starts with a zero byte: this is Confluent framing, known id or not.
+                    Format::Auto if avro::split_confluent(bytes).is_some() => confluent(bytes),
+                    Format::Auto => json(bytes),
+                }
+            }
         }
     }
 }

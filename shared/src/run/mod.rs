@@ -128,7 +128,8 @@ impl App {
             .build_filters()
             .map_err(|p| SetupError(p.join("\n")))?;
         let masks = config.build_masks().map_err(|p| SetupError(p.join("\n")))?;
-        Pipeline::new(config.codec.build(), mappings)
+        let codec = config.build_codec().map_err(|p| SetupError(p.join("\n")))?;
+        Pipeline::new(codec, mappings)
             .and_then(|p| p.with_filters(filters))
             .and_then(|p| p.with_masks(masks))
             .map_err(|p| SetupError(p.join("\n")))
