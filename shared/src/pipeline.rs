@@ -124,6 +124,11 @@ impl Pipeline {
         Ok(self)
     }
 
+    /// The I/O a batch needs before it can be planned: schemas from the registry.
+    pub async fn prepare(&self, event: &MskEvent) -> Result<(), DecodeError> {
+        self.codec.prefetch(event).await
+    }
+
     pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
         &self.mappings
     }
@@ -389,6 +394,10 @@ impl Handler {
 
     pub async fn handle(&self, event: MskEvent) -> Result<BatchReport, HandlerError> {
         let source = event.event_source.clone();
+        self.pipeline.prepare(&event).await.map_err(|e| {
+            tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
+            HandlerError::Transient(e.to_string())
+        })?;
         let Plan {
             changes,
             dead_letters,

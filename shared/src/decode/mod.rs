@@ -6,10 +6,11 @@
 
 pub mod avro;
 mod json;
+pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 use base64::Engine;
@@ -36,6 +37,9 @@ pub struct CodecConfig {
     pub raw_schema: Option<PathBuf>,
     #[serde(default)]
     pub reader_schema: Option<PathBuf>,
+    /// A Confluent-compatible schema registry for ids not in `schemas`.
+    #[serde(default)]
+    pub registry: Option<registry::RegistryConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -88,9 +92,15 @@ impl CodecConfig {
         if self.value == Format::AvroRaw && self.raw_schema.is_none() {
             problems.push("codec.value = \"avro-raw\" needs codec.raw_schema".into());
         }
-        if self.value == Format::AvroConfluent && self.schemas.is_empty() {
+        let registry = self.registry.as_ref().and_then(|r| {
+            registry::SchemaRegistry::new(r)
+                .map_err(|e| problems.push(e))
+                .ok()
+        });
+        if self.value == Format::AvroConfluent && self.schemas.is_empty() && self.registry.is_none()
+        {
             problems.push(
-                "codec.value = \"avro-confluent\" needs codec.schemas (schema id → .avsc)".into(),
+                "codec.value = \"avro-confluent\" needs codec.schemas (schema id → .avsc) or codec.registry".into(),
             );
         }
         if !problems.is_empty() {
@@ -103,6 +113,8 @@ impl CodecConfig {
                 schemas,
                 raw,
                 reader,
+                registry,
+                fetched: RwLock::new(HashMap::new()),
             })),
         })
     }
@@ -121,6 +133,26 @@ pub struct AvroCodec {
     schemas: HashMap<u32, Arc<Schema>>,
     raw: Option<Arc<Schema>>,
     reader: Option<Arc<Schema>>,
+    registry: Option<registry::SchemaRegistry>,
+    /// Registry answers for this instance, readable while decoding (which does not wait).
+    fetched: RwLock<HashMap<u32, Result<Arc<Schema>, String>>>,
+}
+
+impl AvroCodec {
+    fn schema_by_id(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+        if let Some(s) = self.schemas.get(&id) {
+            return Ok(Arc::clone(s));
+        }
+        let fetched = self
+            .fetched
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fetched.get(&id) {
+            Some(Ok(s)) => Ok(Arc::clone(s)),
+            Some(Err(e)) => Err(DecodeError::Permanent(e.clone())),
+            None => Err(DecodeError::Permanent(format!("unknown schema id {id}"))),
+        }
+    }
 }
 
 /// The messages of one record value, and the Avro schema that describes them (it classifies fields for
@@ -142,6 +174,60 @@ pub enum DecodeError {
 }
 
 impl Codec {
+    /// Fetches, before a batch is decoded, the registry schemas its Confluent-framed values name. A registry
+    /// that cannot answer fails the batch (transient); an id it does not know dead-letters its records.
+    pub async fn prefetch(&self, event: &crate::event::MskEvent) -> Result<(), DecodeError> {
+        let Codec::Avro(avro) = self else {
+            return Ok(());
+        };
+        let Some(registry) = &avro.registry else {
+            return Ok(());
+        };
+        if !matches!(avro.format, Format::AvroConfluent | Format::Auto) {
+            return Ok(());
+        }
+        let mut wanted = std::collections::BTreeSet::new();
+        for record in event.records.values().flatten() {
+            // The framing is in the first 5 bytes: 8 base64 characters hold 6.
+            let Some(head) = record
+                .value
+                .as_deref()
+                .and_then(|v| v.get(..8.min(v.len())))
+            else {
+                continue;
+            };
+            let Ok(bytes) =
+                base64::engine::general_purpose::STANDARD_NO_PAD.decode(head.trim_end_matches('='))
+            else {
+                continue;
+            };
+            if let Some((id, _)) = avro::split_confluent(&bytes) {
+                wanted.insert(id);
+            }
+        }
+        for id in wanted {
+            let known = avro.schemas.contains_key(&id)
+                || avro
+                    .fetched
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains_key(&id);
+            if known {
+                continue;
+            }
+            let answer = match registry.schema(id).await {
+                Ok(s) => Ok(s),
+                Err(DecodeError::Permanent(e)) => Err(e),
+                Err(transient) => return Err(transient),
+            };
+            avro.fetched
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id, answer);
+        }
+        Ok(())
+    }
+
     /// Decode one record value into its messages (an Avro container file may carry several).
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let json = |bytes| {
@@ -171,10 +257,7 @@ impl Codec {
                     None => Err(DecodeError::Permanent(
                         "value is not in the Confluent wire format (magic byte 0, 4-byte schema id, datum)".into(),
                     )),
-                    Some((id, body)) => match avro.schemas.get(&id) {
-                        Some(writer) => datum(body, writer),
-                        None => Err(DecodeError::Permanent(format!("unknown schema id {id}"))),
-                    },
+                    Some((id, body)) => datum(body, &avro.schema_by_id(id)?),
                 }
                 };
                 match avro.format {

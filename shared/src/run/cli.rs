@@ -164,6 +164,9 @@ async fn replay(
             Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
         };
         for (file, event) in events {
+            if let Err(e) = pipeline.prepare(&event).await {
+                return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
+            }
             let mut io_error = None;
             let planned = pipeline.plan(event, &mut |inspection| {
                 if io_error.is_none()
