@@ -1136,3 +1136,39 @@ async fn avro_values_are_decoded_masked_and_applied(backend: Backend) {
         ]
     );
 }
+
+/// A classification level missing from `levels` in a schema known at start-up stops the start, naming field and
+/// level, also when the mask takes its schemas from the codec.
+#[tokio::test]
+async fn unknown_levels_in_codec_schemas_fail_at_start_up() {
+    let db = TestDb::new(Backend::Sqlite, "avro_levels").await;
+    let text = std::fs::read_to_string(repo().join("events/avro.toml"))
+        .unwrap()
+        .replace(
+            "levels = [\"public\", \"confidential\", \"secret\"]",
+            "levels = [\"public\", \"secret\"]",
+        )
+        .replace(
+            "schemas/planet.avsc",
+            &repo()
+                .join("events/schemas/planet.avsc")
+                .display()
+                .to_string(),
+        );
+    let config = db.write("levels.toml", &text);
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(config.to_str().unwrap()),
+        &["planet-avro-ocf.json"],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(
+            "field Planet.discoveredBy: aetherMaskingLevel \"confidential\" is not one of levels"
+        ),
+        "{}",
+        run.stderr
+    );
+}

@@ -143,7 +143,34 @@ impl Config {
                     ));
                 } else {
                     // Avro values are classified by their own schema; a JSON value under this mask is
-                    // dead-lettered rather than applied unmasked.
+                    // dead-lettered rather than applied unmasked. The schemas known now are checked now, so a
+                    // level missing from `levels` stops the start, not a batch.
+                    let known = self
+                        .codec
+                        .schemas
+                        .values()
+                        .chain(&self.codec.raw_schema)
+                        .chain(&self.codec.reader_schema);
+                    for path in known {
+                        let path = match &self.base_dir {
+                            Some(dir) if path.is_relative() => dir.join(path),
+                            _ => path.clone(),
+                        };
+                        let Ok(schema) = std::fs::read_to_string(&path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|t| {
+                                apache_avro::Schema::parse_str(&t).map_err(|e| e.to_string())
+                            })
+                        else {
+                            continue; // build_codec reports unreadable schemas
+                        };
+                        if let Err(p) = Mask::build(cfg, &schema) {
+                            problems.extend(
+                                p.into_iter()
+                                    .map(|p| format!("{at} ({}): {p}", path.display())),
+                            );
+                        }
+                    }
                     out.push((cfg.topics.clone(), MaskRule::new(cfg.clone(), None)));
                 }
                 continue;

@@ -189,7 +189,10 @@ impl Pipeline {
                     continue;
                 }
                 (Some(value), Some(_)) => {
-                    match base64_decode(value).and_then(|bytes| self.codec.decode(&bytes)) {
+                    match base64_decode(value).and_then(|bytes| {
+                        self.codec
+                            .decode(&bytes, record.value_schema_metadata.as_ref())
+                    }) {
                         Ok(messages) => Ok(messages),
                         Err(DecodeError::Permanent(e)) => Err(e),
                         Err(transient) => return Err(transient),

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
+
+use crate::event::SchemaMetadata;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,6 +42,38 @@ pub struct CodecConfig {
     /// A Confluent-compatible schema registry for ids not in `schemas`.
     #[serde(default)]
     pub registry: Option<registry::RegistryConfig>,
+    /// `"kafkaesk"`: values are `{"schema": "name:version", "data": {…}}`; the message is `data`, with
+    /// `kafkaeskSchemaName` and `kafkaeskSchemaVersion` added for mappings.
+    #[serde(default)]
+    pub envelope: Option<Envelope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Envelope {
+    Kafkaesk,
+}
+
+/// Unwraps kafkaesk's `{"schema": "name:version", "data": {…}}`.
+fn unwrap_kafkaesk(mut decoded: Decoded) -> Result<Decoded, DecodeError> {
+    let bad = |why: &str| DecodeError::Permanent(format!("kafkaesk envelope: {why}"));
+    for message in &mut decoded.messages {
+        let Value::Object(envelope) = message else {
+            return Err(bad("the value is not an object"));
+        };
+        let schema = match envelope.get("schema") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(bad("no \"schema\": \"name:version\"")),
+        };
+        let Some(Value::Object(mut data)) = envelope.remove("data") else {
+            return Err(bad("\"data\" is missing or not an object"));
+        };
+        let (name, version) = schema.rsplit_once(':').unwrap_or((schema.as_str(), ""));
+        data.insert("kafkaeskSchemaName".into(), Value::from(name));
+        data.insert("kafkaeskSchemaVersion".into(), Value::from(version));
+        *message = Value::Object(data);
+    }
+    Ok(decoded)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -107,7 +141,7 @@ impl CodecConfig {
             return Err(problems);
         }
         Ok(match self.value {
-            Format::Json => Codec::Json,
+            Format::Json if self.envelope.is_none() => Codec::Json,
             format => Codec::Avro(Arc::new(AvroCodec {
                 format,
                 schemas,
@@ -115,6 +149,7 @@ impl CodecConfig {
                 reader,
                 registry,
                 fetched: RwLock::new(HashMap::new()),
+                envelope: self.envelope,
             })),
         })
     }
@@ -134,6 +169,7 @@ pub struct AvroCodec {
     raw: Option<Arc<Schema>>,
     reader: Option<Arc<Schema>>,
     registry: Option<registry::SchemaRegistry>,
+    envelope: Option<Envelope>,
     /// Registry answers for this instance, readable while decoding (which does not wait).
     fetched: RwLock<HashMap<u32, Result<Arc<Schema>, String>>>,
 }
@@ -229,7 +265,28 @@ impl Codec {
     }
 
     /// Decode one record value into its messages (an Avro container file may carry several).
-    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    ///
+    /// `meta` is the record's `valueSchemaMetadata`, which Lambda's schema-registry integration sets: the value
+    /// is then either already JSON (`EventRecordFormat: JSON`) or the bare datum (`SOURCE`) of schema `schemaId`.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        meta: Option<&SchemaMetadata>,
+    ) -> Result<Decoded, DecodeError> {
+        let decoded = self.decode_value(bytes, meta)?;
+        match self {
+            Codec::Avro(avro) if avro.envelope == Some(Envelope::Kafkaesk) => {
+                unwrap_kafkaesk(decoded)
+            }
+            _ => Ok(decoded),
+        }
+    }
+
+    fn decode_value(
+        &self,
+        bytes: &[u8],
+        meta: Option<&SchemaMetadata>,
+    ) -> Result<Decoded, DecodeError> {
         let json = |bytes| {
             json::decode(bytes).map(|v| Decoded {
                 messages: vec![v],
@@ -238,6 +295,34 @@ impl Codec {
         };
         match self {
             Codec::Json => json(bytes),
+            Codec::Avro(avro) if meta.is_some_and(|m| m.data_format.is_some()) => {
+                let meta =
+                    meta.ok_or_else(|| DecodeError::Permanent("no schema metadata".into()))?;
+                let by_id = meta
+                    .schema_id
+                    .as_deref()
+                    .and_then(|id| id.parse::<u32>().ok());
+                let known = by_id
+                    .and_then(|id| avro.schema_by_id(id).ok())
+                    .or_else(|| avro.raw.clone());
+                if bytes.first() == Some(&b'{') {
+                    // JSON mode: Lambda already converted the value; the schema, if known, still classifies it.
+                    let mut decoded = json(bytes)?;
+                    decoded.schema = known;
+                    return Ok(decoded);
+                }
+                let writer = known.ok_or_else(|| {
+                    DecodeError::Permanent(format!(
+                        "no schema for schemaId {}: add it to codec.schemas or set codec.raw_schema",
+                        meta.schema_id.as_deref().unwrap_or("(none)")
+                    ))
+                })?;
+                let reader = avro.reader.as_deref();
+                avro::decode_datum(bytes, &writer, reader).map(|v| Decoded {
+                    messages: vec![v],
+                    schema: Some(avro.reader.clone().unwrap_or(writer)),
+                })
+            }
             Codec::Avro(avro) => {
                 let reader = avro.reader.as_deref();
                 let ocf = |bytes| {
@@ -310,5 +395,137 @@ mod tests {
         assert_eq!(key_text(Some("a2V5")).as_deref(), Some("key"));
         assert_eq!(key_text(Some("/w==")), None);
         assert_eq!(key_text(None), None);
+    }
+
+    fn codec(toml_text: &str) -> Codec {
+        let cfg: CodecConfig = toml::from_str(toml_text).unwrap();
+        cfg.build(Some(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events"
+        ))))
+        .unwrap()
+    }
+
+    fn planet_datum() -> (Vec<u8>, Arc<Schema>) {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/schemas/planet.avsc"
+        ))
+        .unwrap();
+        let schema = Schema::parse_str(&text).unwrap();
+        let value = apache_avro::types::Value::Record(vec![
+            (
+                "changeType".into(),
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            ),
+            (
+                "planetUuid".into(),
+                apache_avro::types::Value::String("p1".into()),
+            ),
+            (
+                "planetName".into(),
+                apache_avro::types::Value::String("Arrakis".into()),
+            ),
+            ("published".into(), apache_avro::types::Value::Boolean(true)),
+            (
+                "discoveredBy".into(),
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            ),
+            (
+                "location".into(),
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            ),
+        ]);
+        let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap();
+        (bytes, Arc::new(schema))
+    }
+
+    fn meta(id: &str) -> SchemaMetadata {
+        SchemaMetadata {
+            schema_id: Some(id.into()),
+            data_format: Some("AVRO".into()),
+        }
+    }
+
+    #[test]
+    fn schema_metadata_selects_bare_datum_or_json() {
+        let (datum, schema) = planet_datum();
+        let c = codec("value = \"auto\"\nraw_schema = \"schemas/planet.avsc\"\n");
+        // SOURCE mode: the bare datum, with the configured raw schema (Glue ids are not numbers).
+        let d = c.decode(&datum, Some(&meta("5a1c2d3e-glue"))).unwrap();
+        assert_eq!(d.messages[0]["planetName"], "Arrakis");
+        assert_eq!(d.schema.as_deref(), Some(&*schema));
+        // JSON mode: Lambda already converted it; the schema still comes along for masking.
+        let d = c
+            .decode(
+                br#"{"planetUuid":"p1","planetName":"Arrakis"}"#,
+                Some(&meta("7")),
+            )
+            .unwrap();
+        assert_eq!(d.messages[0]["planetUuid"], "p1");
+        assert!(d.schema.is_some());
+        // Without a schema a bare datum cannot be read.
+        let plain = codec("value = \"auto\"\n");
+        let err = plain.decode(&datum, Some(&meta("42"))).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Permanent(m) if m.contains("no schema for schemaId 42")),
+            "{err:?}"
+        );
+        // avro-raw without metadata.
+        let raw = codec("value = \"avro-raw\"\nraw_schema = \"schemas/planet.avsc\"\n");
+        assert_eq!(
+            raw.decode(&datum, None).unwrap().messages[0]["planetUuid"],
+            "p1"
+        );
+    }
+
+    #[test]
+    fn kafkaesk_envelopes_are_unwrapped() {
+        let c = codec("value = \"json\"\nenvelope = \"kafkaesk\"\n");
+        let d = c
+            .decode(br#"{"schema":"planet:3","data":{"planetUuid":"p1"}}"#, None)
+            .unwrap();
+        assert_eq!(
+            d.messages[0],
+            serde_json::json!({"planetUuid": "p1", "kafkaeskSchemaName": "planet", "kafkaeskSchemaVersion": "3"})
+        );
+        for bad in [
+            &br#"{"data":{}}"#[..],
+            br#"{"schema":"p:1","data":[1]}"#,
+            br#"{"schema":"p:1"}"#,
+        ] {
+            let err = c.decode(bad, None).unwrap_err();
+            assert!(
+                matches!(&err, DecodeError::Permanent(m) if m.starts_with("kafkaesk envelope")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_problems_are_listed() {
+        let cfg: CodecConfig =
+            toml::from_str("value = \"avro-raw\"\nschemas = { x = \"nope.avsc\" }\nreader_schema = \"missing.avsc\"\n").unwrap();
+        let problems = cfg.build(None).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("\"x\" is not a schema id"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("missing.avsc: cannot read"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("needs codec.raw_schema"))
+        );
     }
 }
