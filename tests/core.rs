@@ -1172,3 +1172,66 @@ async fn unknown_levels_in_codec_schemas_fail_at_start_up() {
         run.stderr
     );
 }
+
+/// JSON keys: columns read paths into the key, and a tombstone deletes the entity its (composite) key names.
+#[tokio::test]
+async fn json_keys_feed_columns_and_tombstones() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let db = TestDb::new(Backend::Sqlite, "json_keys").await;
+    let config = db.write(
+        "keys.toml",
+        r#"
+        [codec]
+        value = "json"
+        key = "json"
+
+        [[sync]]
+        topics = ["shop.orders"]
+        table = "shop_order"
+        key = ["shop", "order_id"]
+        columns = [
+          { name = "shop", from = "key:$.shop" },
+          { name = "order_id", from = "key:$.id", type = "integer" },
+          { name = "total", path = "$.total", type = "float" },
+        ]
+        "#,
+    );
+    let record = |offset: i64, key: &[u8], value: Option<&str>| {
+        serde_json::json!({"topic": "shop.orders", "partition": 0, "offset": offset, "timestamp": 1764000000000_i64 + offset,
+            "key": b64(key), "value": value.map(|v| b64(v.as_bytes())), "headers": []})
+    };
+    let event = serde_json::json!({"eventSource": "aws:kafka", "records": {"shop.orders-0": [
+        record(1, br#"{"shop":"eu","id":1}"#, Some(r#"{"total": 10.5}"#)),
+        record(2, br#"{"shop":"eu","id":2}"#, Some(r#"{"total": 20}"#)),
+        record(3, br#"{"shop":"us","id":1}"#, Some(r#"{"total": 30}"#)),
+        record(4, br#"{"shop":"eu","id":1}"#, None),
+        record(5, b"not json", Some(r#"{"total": 1}"#)),
+    ]}});
+    let file = db.write("orders.json", &event.to_string());
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(config.to_str().unwrap()),
+        &[file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (report.upserted, report.deleted, report.dead_lettered),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    assert!(
+        report.records[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("key is not valid JSON")
+    );
+    let rows = db
+        .rows("shop_order", &["shop", "order_id", "total"], "total")
+        .await;
+    assert_eq!(rows, vec![vec!["eu", "2", "20.0"], vec!["us", "1", "30.0"]]);
+}

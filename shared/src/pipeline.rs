@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::change::{Change, route};
-use crate::decode::{Codec, DecodeError, Decoded, base64_decode, key_text};
+use crate::decode::{Codec, DecodeError, Decoded, base64_decode};
 use crate::event::{MskEvent, Record};
 use crate::filter::Filter;
 use crate::mask::MaskRule;
@@ -153,11 +153,24 @@ impl Pipeline {
                 record: position,
                 index,
             };
-            let key = key_text(record.key.as_deref());
+            let key_value = match self.codec.decode_key(record.key.as_deref()) {
+                Ok(v) => v,
+                Err(DecodeError::Permanent(reason)) => {
+                    report.messages += 1;
+                    reject(record, 0, reason, &mut report, &mut dead_letters);
+                    continue;
+                }
+                Err(transient) => return Err(transient),
+            };
+            let key = key_value.as_ref().map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
             let target = self.router.route(&record.topic);
             let meta = Meta {
                 record,
                 key: key.as_deref(),
+                key_value: key_value.as_ref(),
             };
             let messages = match (&record.value, target) {
                 (_, None) => Err(format!("no sync is configured for topic {}", record.topic)),

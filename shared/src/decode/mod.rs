@@ -46,6 +46,19 @@ pub struct CodecConfig {
     /// `kafkaeskSchemaName` and `kafkaeskSchemaVersion` added for mappings.
     #[serde(default)]
     pub envelope: Option<Envelope>,
+    /// How record keys are read: `string` (UTF-8 text, the default), `json`, or `avro` (Confluent-framed, schemas
+    /// as for values). Mappings see the decoded key (`from = "key"`, `from = "key:$.id"`).
+    #[serde(default)]
+    pub key: KeyFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyFormat {
+    #[default]
+    String,
+    Json,
+    Avro,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -141,7 +154,7 @@ impl CodecConfig {
             return Err(problems);
         }
         Ok(match self.value {
-            Format::Json if self.envelope.is_none() => Codec::Json,
+            Format::Json if self.envelope.is_none() && self.key == KeyFormat::String => Codec::Json,
             format => Codec::Avro(Arc::new(AvroCodec {
                 format,
                 schemas,
@@ -150,6 +163,7 @@ impl CodecConfig {
                 registry,
                 fetched: RwLock::new(HashMap::new()),
                 envelope: self.envelope,
+                key: self.key,
             })),
         })
     }
@@ -170,6 +184,7 @@ pub struct AvroCodec {
     reader: Option<Arc<Schema>>,
     registry: Option<registry::SchemaRegistry>,
     envelope: Option<Envelope>,
+    key: KeyFormat,
     /// Registry answers for this instance, readable while decoding (which does not wait).
     fetched: RwLock<HashMap<u32, Result<Arc<Schema>, String>>>,
 }
@@ -219,17 +234,17 @@ impl Codec {
         let Some(registry) = &avro.registry else {
             return Ok(());
         };
-        if !matches!(avro.format, Format::AvroConfluent | Format::Auto) {
-            return Ok(());
-        }
+        let values = matches!(avro.format, Format::AvroConfluent | Format::Auto);
+        let keys = avro.key == KeyFormat::Avro;
         let mut wanted = std::collections::BTreeSet::new();
-        for record in event.records.values().flatten() {
+        let fields = event.records.values().flatten().flat_map(|r| {
+            [values.then_some(&r.value), keys.then_some(&r.key)]
+                .into_iter()
+                .flatten()
+        });
+        for field in fields {
             // The framing is in the first 5 bytes: 8 base64 characters hold 6.
-            let Some(head) = record
-                .value
-                .as_deref()
-                .and_then(|v| v.get(..8.min(v.len())))
-            else {
+            let Some(head) = field.as_deref().and_then(|v| v.get(..8.min(v.len()))) else {
                 continue;
             };
             let Ok(bytes) =
@@ -279,6 +294,41 @@ impl Codec {
                 unwrap_kafkaesk(decoded)
             }
             _ => Ok(decoded),
+        }
+    }
+
+    /// The record key as the configured key format reads it; `None` without a key. String keys that are not
+    /// UTF-8 are `None` too; a key declared JSON or Avro that does not decode is an error of the record.
+    pub fn decode_key(&self, key: Option<&str>) -> Result<Option<Value>, DecodeError> {
+        let Some(key) = key else { return Ok(None) };
+        let format = match self {
+            Codec::Avro(avro) => avro.key,
+            Codec::Json => KeyFormat::String,
+        };
+        let bad = |e: DecodeError| DecodeError::Permanent(format!("key: {e}"));
+        match (format, self) {
+            (KeyFormat::String, _) => Ok(key_text(Some(key)).map(Value::String)),
+            (KeyFormat::Json, _) => {
+                let bytes = base64_decode(key).map_err(bad)?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| DecodeError::Permanent(format!("key is not valid JSON: {e}")))
+            }
+            (KeyFormat::Avro, Codec::Avro(avro)) => {
+                let bytes = base64_decode(key).map_err(bad)?;
+                let (id, body) = avro::split_confluent(&bytes).ok_or_else(|| {
+                    DecodeError::Permanent(
+                        "key is not Confluent-framed Avro (magic byte 0, schema id, datum)".into(),
+                    )
+                })?;
+                let schema = avro.schema_by_id(id).map_err(bad)?;
+                avro::decode_datum(body, &schema, None)
+                    .map(Some)
+                    .map_err(bad)
+            }
+            (KeyFormat::Avro, Codec::Json) => Err(DecodeError::Permanent(
+                "Avro keys need an Avro codec".into(),
+            )),
         }
     }
 
@@ -526,6 +576,37 @@ mod tests {
             problems
                 .iter()
                 .any(|p| p.contains("needs codec.raw_schema"))
+        );
+    }
+
+    #[test]
+    fn avro_and_string_keys() {
+        let (datum, _) = planet_datum();
+        let c = codec(
+            "value = \"auto\"\nkey = \"avro\"\nschemas = { \"1\" = \"schemas/planet.avsc\" }\n",
+        );
+        let mut framed = vec![0, 0, 0, 0, 1];
+        framed.extend_from_slice(&datum);
+        let key = base64::engine::general_purpose::STANDARD.encode(&framed);
+        assert_eq!(
+            c.decode_key(Some(&key)).unwrap().unwrap()["planetUuid"],
+            "p1"
+        );
+        let err = c.decode_key(Some("a2V5")).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Permanent(m) if m.contains("Confluent-framed")),
+            "{err:?}"
+        );
+        assert_eq!(c.decode_key(None).unwrap(), None);
+        let plain = codec("value = \"json\"\n");
+        assert_eq!(
+            plain.decode_key(Some("a2V5")).unwrap(),
+            Some(Value::from("key"))
+        );
+        assert_eq!(
+            plain.decode_key(Some("/w==")).unwrap(),
+            None,
+            "a non-UTF-8 string key is no key"
         );
     }
 }

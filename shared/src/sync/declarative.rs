@@ -195,6 +195,8 @@ fn kind(value: &Value) -> &'static str {
 #[derive(Debug)]
 enum Source {
     Path(JsonPath),
+    /// `key:$.id`: a path into a JSON or Avro key.
+    KeyPath(JsonPath),
     Key,
     Topic,
     Partition,
@@ -220,7 +222,8 @@ impl Column {
     fn value(&self, message: &Value, meta: &Meta<'_>) -> Result<SqlValue, String> {
         let found: Option<Value> = match &self.source {
             Source::Path(path) => path.first(message).cloned(),
-            Source::Key => meta.key.map(|k| Value::String(k.to_string())),
+            Source::Key => meta.key_value.cloned(),
+            Source::KeyPath(path) => meta.key_value.and_then(|k| path.first(k)).cloned(),
             Source::Topic => Some(Value::String(meta.record.topic.clone())),
             Source::Partition => Some(Value::from(meta.record.partition)),
             Source::Offset => Some(Value::from(meta.record.offset)),
@@ -382,6 +385,7 @@ fn compile_path(path: &str) -> Result<Source, String> {
 fn compile_from(from: &str) -> Option<Source> {
     Some(match from {
         "key" => Source::Key,
+        _ if from.starts_with("key:") => Source::KeyPath(JsonPath::compile(&from[4..]).ok()?),
         "topic" => Source::Topic,
         "partition" => Source::Partition,
         "offset" => Source::Offset,
@@ -432,15 +436,15 @@ impl Mapping for DeclarativeMapping {
             .table
             .key
             .iter()
-            .all(|&i| matches!(self.columns[i].source, Source::Key));
-        if !from_key || self.table.key.len() != 1 {
+            .all(|&i| matches!(self.columns[i].source, Source::Key | Source::KeyPath(_)));
+        if !from_key {
             return Err(format!(
                 "tombstone (null value) for sync {}: its key does not come from the record key (from = \"key\"), so the entity to delete is unknown",
                 self.name
             ));
         }
-        if meta.key.is_none() {
-            return Err("tombstone (null value) without a UTF-8 record key".to_string());
+        if meta.key_value.is_none() {
+            return Err("tombstone (null value) without a record key".to_string());
         }
         self.key_values(&Value::Null, meta)
     }
@@ -497,6 +501,7 @@ mod tests {
         let meta = Meta {
             record: &r,
             key: None,
+            key_value: None,
         };
         let msg = json!({"planetUuid": "p-1", "planetName": "Mars", "details": {"mass": 6.4},
                          "moons": [{"name": "Phobos"}, {"name": "Deimos"}], "kafkaRecordTimestamp": 1_700_000_000_000i64});
@@ -524,6 +529,7 @@ mod tests {
         let meta = Meta {
             record: &r,
             key: None,
+            key_value: None,
         };
         let row = m.row(&json!({"planetUuid": "p-1"}), &meta).unwrap();
         assert_eq!(row[1], SqlValue::String(None));
@@ -540,6 +546,7 @@ mod tests {
         let meta = Meta {
             record: &r,
             key: None,
+            key_value: None,
         };
         let err = m
             .row(
@@ -600,9 +607,11 @@ mod tests {
     #[test]
     fn tombstone_needs_a_key_from_the_record_key() {
         let r = record();
+        let p9 = Value::String("p-9".into());
         let meta = Meta {
             record: &r,
             key: Some("p-9"),
+            key_value: Some(&p9),
         };
         let err = planet().tombstone_key(&meta).unwrap_err();
         assert!(err.contains("does not come from the record key"), "{err}");
@@ -660,6 +669,7 @@ mod tests {
         let meta = Meta {
             record: &r,
             key: None,
+            key_value: None,
         };
         let msg = json!({"id": "1", "tags": [{"name": "a"}, {"name": "b", "primary": true}, {"name": "c", "primary": true}]});
         assert_eq!(

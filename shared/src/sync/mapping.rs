@@ -12,8 +12,10 @@ use crate::event::Record;
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
     pub record: &'a Record,
-    /// The record key as UTF-8 text, if it has one.
+    /// The record key as text (a JSON or Avro key as compact JSON, unless it is a string), if it has one.
     pub key: Option<&'a str>,
+    /// The record key as the codec's key format decoded it.
+    pub key_value: Option<&'a Value>,
 }
 
 /// Turns messages of some topics into rows of one table. Built once per function instance.
