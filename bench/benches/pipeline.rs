@@ -1,0 +1,282 @@
+//! `cargo bench -p msk-sync-bench`: decode (parse + order + base64 + deserialize + filter + mask + map) and
+//! apply (the whole handler) on a batch at Lambda's 6 MB payload limit, and the naive baseline — bedrock's
+//! algorithm done literally, one read and one write per record through sea-orm — on the same databases.
+//! `MSK_SYNC_BENCH_QUICK=1` runs a small batch with few samples (CI runs it so the benches cannot rot).
+//! PostgreSQL and MariaDB come from MSK_SYNC_BENCH_POSTGRES / MSK_SYNC_BENCH_MARIADB (defaults: the local
+//! servers, database msk_bench, created if missing).
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use msk_sync::config::Config;
+use msk_sync::event::MskEvent;
+use msk_sync::pipeline::{Handler, Pipeline};
+use msk_sync_bench::{Format, GenConfig, LAMBDA_PAYLOAD_LIMIT, generate, generate_to_size};
+use planet_sync::planet;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, Set};
+
+fn quick() -> bool {
+    std::env::var_os("MSK_SYNC_BENCH_QUICK").is_some_and(|v| v != "0")
+}
+
+/// (event bytes, records)
+fn batch(format: Format) -> (Vec<u8>, usize) {
+    let cfg = GenConfig {
+        format,
+        ..GenConfig::default()
+    };
+    let (event, n) = if quick() {
+        (
+            generate(&GenConfig {
+                records: 2_000,
+                ..cfg
+            }),
+            2_000,
+        )
+    } else {
+        generate_to_size(LAMBDA_PAYLOAD_LIMIT, cfg)
+    };
+    (event.to_string().into_bytes(), n)
+}
+
+fn events_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events")
+}
+
+/// The pipeline under test: the typed planet mapping, the codec for `format`, an emit filter and a mask.
+fn config(format: Format) -> Config {
+    let codec = match format {
+        Format::Json => "[codec]\nvalue = \"json\"\n",
+        Format::Avro => {
+            "[codec]\nvalue = \"auto\"\nschemas = { \"1\" = \"schemas/planet.avsc\" }\n"
+        }
+    };
+    let text = format!(
+        "{codec}\n[[filter]]\nrequired = true\npath = \"$.published\"\nvalues = true\n\n[[mask]]\nschema = \"schemas/planet.avsc\"\nlevels = [\"public\", \"confidential\", \"secret\"]\nemit_level = \"confidential\"\n"
+    );
+    let mut config = Config::from_toml(&text).expect("bench config");
+    config.base_dir = Some(events_dir());
+    config
+}
+
+fn pipeline(format: Format) -> Pipeline {
+    planet_sync::app()
+        .pipeline(&config(format))
+        .expect("pipeline")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    group.sample_size(10);
+    if quick() {
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+    }
+    for format in [Format::Json, Format::Avro] {
+        let (bytes, records) = batch(format);
+        let pipeline = pipeline(format);
+        let name = format!("{format:?}").to_lowercase();
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_function(BenchmarkId::new("bytes", &name), |b| {
+            b.iter(|| {
+                let event = MskEvent::from_slice(&bytes).expect("event");
+                pipeline.plan(event, &mut |_| {}).expect("plan")
+            })
+        });
+        group.throughput(Throughput::Elements(records as u64));
+        group.bench_function(BenchmarkId::new("records", &name), |b| {
+            b.iter(|| {
+                let event = MskEvent::from_slice(&bytes).expect("event");
+                pipeline.plan(event, &mut |_| {}).expect("plan")
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A database of each kind: (name, URL). The SQLite file lives as long as the returned guard.
+async fn databases() -> (Vec<(&'static str, String)>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("bench.db").display()
+    );
+    let pg = std::env::var("MSK_SYNC_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let my = std::env::var("MSK_SYNC_BENCH_MARIADB")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let admin = Database::connect(format!("{pg}/test"))
+        .await
+        .expect("PostgreSQL (start it: .ci/run)");
+    let exists = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = 'msk_bench'",
+        ))
+        .await
+        .expect("query");
+    if exists.is_none() {
+        admin
+            .execute_unprepared("CREATE DATABASE msk_bench")
+            .await
+            .expect("create PostgreSQL database");
+    }
+    let admin = Database::connect(format!("{my}/test"))
+        .await
+        .expect("MariaDB (start it: .ci/run)");
+    admin
+        .execute_unprepared("CREATE DATABASE IF NOT EXISTS msk_bench")
+        .await
+        .expect("create MariaDB database");
+    (
+        vec![
+            ("sqlite", sqlite),
+            ("postgres", format!("{pg}/msk_bench")),
+            ("mariadb", format!("{my}/msk_bench")),
+        ],
+        dir,
+    )
+}
+
+async fn fresh_table(url: &str) {
+    let db = Database::connect(url).await.expect("connect");
+    db.execute_unprepared("DROP TABLE IF EXISTS servicea_planet")
+        .await
+        .expect("drop");
+}
+
+fn apply(c: &mut Criterion) {
+    let rt = runtime();
+    let (dbs, _dir) = rt.block_on(databases());
+    let (bytes, records) = batch(Format::Json);
+    let mut group = c.benchmark_group("apply");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(if quick() { 2 } else { 20 }));
+    if quick() {
+        group.warm_up_time(Duration::from_millis(300));
+    }
+    group.throughput(Throughput::Elements(records as u64));
+    for (name, url) in &dbs {
+        rt.block_on(fresh_table(url));
+        let app = planet_sync::app();
+        let handler: Handler = rt
+            .block_on(app.handler(&Config::default(), Some(url)))
+            .expect("handler");
+        group.bench_function(BenchmarkId::new("bulk", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let event = MskEvent::from_slice(&bytes).expect("event");
+                handler.handle(event).await.expect("applied")
+            })
+        });
+    }
+    group.finish();
+}
+
+/// bedrock's loop: for every record in order, read the planet, then insert, update or delete it.
+async fn naive(db: &sea_orm::DatabaseConnection, records: &[msk_sync::event::Record]) {
+    use base64::Engine;
+    for record in records {
+        let Some(value) = &record.value else { continue };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value) else {
+            continue;
+        };
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let uuid = message["planetUuid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = message["planetName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let found = planet::Entity::find_by_id(uuid.clone())
+            .one(db)
+            .await
+            .expect("read");
+        match (message["changeType"].as_str(), found) {
+            (Some("DELETED"), Some(_)) => {
+                planet::Entity::delete_by_id(uuid)
+                    .exec(db)
+                    .await
+                    .expect("delete");
+            }
+            (Some("DELETED"), None) => {}
+            (_, Some(model)) => {
+                let mut active: planet::ActiveModel = model.into();
+                active.name = Set(name);
+                active.update(db).await.expect("update");
+            }
+            (_, None) => {
+                planet::ActiveModel {
+                    uuid: Set(uuid),
+                    name: Set(name),
+                }
+                .insert(db)
+                .await
+                .expect("insert");
+            }
+        }
+    }
+}
+
+fn naive_vs_bulk(c: &mut Criterion) {
+    let rt = runtime();
+    let (dbs, _dir) = rt.block_on(databases());
+    // The naive loop is slow: a smaller batch, the same for both sides, so the ratio compares like with like.
+    let n = if quick() { 200 } else { 2_000 };
+    let bytes = generate(&GenConfig {
+        records: n,
+        ..GenConfig::default()
+    })
+    .to_string()
+    .into_bytes();
+    let mut group = c.benchmark_group("naive_vs_bulk");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(if quick() { 2 } else { 30 }));
+    if quick() {
+        group.warm_up_time(Duration::from_millis(300));
+    }
+    group.throughput(Throughput::Elements(n as u64));
+    for (name, url) in &dbs {
+        rt.block_on(fresh_table(url));
+        let app = planet_sync::app();
+        let handler: Handler = rt
+            .block_on(app.handler(&Config::default(), Some(url)))
+            .expect("handler");
+        // Creates the table for the naive side too.
+        rt.block_on(handler.handle(MskEvent::from_slice(&bytes).expect("event")))
+            .expect("applied");
+        let db = rt
+            .block_on(Database::connect(url.as_str()))
+            .expect("connect");
+        group.bench_function(BenchmarkId::new("bulk", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                handler
+                    .handle(MskEvent::from_slice(&bytes).expect("event"))
+                    .await
+                    .expect("applied")
+            })
+        });
+        group.bench_function(BenchmarkId::new("naive", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let records = MskEvent::from_slice(&bytes).expect("event").ordered();
+                naive(&db, &records).await
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, apply, naive_vs_bulk);
+criterion_main!(benches);

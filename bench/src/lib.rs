@@ -1,0 +1,244 @@
+//! A generator of realistic MSK batches for benchmarks and tests: N change events for K planets over P
+//! partitions, JSON or Avro (Confluent-framed, schema id 1 = events/schemas/planet.avsc) values, the first event
+//! of a planet CREATED, then UPDATED, about 10 % DELETED and 2 % without changeType; timestamps interleave across
+//! partitions, offsets grow per partition. Deterministic for a seed.
+
+use apache_avro::Schema;
+use apache_avro::types::Value as Avro;
+use apache_avro::writer::datum::GenericDatumWriter;
+use base64::Engine;
+use serde_json::{Value, json};
+
+/// Lambda's synchronous invocation payload limit.
+pub const LAMBDA_PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    /// Confluent wire format, schema id 1.
+    Avro,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    pub records: usize,
+    pub entities: usize,
+    pub partitions: i32,
+    pub topic: String,
+    pub format: Format,
+    pub seed: u64,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        Self {
+            records: 10_000,
+            entities: 2_000,
+            partitions: 6,
+            topic: "servicea.planet".into(),
+            format: Format::Json,
+            seed: 42,
+        }
+    }
+}
+
+/// The planet schema the Avro values are written with (the one in events/schemas/planet.avsc).
+pub const PLANET_AVSC: &str = include_str!("../../events/schemas/planet.avsc");
+
+/// splitmix64: small, fast, and good enough to spread test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+pub fn uuid(entity: usize) -> String {
+    format!("{entity:08x}-7c1e-4b8a-9f3d-{:012x}", entity * 7919)
+}
+
+/// One planet change as JSON (the message) — the Avro value carries the same fields.
+fn message(rng: &mut Rng, entity: usize, seen: bool) -> Value {
+    let roll = rng.below(100);
+    let change = match (seen, roll) {
+        (_, 0..=1) => None,
+        (false, _) => Some("CREATED"),
+        (true, 2..=11) => Some("DELETED"),
+        (true, _) => Some("UPDATED"),
+    };
+    let n = rng.below(1_000_000);
+    json!({
+        "changeType": change,
+        "planetUuid": uuid(entity),
+        "planetName": format!("Planet {entity} rev {n}"),
+        "published": !n.is_multiple_of(5),
+        "discoveredBy": format!("Survey team {} of the outer rim expedition", n % 97),
+        "location": {"galaxy": format!("Galaxy {}", n % 13), "sector": format!("Sector {}-{}", n % 31, n % 7)},
+    })
+}
+
+fn avro_value(m: &Value) -> Avro {
+    let opt = |v: &Value| match v.as_str() {
+        Some(s) => Avro::Union(1, Box::new(Avro::String(s.into()))),
+        None => Avro::Union(0, Box::new(Avro::Null)),
+    };
+    let text = |v: &Value| Avro::String(v.as_str().unwrap_or_default().into());
+    Avro::Record(vec![
+        ("changeType".into(), opt(&m["changeType"])),
+        ("planetUuid".into(), text(&m["planetUuid"])),
+        ("planetName".into(), text(&m["planetName"])),
+        (
+            "published".into(),
+            Avro::Boolean(m["published"].as_bool().unwrap_or(true)),
+        ),
+        ("discoveredBy".into(), opt(&m["discoveredBy"])),
+        (
+            "location".into(),
+            Avro::Union(
+                1,
+                Box::new(Avro::Record(vec![
+                    ("galaxy".into(), text(&m["location"]["galaxy"])),
+                    ("sector".into(), text(&m["location"]["sector"])),
+                ])),
+            ),
+        ),
+    ])
+}
+
+/// An MSK event (the JSON Lambda would send).
+pub fn generate(cfg: &GenConfig) -> Value {
+    let mut rng = Rng(cfg.seed);
+    let schema = Schema::parse_str(PLANET_AVSC).ok();
+    let writer = schema
+        .as_ref()
+        .and_then(|s| GenericDatumWriter::builder(s).build().ok());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let partitions = cfg.partitions.max(1);
+    let mut seen = vec![false; cfg.entities.max(1)];
+    let mut offsets = vec![0i64; usize::try_from(partitions).unwrap_or(1)];
+    let mut lists: Vec<Vec<Value>> = vec![Vec::new(); offsets.len()];
+    let base = 1_764_000_000_000_i64;
+    for i in 0..cfg.records {
+        let entity = usize::try_from(rng.below(seen.len() as u64)).unwrap_or(0);
+        // Kafka partitions by key: an entity always lands in the same partition.
+        let p = entity % offsets.len();
+        let m = message(&mut rng, entity, seen[entity]);
+        seen[entity] = m["changeType"] != "DELETED";
+        let value = match (cfg.format, &writer) {
+            (Format::Avro, Some(w)) => {
+                let mut framed = vec![0, 0, 0, 0, 1];
+                framed.extend(w.write_value_to_vec(avro_value(&m)).unwrap_or_default());
+                b64.encode(framed)
+            }
+            _ => b64.encode(m.to_string()),
+        };
+        // Timestamps interleave across partitions, with some jitter.
+        let ts = base + i as i64 * 3 + rng.below(5) as i64;
+        lists[p].push(json!({
+            "topic": cfg.topic, "partition": p, "offset": offsets[p], "timestamp": ts,
+            "timestampType": "CREATE_TIME", "key": b64.encode(uuid(entity)), "value": value,
+            "headers": [{"producer": [115, 101, 114, 118, 105, 99, 101, 97]}]
+        }));
+        offsets[p] += 1;
+    }
+    let records: serde_json::Map<String, Value> = lists
+        .into_iter()
+        .enumerate()
+        .map(|(p, l)| (format!("{}-{p}", cfg.topic), Value::Array(l)))
+        .collect();
+    json!({"eventSource": "aws:kafka",
+        "eventSourceArn": "arn:aws:kafka:eu-west-1:123456789012:cluster/bench/00000000-0000-0000-0000-000000000000-1",
+        "records": records})
+}
+
+/// The largest batch of this shape whose serialized event stays under `bytes` (e.g. [`LAMBDA_PAYLOAD_LIMIT`]).
+pub fn generate_to_size(bytes: usize, mut cfg: GenConfig) -> (Value, usize) {
+    cfg.records = 1_000;
+    let probe = generate(&cfg).to_string().len();
+    let per_record = probe / cfg.records;
+    cfg.records = bytes / per_record.max(1);
+    loop {
+        let event = generate(&cfg);
+        let size = event.to_string().len();
+        if size <= bytes || cfg.records == 0 {
+            return (event, cfg.records);
+        }
+        cfg.records -= cfg.records / 100 + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_mix_and_order() {
+        let event = generate(&GenConfig {
+            records: 20_000,
+            ..GenConfig::default()
+        });
+        let records: Vec<&Value> = event["records"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|l| l.as_array().unwrap())
+            .collect();
+        assert_eq!(records.len(), 20_000);
+        let decode = |r: &Value| -> Value {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(r["value"].as_str().unwrap())
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let messages: Vec<Value> = records.iter().map(|r| decode(r)).collect();
+        let share =
+            |ct: Value| messages.iter().filter(|m| m["changeType"] == ct).count() as f64 / 20_000.0;
+        assert!(
+            (0.07..0.13).contains(&share(json!("DELETED"))),
+            "{}",
+            share(json!("DELETED"))
+        );
+        assert!((0.01..0.03).contains(&share(Value::Null)));
+        assert!(share(json!("CREATED")) > 0.05 && share(json!("UPDATED")) > 0.5);
+        // Offsets grow per partition; timestamps interleave across partitions.
+        for list in event["records"].as_object().unwrap().values() {
+            let offsets: Vec<i64> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["offset"].as_i64().unwrap())
+                .collect();
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+        }
+    }
+
+    #[test]
+    fn sized_to_the_lambda_limit() {
+        let (event, n) = generate_to_size(LAMBDA_PAYLOAD_LIMIT, GenConfig::default());
+        let size = event.to_string().len();
+        assert!(
+            size <= LAMBDA_PAYLOAD_LIMIT && size > LAMBDA_PAYLOAD_LIMIT * 95 / 100,
+            "{size} bytes, {n} records"
+        );
+        let (avro, m) = generate_to_size(
+            LAMBDA_PAYLOAD_LIMIT,
+            GenConfig {
+                format: Format::Avro,
+                ..GenConfig::default()
+            },
+        );
+        assert!(
+            avro.to_string().len() <= LAMBDA_PAYLOAD_LIMIT && m > n,
+            "Avro values are smaller: {m} vs {n}"
+        );
+    }
+}
