@@ -21,7 +21,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let (event, records) = generate_to_size(bytes, GenConfig { format, ..GenConfig::default() });
+    let (event, records) = generate_to_size(
+        bytes,
+        GenConfig {
+            format,
+            ..GenConfig::default()
+        },
+    );
     eprintln!("gen-event: {records} records");
     println!("{event}");
     std::process::ExitCode::SUCCESS
