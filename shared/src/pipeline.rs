@@ -21,13 +21,12 @@ use crate::topics::TopicRouter;
 #[derive(Debug)]
 pub struct Pipeline {
     codec: Codec,
-    router: TopicRouter,
-    mappings: Vec<Arc<dyn Mapping>>,
+    mappings: ByTopic<Arc<dyn Mapping>>,
     filters: ByTopic<Filter>,
     masks: ByTopic<MaskRule>,
 }
 
-/// Per-topic stage settings: a default (`*`) and overrides, routed like syncs.
+/// Things chosen by topic (syncs, filters, masks): exact names, then globs in order, then `*`.
 #[derive(Debug)]
 struct ByTopic<T> {
     router: TopicRouter,
@@ -94,16 +93,9 @@ impl Pipeline {
         codec: Codec,
         mappings: Vec<(Vec<String>, Arc<dyn Mapping>)>,
     ) -> Result<Self, Vec<String>> {
-        let router = TopicRouter::new(
-            mappings
-                .iter()
-                .enumerate()
-                .flat_map(|(i, (p, _))| p.iter().map(move |t| (i, t.as_str()))),
-        )?;
         Ok(Self {
             codec,
-            router,
-            mappings: mappings.into_iter().map(|(_, m)| m).collect(),
+            mappings: ByTopic::new(mappings)?,
             filters: ByTopic::new(Vec::new())?,
             masks: ByTopic::new(Vec::new())?,
         })
@@ -130,7 +122,7 @@ impl Pipeline {
     }
 
     pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
-        &self.mappings
+        &self.mappings.items
     }
 
     /// Runs every stage but the database. Only a transient failure (one that a retry may cure) is an `Err`;
@@ -145,7 +137,12 @@ impl Pipeline {
             received: event.record_count(),
             ..BatchReport::default()
         };
-        let mut changes: Vec<Changes> = self.mappings.iter().map(|_| Changes::default()).collect();
+        let mut changes: Vec<Changes> = self
+            .mappings
+            .items
+            .iter()
+            .map(|_| Changes::default())
+            .collect();
         let mut dead_letters = Vec::new();
         let records = event.ordered();
         for (position, record) in records.iter().enumerate() {
@@ -166,7 +163,7 @@ impl Pipeline {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             });
-            let target = self.router.route(&record.topic);
+            let target = self.mappings.router.route(&record.topic);
             let meta = Meta {
                 record,
                 key: key.as_deref(),
@@ -177,7 +174,7 @@ impl Pipeline {
                 (None, Some(t)) => {
                     // A tombstone has no message: it can only delete by record key.
                     report.messages += 1;
-                    let mapping = &self.mappings[t];
+                    let mapping = &self.mappings.items[t];
                     let deleted = mapping
                         .tombstone_key(&meta)
                         .map(|k| changes[t].delete(k, origin(0)));
@@ -232,7 +229,7 @@ impl Pipeline {
                 }
             };
             let Some(t) = target else { continue };
-            let mapping = &self.mappings[t];
+            let mapping = &self.mappings.items[t];
             let filter = self.filters.get(&record.topic);
             let mask = self
                 .masks
