@@ -17,7 +17,8 @@
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
 //! - [`report`]: the batch report, which is also the Lambda response.
 //! - [`config`]: the configuration file and its validation.
-//! - [`run`]: the ways in: Lambda, `replay`, `config check`. The only module that knows about Lambda.
+//! - [`run`]: the ways in: Lambda, `replay`, `config check`, and the local runner on a Kafka broker (`consume`,
+//!   `publish`, feature `kafka`). The only module that knows about Lambda or Kafka clients.
 
 pub mod change;
 pub mod config;

@@ -1,4 +1,5 @@
-//! The command line: `replay` event files into a database, `config check` a config file.
+//! The command line: `replay` event files into a database, `config check` a config file, and with the `kafka`
+//! feature `consume` (the local runner) and `publish`.
 //!
 //! Exit codes follow the failure model: 0 processed (dead letters included), 1 transient failure (nothing
 //! of the failing batch was written; run it again), 2 bad invocation (unreadable file, not an MSK event, bad
@@ -45,11 +46,70 @@ enum Command {
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
+    /// Consume topics from a Kafka broker as a consumer group and apply them batch by batch, as Lambda's
+    /// event-source mapping would (the local runner). SIGINT / SIGTERM finish the batch in hand and exit 0.
+    #[cfg(feature = "kafka")]
+    Consume(ConsumeArgs),
+    /// Produce the records of MSK event files to a broker: each to its topic and partition, with its key,
+    /// headers, timestamp and decoded value.
+    #[cfg(feature = "kafka")]
+    Publish {
+        /// Bootstrap servers, host:port[,host:port…].
+        #[arg(long, env = "MSK_SYNC_BROKERS")]
+        brokers: String,
+        /// A librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL.
+        #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = super::local::parse_property)]
+        property: Vec<(String, String)>,
+        /// MSK event files.
+        #[arg(required = true, value_name = "EVENT.json")]
+        events: Vec<PathBuf>,
+    },
     /// Check configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[cfg(feature = "kafka")]
+#[derive(Debug, clap::Args)]
+struct ConsumeArgs {
+    /// Bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "MSK_SYNC_BROKERS")]
+    brokers: String,
+    /// Topic to consume (repeatable); a name starting with ^ is a regular expression, e.g. '^servicea\..*'.
+    #[arg(long = "topic", short = 't', required = true, value_name = "TOPIC")]
+    topics: Vec<String>,
+    /// Consumer group id; several runners with the same group share the partitions. Default: the function's name.
+    #[arg(long)]
+    group: Option<String>,
+    /// Where a group without committed offsets starts.
+    #[arg(long, value_enum, default_value = "earliest")]
+    start: super::local::StartPosition,
+    /// A librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = super::local::parse_property)]
+    property: Vec<(String, String)>,
+    /// The most records in one batch (Lambda's BatchSize).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+    /// How long a batch gathers records after its first one (Lambda's MaximumBatchingWindowInSeconds).
+    #[arg(long, default_value = "500ms", value_parser = super::local::parse_duration)]
+    batch_window: std::time::Duration,
+    /// Exit 0 once this many records were applied and committed.
+    #[arg(long, value_name = "N")]
+    max_records: Option<u64>,
+    /// Exit 0 when no record arrived for this long, e.g. 10s.
+    #[arg(long, value_name = "DURATION", value_parser = super::local::parse_duration)]
+    exit_when_idle: Option<std::time::Duration>,
+    /// How often a progress line (records/s, lag per partition) goes to stderr.
+    #[arg(long, default_value = "10s", value_parser = super::local::parse_duration)]
+    progress_every: std::time::Duration,
+    /// Database to apply to (as for replay).
+    #[arg(long, env = DATABASE_URL_ENV)]
+    database_url: Option<String>,
+    /// Config file (as for replay).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +146,14 @@ where
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file, out, err),
+        #[cfg(feature = "kafka")]
+        Command::Consume(args) => consume(app, args, err).await,
+        #[cfg(feature = "kafka")]
+        Command::Publish {
+            brokers,
+            property,
+            events,
+        } => publish(&brokers, &property, &events, out, err).await,
         Command::Replay {
             database_url,
             config,
@@ -141,23 +209,10 @@ async fn replay(
     };
     // Every file is read and parsed before anything is applied, so a typo in the last file name does not
     // leave the database half-replayed.
-    let mut events = Vec::with_capacity(files.len());
-    for file in files {
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
-            Err(e) => {
-                return fail(
-                    err,
-                    EXIT_INVALID,
-                    &format!("{}: cannot read: {e}", file.display()),
-                );
-            }
-        };
-        match MskEvent::from_slice(&bytes) {
-            Ok(ev) => events.push((file, ev)),
-            Err(e) => return fail(err, EXIT_INVALID, &format!("{}: {e}", file.display())),
-        }
-    }
+    let events = match read_events(files) {
+        Ok(events) => events,
+        Err(e) => return fail(err, EXIT_INVALID, &e),
+    };
     if dry_run {
         let pipeline = match app.pipeline(&config) {
             Ok(p) => p,
@@ -208,6 +263,111 @@ async fn replay(
         }
     }
     EXIT_OK
+}
+
+/// Reads and parses every event file before anything is done with them.
+fn read_events(files: &[PathBuf]) -> Result<Vec<(&PathBuf, MskEvent)>, String> {
+    let mut events = Vec::with_capacity(files.len());
+    for file in files {
+        let bytes =
+            std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+        let event = MskEvent::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        events.push((file, event));
+    }
+    Ok(events)
+}
+
+#[cfg(feature = "kafka")]
+async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
+    use super::local::{ConsumeError, ConsumeOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let config = match app.load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
+    };
+    let handler = match app.handler(&config, args.database_url.as_deref()).await {
+        Ok(h) => Arc::new(h),
+        Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
+    };
+    let group = args.group.unwrap_or_else(|| app.name.to_string());
+    let mut options = ConsumeOptions::new(&args.brokers, &group, args.topics);
+    options.start = args.start;
+    options.properties = args.property;
+    options.batch_size = args.batch_size as usize;
+    options.batch_window = args.batch_window;
+    options.max_records = args.max_records;
+    options.exit_when_idle = args.exit_when_idle;
+    options.progress_every = args.progress_every;
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            wait_for_signal().await;
+            eprintln!("consume: signal received: finishing the batch in hand");
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let result = super::local::consume(handler, options, stop, Box::new(std::io::stderr())).await;
+    signals.abort();
+    match result {
+        Ok(summary) => {
+            let _ = writeln!(
+                err,
+                "consume: done: {} records applied in {} batches ({} retries)",
+                summary.records, summary.batches, summary.retries
+            );
+            EXIT_OK
+        }
+        Err(e @ (ConsumeError::Setup(_) | ConsumeError::Invalid(_))) => {
+            fail(err, EXIT_INVALID, &e.to_string())
+        }
+        Err(e @ ConsumeError::Unfinished(_)) => fail(err, EXIT_TRANSIENT, &e.to_string()),
+    }
+}
+
+/// SIGINT or SIGTERM.
+#[cfg(feature = "kafka")]
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(feature = "kafka")]
+async fn publish(
+    brokers: &str,
+    properties: &[(String, String)],
+    files: &[PathBuf],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let events = match read_events(files) {
+        Ok(events) => events.into_iter().map(|(_, e)| e).collect(),
+        Err(e) => return fail(err, EXIT_INVALID, &e),
+    };
+    match super::local::publish(brokers, properties, events).await {
+        Ok(n) => {
+            let _ = writeln!(out, "published {n} records to {brokers}");
+            EXIT_OK
+        }
+        Err(e) => fail(err, EXIT_TRANSIENT, &e),
+    }
 }
 
 fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {

@@ -1,9 +1,12 @@
 //! The ways into the handler: Lambda ([`lambda`], when the Lambda runtime started the binary) and the command
-//! line ([`cli`]: `replay`, `config check`). A function's `main` builds an [`App`] and calls [`main`].
+//! line ([`cli`]: `replay`, `config check`, and `consume` / `publish` on a Kafka broker with the `kafka` feature:
+//! [`local`]). A function's `main` builds an [`App`] and calls [`main`].
 
 pub mod cli;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "kafka")]
+pub mod local;
 
 use std::path::Path;
 use std::process::ExitCode;

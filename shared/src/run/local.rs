@@ -1,0 +1,789 @@
+//! The local runner: the same handler on a real Kafka broker, through librdkafka (`consume`), and `publish`,
+//! which puts the records of MSK event files back into a broker.
+//!
+//! `consume` builds batches the way Lambda's MSK event-source mapping does (up to `batch_size` records, or
+//! when `batch_window` has passed since the batch's first record, or before the event would pass Lambda's
+//! 6 MB payload limit) and hands each one to the handler as an [`MskEvent`] of the `SelfManagedKafka` shape,
+//! so the handler cannot tell the runner from Lambda.
+//!
+//! Delivery is at least once. Offsets are never stored or committed automatically: a batch's offsets are
+//! committed only after the handler applied it. A transient failure retries the same batch with backoff while
+//! the consumer keeps polling (with its partitions paused) so that it stays in the group. A rebalance that
+//! takes a partition away drops the records of that partition that are in hand: its new owner starts from
+//! the last commit, so nothing is skipped, and a stale batch can never overwrite what the new owner applied.
+//!
+//! The consumer is a [`BaseConsumer`] on a blocking thread of its own; librdkafka calls the rebalance and
+//! statistics callbacks from inside `poll`, on that thread.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::event::{MskEvent, Record};
+use crate::pipeline::{Handler, HandlerError};
+use crate::report::BatchReport;
+
+/// Lambda's invocation payload limit, which also bounds an MSK event-source mapping's batch.
+pub const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
+/// The most records Lambda puts in one batch.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// Settings the runner owns: letting librdkafka store or commit offsets would break at-least-once.
+const MANAGED_PROPERTIES: [&str; 2] = ["enable.auto.commit", "enable.auto.offset.store"];
+/// How long one `poll` may block, so that signals, deadlines and progress are looked at this often.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the runner does with a batch; [`Handler`] in production, anything in tests of the runner itself.
+pub trait BatchHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        event: MskEvent,
+    ) -> impl Future<Output = Result<BatchReport, HandlerError>> + Send;
+}
+
+impl BatchHandler for Handler {
+    fn handle(
+        &self,
+        event: MskEvent,
+    ) -> impl Future<Output = Result<BatchReport, HandlerError>> + Send {
+        Handler::handle(self, event)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartPosition {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub group: String,
+    /// Topic names; a name that starts with `^` is a regular expression (librdkafka's convention).
+    pub topics: Vec<String>,
+    /// Where a group without a committed offset starts (`auto.offset.reset`).
+    pub start: StartPosition,
+    /// librdkafka properties, applied after the runner's own (`-X key=value`).
+    pub properties: Vec<(String, String)>,
+    pub batch_size: usize,
+    pub batch_window: Duration,
+    pub max_batch_bytes: usize,
+    /// Stop (exit 0) once this many records were applied and committed.
+    pub max_records: Option<u64>,
+    /// Stop (exit 0) when no record arrived for this long.
+    pub exit_when_idle: Option<Duration>,
+    /// How often a progress line is written.
+    pub progress_every: Duration,
+}
+
+impl ConsumeOptions {
+    pub fn new(brokers: &str, group: &str, topics: Vec<String>) -> Self {
+        Self {
+            brokers: brokers.to_string(),
+            group: group.to_string(),
+            topics,
+            start: StartPosition::Earliest,
+            properties: Vec::new(),
+            batch_size: 100,
+            batch_window: Duration::from_millis(500),
+            max_batch_bytes: MAX_BATCH_BYTES,
+            max_records: None,
+            exit_when_idle: None,
+            progress_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records applied and committed.
+    pub records: u64,
+    pub batches: u64,
+    /// Handler calls that failed transiently and were retried.
+    pub retries: u64,
+    /// Records in hand dropped because a rebalance took their partition away (its new owner reads them).
+    pub dropped_on_revoke: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Bad options or a consumer librdkafka refuses: a bad invocation.
+    #[error("{0}")]
+    Setup(String),
+    /// The handler refused a batch as invalid: retrying cannot help, and skipping it would lose records.
+    #[error("batch refused: {0}")]
+    Invalid(String),
+    /// Stopped (signal) while a batch was failing: it was not applied and not committed.
+    #[error("stopped while a batch was failing, nothing of it committed: {0}")]
+    Unfinished(String),
+}
+
+/// Rebalance and statistics callbacks, which librdkafka runs inside `poll`.
+#[derive(Default)]
+struct RunnerContext {
+    /// Partitions revoked since the loop last looked.
+    revoked: Mutex<Vec<(String, i32)>>,
+    /// Consumer lag per partition, from the latest statistics.
+    lag: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl ClientContext for RunnerContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        lag.clear();
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a negative lag is not known yet.
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), partition), p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RunnerContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+            for e in list.elements() {
+                revoked.push((e.topic().to_string(), e.partition()));
+            }
+            tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = list.count(), "partitions assigned")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// Runs the consumer until `stop` is set, `max_records` were applied or the consumer was idle for
+/// `exit_when_idle`. Progress lines go to `progress`.
+pub async fn consume<H: BatchHandler>(
+    handler: Arc<H>,
+    options: ConsumeOptions,
+    stop: Arc<AtomicBool>,
+    progress: Box<dyn Write + Send>,
+) -> Result<Summary, ConsumeError> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let consumer = open_consumer(&options)?;
+        Runner {
+            consumer,
+            handler,
+            runtime,
+            options,
+            stop,
+            progress,
+            pending: VecDeque::new(),
+            summary: Summary::default(),
+        }
+        .run()
+    })
+    .await
+    .map_err(|e| ConsumeError::Setup(format!("the consumer thread failed: {e}")))?
+}
+
+fn open_consumer(options: &ConsumeOptions) -> Result<BaseConsumer<RunnerContext>, ConsumeError> {
+    if options.topics.is_empty() {
+        return Err(ConsumeError::Setup("no topic to consume".into()));
+    }
+    if !(1..=MAX_BATCH_SIZE).contains(&options.batch_size) {
+        return Err(ConsumeError::Setup(format!(
+            "batch size {} is not between 1 and {MAX_BATCH_SIZE}",
+            options.batch_size
+        )));
+    }
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", &options.group)
+        .set("client.id", format!("msk-sync-{}", options.group))
+        .set(
+            "auto.offset.reset",
+            match options.start {
+                StartPosition::Earliest => "earliest",
+                StartPosition::Latest => "latest",
+            },
+        )
+        .set(
+            "statistics.interval.ms",
+            options
+                .progress_every
+                .as_millis()
+                .clamp(1_000, 60_000)
+                .to_string(),
+        );
+    for (key, value) in &options.properties {
+        if MANAGED_PROPERTIES.contains(&key.as_str()) {
+            return Err(ConsumeError::Setup(format!(
+                "{key} cannot be set: the runner commits offsets itself, after each applied batch"
+            )));
+        }
+        config.set(key, value);
+    }
+    for key in MANAGED_PROPERTIES {
+        config.set(key, "false");
+    }
+    let consumer: BaseConsumer<RunnerContext> = config
+        .create_with_context(RunnerContext::default())
+        .map_err(|e| ConsumeError::Setup(format!("cannot create the Kafka consumer: {e}")))?;
+    let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| ConsumeError::Setup(format!("cannot subscribe to {topics:?}: {e}")))?;
+    Ok(consumer)
+}
+
+struct Runner<H> {
+    consumer: BaseConsumer<RunnerContext>,
+    handler: Arc<H>,
+    runtime: tokio::runtime::Handle,
+    options: ConsumeOptions,
+    stop: Arc<AtomicBool>,
+    progress: Box<dyn Write + Send>,
+    /// Records polled but not yet in a batch (the one that would have passed the payload limit, or records
+    /// that arrived while a failing batch was retried), in poll order.
+    pending: VecDeque<InHand>,
+    summary: Summary,
+}
+
+/// A record in hand with the bytes it adds to the event's JSON.
+struct InHand {
+    record: Record,
+    bytes: usize,
+}
+
+/// Why gathering a batch ended without a batch.
+enum Idle {
+    Stop,
+    Timeout,
+    Continue,
+}
+
+impl<H: BatchHandler> Runner<H> {
+    fn run(mut self) -> Result<Summary, ConsumeError> {
+        let started = Instant::now();
+        let mut last_record = Instant::now();
+        let mut next_progress = Instant::now() + self.options.progress_every;
+        let result = loop {
+            if self.stop.load(Ordering::Relaxed) || self.reached_max_records() {
+                break Ok(());
+            }
+            let batch = match self.gather(&mut last_record, &mut next_progress, started) {
+                Ok(batch) => batch,
+                Err(Idle::Continue) => continue,
+                Err(Idle::Stop | Idle::Timeout) => break Ok(()),
+            };
+            if let Err(e) = self.apply(batch, &mut next_progress, started) {
+                break Err(e);
+            }
+        };
+        self.write_progress(started, "stopping");
+        // Leaving the group now hands the partitions over at once instead of after the session timeout.
+        self.consumer.unsubscribe();
+        result.map(|()| self.summary.clone())
+    }
+
+    fn reached_max_records(&self) -> bool {
+        self.options
+            .max_records
+            .is_some_and(|max| self.summary.records >= max)
+    }
+
+    /// Polls until a batch is full, its window has passed, or the next record would pass the payload limit.
+    fn gather(
+        &mut self,
+        last_record: &mut Instant,
+        next_progress: &mut Instant,
+        started: Instant,
+    ) -> Result<Vec<Record>, Idle> {
+        let limit = match self.options.max_records {
+            Some(max) => {
+                let left = max.saturating_sub(self.summary.records);
+                self.options
+                    .batch_size
+                    .min(usize::try_from(left).unwrap_or(usize::MAX))
+            }
+            None => self.options.batch_size,
+        };
+        let mut batch: Vec<Record> = Vec::new();
+        let mut bytes = EVENT_OVERHEAD;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            self.drop_revoked(&mut batch);
+            if batch.len() >= limit {
+                break;
+            }
+            let next = match self.pending.pop_front() {
+                Some(next) => Some(next),
+                None => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        break;
+                    }
+                    if now >= *next_progress {
+                        self.write_progress(started, "consuming");
+                        *next_progress = now + self.options.progress_every;
+                    }
+                    if self.stop.load(Ordering::Relaxed) {
+                        if batch.is_empty() {
+                            return Err(Idle::Stop);
+                        }
+                        break;
+                    }
+                    let wait = deadline.map_or(POLL_SLICE, |d| {
+                        d.saturating_duration_since(now).min(POLL_SLICE)
+                    });
+                    self.poll_one(wait)
+                }
+            };
+            let Some(next) = next else {
+                if batch.is_empty()
+                    && let Some(idle) = self.options.exit_when_idle
+                    && last_record.elapsed() >= idle
+                {
+                    return Err(Idle::Timeout);
+                }
+                continue;
+            };
+            *last_record = Instant::now();
+            if !batch.is_empty() && bytes + next.bytes > self.options.max_batch_bytes {
+                self.pending.push_front(next);
+                break;
+            }
+            bytes += next.bytes;
+            batch.push(next.record);
+            deadline.get_or_insert_with(|| Instant::now() + self.options.batch_window);
+        }
+        if batch.is_empty() {
+            Err(Idle::Continue)
+        } else {
+            Ok(batch)
+        }
+    }
+
+    /// One poll; a message becomes a record in hand, an error is logged (librdkafka retries by itself).
+    fn poll_one(&mut self, wait: Duration) -> Option<InHand> {
+        match self.consumer.poll(wait)? {
+            Ok(message) => {
+                let headers = message.headers().map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect::<Vec<_>>()
+                });
+                let (timestamp, timestamp_type) = match message.timestamp() {
+                    Timestamp::CreateTime(t) => (t, "CREATE_TIME"),
+                    Timestamp::LogAppendTime(t) => (t, "LOG_APPEND_TIME"),
+                    Timestamp::NotAvailable => (-1, "NO_TIMESTAMP_TYPE"),
+                };
+                Some(to_record(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    timestamp,
+                    timestamp_type,
+                    message.key(),
+                    message.payload(),
+                    headers.unwrap_or_default(),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                None
+            }
+        }
+    }
+
+    /// Forgets the records in hand of every partition a rebalance took away since the last look.
+    fn drop_revoked(&mut self, batch: &mut Vec<Record>) {
+        let revoked: HashSet<(String, i32)> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if revoked.is_empty() {
+            return;
+        }
+        let before = batch.len() + self.pending.len();
+        let keep = |r: &Record| !revoked.contains(&(r.topic.clone(), r.partition));
+        batch.retain(keep);
+        self.pending.retain(|s| keep(&s.record));
+        let dropped = before - batch.len() - self.pending.len();
+        if dropped > 0 {
+            tracing::info!(
+                records = dropped,
+                "records of revoked partitions dropped: their new owner reads them from the last commit"
+            );
+            self.summary.dropped_on_revoke += dropped as u64;
+        }
+    }
+
+    /// Applies a batch and commits its offsets; a transient failure retries it until it succeeds, the
+    /// rebalance takes all its partitions away, or a signal stops the runner.
+    fn apply(
+        &mut self,
+        mut batch: Vec<Record>,
+        next_progress: &mut Instant,
+        started: Instant,
+    ) -> Result<(), ConsumeError> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let event = to_event(&batch, &self.options.brokers);
+            let outcome = self.runtime.block_on(self.handler.handle(event));
+            let error = match outcome {
+                Ok(report) => {
+                    self.commit(&batch);
+                    self.summary.records += batch.len() as u64;
+                    self.summary.batches += 1;
+                    tracing::info!(
+                        records = batch.len(),
+                        upserted = report.upserted,
+                        deleted = report.deleted,
+                        dead_lettered = report.dead_lettered,
+                        "batch applied"
+                    );
+                    return Ok(());
+                }
+                Err(HandlerError::Invalid(e)) => return Err(ConsumeError::Invalid(e)),
+                Err(HandlerError::Transient(e)) => e,
+            };
+            self.summary.retries += 1;
+            tracing::warn!(records = batch.len(), retry_in_ms = backoff.as_millis() as u64, error = %error, "batch failed, will retry");
+            // Keep polling while waiting, or the group would count this member as dead; paused partitions
+            // fetch nothing, and what a newly assigned partition delivers waits in `pending`.
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            let _ = self.consumer.pause(&assignment);
+            let until = Instant::now() + backoff;
+            while Instant::now() < until {
+                if self.stop.load(Ordering::Relaxed) {
+                    let _ = self.consumer.resume(&assignment);
+                    return Err(ConsumeError::Unfinished(error));
+                }
+                if let Some(record) = self.poll_one(POLL_SLICE) {
+                    self.pending.push_back(record);
+                }
+                if Instant::now() >= *next_progress {
+                    self.write_progress(started, "retrying a failed batch");
+                    *next_progress = Instant::now() + self.options.progress_every;
+                }
+            }
+            let _ = self.consumer.resume(&assignment);
+            self.drop_revoked(&mut batch);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Commits the offset after the last applied record of every partition in the batch. A failed commit
+    /// only means those records come again, which idempotent upserts and deletes absorb.
+    fn commit(&self, batch: &[Record]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let n = next.entry((r.topic.as_str(), r.partition)).or_insert(0);
+            *n = (*n).max(r.offset + 1);
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(topic, partition, error = %e, "cannot name an offset to commit");
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
+            tracing::warn!(partitions = next.len(), error = %e, "commit failed: the batch's records will be delivered again");
+        }
+    }
+
+    fn write_progress(&mut self, started: Instant, state: &str) {
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let lag = self
+            .consumer
+            .context()
+            .lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((t, p), lag)| format!(" {t}-{p}={lag}"))
+            .collect::<String>();
+        let _ = writeln!(
+            self.progress,
+            "consume: {state}: {} records in {} batches ({:.0} records/s), {} retries; lag:{}",
+            self.summary.records,
+            self.summary.batches,
+            self.summary.records as f64 / secs,
+            self.summary.retries,
+            if lag.is_empty() { " unknown" } else { &lag }
+        );
+    }
+}
+
+/// The JSON an event needs besides its records: `eventSource`, `bootstrapServers`, the `records` map.
+const EVENT_OVERHEAD: usize = 256;
+
+/// A Kafka message as the MSK event carries it: key and value base64, headers as byte arrays.
+#[allow(clippy::too_many_arguments)]
+fn to_record(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    timestamp_type: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: Vec<(String, Vec<u8>)>,
+) -> InHand {
+    let key = key.map(|k| STANDARD.encode(k));
+    let value = value.map(|v| STANDARD.encode(v));
+    // What the record adds to the event's JSON: fixed field names and numbers, the topic twice (record and
+    // map key), base64 texts, and header bytes written as decimal numbers (up to 4 characters each).
+    let bytes = 160
+        + 2 * topic.len()
+        + key.as_ref().map_or(0, String::len)
+        + value.as_ref().map_or(0, String::len)
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + 8 + 4 * v.len())
+            .sum::<usize>();
+    let record = Record {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        timestamp,
+        timestamp_type: Some(timestamp_type.to_string()),
+        key,
+        value,
+        headers: headers
+            .into_iter()
+            .map(|(k, v)| BTreeMap::from([(k, v)]))
+            .collect(),
+        ..Record::default()
+    };
+    InHand { record, bytes }
+}
+
+/// The event Lambda's self-managed Kafka event source would send for these records.
+fn to_event(batch: &[Record], brokers: &str) -> MskEvent {
+    let mut records: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for r in batch {
+        records
+            .entry(format!("{}-{}", r.topic, r.partition))
+            .or_default()
+            .push(r.clone());
+    }
+    MskEvent {
+        event_source: "SelfManagedKafka".into(),
+        event_source_arn: None,
+        bootstrap_servers: Some(brokers.to_string()),
+        records,
+    }
+}
+
+/// Produces every record of `events` to its topic and partition, with its key, headers, timestamp and
+/// decoded value (a tombstone stays a tombstone), partitions in offset order. Every record is checked
+/// before the first is sent, so a bad file publishes nothing. Returns how many records were published.
+pub async fn publish(
+    brokers: &str,
+    properties: &[(String, String)],
+    events: Vec<MskEvent>,
+) -> Result<usize, String> {
+    struct Outgoing {
+        record: Record,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    }
+    let mut outgoing = Vec::new();
+    for event in events {
+        for record in event.ordered() {
+            let decode = |what: &str, text: &Option<String>| {
+                text.as_deref()
+                    .map(crate::decode::base64_decode)
+                    .transpose()
+                    .map_err(|e| format!("{} {what}: {e}", record.coordinates()))
+            };
+            let key = decode("key", &record.key)?;
+            let value = decode("value", &record.value)?;
+            outgoing.push(Outgoing { record, key, value });
+        }
+    }
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        // One request in flight per connection: a retried send can never overtake the next one, so every
+        // partition keeps the event's offset order (without needing the broker to support idempotence).
+        .set("max.in.flight.requests.per.connection", "1");
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config
+        .create()
+        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+    let mut deliveries = Vec::with_capacity(outgoing.len());
+    for o in &outgoing {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in o.record.header_pairs() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut message = FutureRecord::<[u8], [u8]>::to(&o.record.topic)
+            .partition(o.record.partition)
+            .timestamp(o.record.timestamp)
+            .headers(headers);
+        if let Some(k) = &o.key {
+            message = message.key(k.as_slice());
+        }
+        if let Some(v) = &o.value {
+            message = message.payload(v.as_slice());
+        }
+        let delivery = producer
+            .send_result(message)
+            .map_err(|(e, _)| format!("{}: cannot queue: {e}", o.record.coordinates()))?;
+        deliveries.push((o.record.coordinates(), delivery));
+    }
+    for (at, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(format!("{at}: not delivered: {e}")),
+            Err(_) => return Err(format!("{at}: the producer went away before delivery")),
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| format!("cannot flush the producer: {e}"))?;
+    Ok(outgoing.len())
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`: the durations the command line takes.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => number / 1_000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: the unit must be ms, s or m (500ms, 2s, 1m)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `key=value`, as kcat's `-X`.
+pub fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not a librdkafka property key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_properties() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(
+            parse_property("sasl.mechanism=SCRAM-SHA-512"),
+            Ok(("sasl.mechanism".into(), "SCRAM-SHA-512".into()))
+        );
+        assert_eq!(parse_property("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+
+    /// The runner's events are exactly the MSK shape: the AWS type reads them, and so does the handler's.
+    #[test]
+    fn events_have_the_self_managed_kafka_shape() {
+        let records = vec![
+            to_record(
+                "servicea.planet",
+                1,
+                42,
+                1_764_000_000_123,
+                "CREATE_TIME",
+                Some(b"p1"),
+                Some(br#"{"planetUuid":"p1"}"#),
+                vec![
+                    ("source".into(), b"test".to_vec()),
+                    ("empty".into(), vec![]),
+                ],
+            )
+            .record,
+            to_record(
+                "servicea.planet",
+                0,
+                7,
+                1,
+                "CREATE_TIME",
+                None,
+                None,
+                vec![],
+            )
+            .record,
+        ];
+        let event = to_event(&records, "127.0.0.1:9092");
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["eventSource"], "SelfManagedKafka");
+        assert_eq!(json["bootstrapServers"], "127.0.0.1:9092");
+        let r = &json["records"]["servicea.planet-1"][0];
+        assert_eq!(r["key"], "cDE=");
+        assert_eq!(r["value"], "eyJwbGFuZXRVdWlkIjoicDEifQ==");
+        assert_eq!(
+            r["headers"][0]["source"],
+            serde_json::json!([116, 101, 115, 116])
+        );
+        assert_eq!(r["timestampType"], "CREATE_TIME");
+        assert!(json["records"]["servicea.planet-0"][0]["value"].is_null());
+        let aws: aws_lambda_events::event::kafka::KafkaEvent =
+            serde_json::from_value(json.clone()).unwrap();
+        let aws_record = &aws.records["servicea.planet-1"][0];
+        assert_eq!(aws_record.offset, 42);
+        assert_eq!(aws_record.topic.as_deref(), Some("servicea.planet"));
+        assert_eq!(MskEvent::from_value(json).unwrap(), event);
+    }
+}

@@ -1,0 +1,749 @@
+//! The local runner (`consume`, `publish`) on Kafka brokers.
+//!
+//! - librdkafka's in-process mock cluster for the runner's mechanics: batch size, window and payload limit,
+//!   retries of a failing batch, commits only after success, a stop in the middle of a batch, and a database
+//!   outage against PostgreSQL behind a proxy.
+//! - tansu, a standalone Kafka-compatible broker, end to end: `publish` (and an independent producer, Python's
+//!   confluent-kafka) then the `consume` binary into SQLite; a runner killed with SIGKILL mid-stream and
+//!   restarted; two runners in one group over six partitions. The broker binary is `$MSK_SYNC_TANSU`, else
+//!   `~/.cargo/bin/tansu`, else `tansu` on PATH (`cargo install tansu --locked --features dynostore`; `.ci/run`
+//!   installs it). A missing broker fails these tests, it never skips them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use msk_sync::event::MskEvent;
+use msk_sync::pipeline::HandlerError;
+use msk_sync::report::BatchReport;
+use msk_sync::run::local::{self, BatchHandler, ConsumeError, ConsumeOptions};
+use msk_sync_tests::*;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::process::{Child, Command};
+
+const TOPIC: &str = "servicea.planet";
+
+/// A handler that keeps every call's event, fails the first `fail_first` calls as a database outage would,
+/// and can raise `stop` (as SIGTERM does) while it handles its first batch.
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<MskEvent>>,
+    fail_first: usize,
+    fail_always: bool,
+    stop_during_first: Option<Arc<AtomicBool>>,
+    succeeded: AtomicUsize,
+}
+
+impl BatchHandler for Recorder {
+    fn handle(
+        &self,
+        event: MskEvent,
+    ) -> impl Future<Output = Result<BatchReport, HandlerError>> + Send {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(event);
+            calls.len()
+        };
+        if let Some(stop) = &self.stop_during_first {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let result = if self.fail_always || n <= self.fail_first {
+            Err(HandlerError::Transient("database away (test)".into()))
+        } else {
+            self.succeeded.fetch_add(1, Ordering::SeqCst);
+            Ok(BatchReport::default())
+        };
+        async move { result }
+    }
+}
+
+impl Recorder {
+    fn calls(&self) -> Vec<MskEvent> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// Every record of an event as (topic, partition, offset).
+fn coordinates(event: &MskEvent) -> Vec<(String, i32, i64)> {
+    event
+        .records
+        .values()
+        .flatten()
+        .map(|r| (r.topic.clone(), r.partition, r.offset))
+        .collect()
+}
+
+fn mock_cluster(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic(topic, partitions, 1)
+        .expect("mock topic");
+    cluster
+}
+
+/// An MSK event with `n` planet records spread over `partitions` (for `publish`), each padded with
+/// `padding` bytes in its value and as many in a header.
+fn planet_event(topic: &str, partitions: i32, n: usize, padding: usize) -> MskEvent {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut records: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for i in 0..n {
+        let p = (i % partitions as usize) as i32;
+        let list = records.entry(format!("{topic}-{p}")).or_default();
+        let value = serde_json::json!({
+            "changeType": "CREATED", "planetUuid": format!("p{i}"), "planetName": format!("Planet {i}"),
+            "padding": "x".repeat(padding),
+        });
+        list.push(serde_json::json!({
+            "topic": topic, "partition": p, "offset": list.len(), "timestamp": 1_764_000_000_000_i64 + i as i64,
+            "timestampType": "CREATE_TIME", "key": b64.encode(format!("p{i}")), "value": b64.encode(value.to_string()),
+            "headers": [{"source": [116, 101, 115, 116]}, {"blob": vec![120; padding]}],
+        }));
+    }
+    MskEvent::from_value(serde_json::json!({"eventSource": "SelfManagedKafka", "records": records}))
+        .unwrap()
+}
+
+fn options(brokers: &str, group: &str) -> ConsumeOptions {
+    let mut o = ConsumeOptions::new(brokers, group, vec![TOPIC.into()]);
+    o.exit_when_idle = Some(Duration::from_secs(20));
+    o.properties = vec![("session.timeout.ms".into(), "6000".into())];
+    o
+}
+
+/// Committed offsets of `group` for the first `partitions` partitions of `topic` (-1: nothing committed).
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+async fn run_recorder(
+    recorder: Arc<Recorder>,
+    options: ConsumeOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<local::Summary, ConsumeError> {
+    // A runner that never returns (a batch window that never closes) fails the test instead of hanging CI.
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        local::consume(recorder, options, stop, Box::new(std::io::sink())),
+    )
+    .await
+    .expect("the runner did not return within 90 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_batches_follow_size_window_and_payload_limits() {
+    let cluster = mock_cluster(TOPIC, 3);
+    let brokers = cluster.bootstrap_servers();
+    let n = local::publish(&brokers, &[], vec![planet_event(TOPIC, 3, 250, 10)])
+        .await
+        .unwrap();
+    assert_eq!(n, 250);
+
+    // Size: at most 100 records a batch; every record once, each partition in offset order; MSK shape.
+    let recorder = Arc::new(Recorder::default());
+    let mut o = options(&brokers, "size");
+    o.batch_window = Duration::from_millis(300);
+    o.max_records = Some(250);
+    let summary = run_recorder(Arc::clone(&recorder), o, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!((summary.records, summary.retries), (250, 0));
+    let calls = recorder.calls();
+    assert!(calls.len() >= 3, "{} batches", calls.len());
+    let mut seen = BTreeSet::new();
+    for event in &calls {
+        assert_eq!(event.event_source, "SelfManagedKafka");
+        assert_eq!(event.bootstrap_servers.as_deref(), Some(brokers.as_str()));
+        assert!(event.record_count() <= 100);
+        for (key, records) in &event.records {
+            let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "{key}: {offsets:?}"
+            );
+            for r in records {
+                assert_eq!(key, &format!("{}-{}", r.topic, r.partition));
+                let blob = BTreeMap::from([("blob".to_string(), vec![b'x'; 10])]);
+                let source = BTreeMap::from([("source".to_string(), b"test".to_vec())]);
+                assert_eq!(r.headers, vec![source, blob]);
+            }
+        }
+        for c in coordinates(event) {
+            assert!(seen.insert(c.clone()), "{c:?} delivered twice");
+        }
+    }
+    assert_eq!(seen.len(), 250);
+    assert_eq!(committed(&brokers, "size", TOPIC, 3), vec![84, 83, 83]);
+
+    // Window: 5 records do not wait for a batch of 10 000.
+    local::publish(&brokers, &[], vec![planet_event(TOPIC, 1, 5, 10)])
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let mut o = options(&brokers, "window");
+    o.batch_size = 10_000;
+    o.batch_window = Duration::from_millis(300);
+    o.max_records = Some(255);
+    run_recorder(Arc::clone(&recorder), o, Arc::default())
+        .await
+        .unwrap();
+    let records: usize = recorder.calls().iter().map(MskEvent::record_count).sum();
+    assert_eq!(records, 255);
+
+    // Payload: records of ~140 kB in the event (20 kB values, 20 kB headers, which JSON writes as numbers)
+    // never make an event larger than Lambda's 6 MB. (The mock broker keeps only ~5 MB of a partition.)
+    let cluster = mock_cluster(TOPIC, 1);
+    let brokers = cluster.bootstrap_servers();
+    local::publish(&brokers, &[], vec![planet_event(TOPIC, 1, 100, 20_000)])
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let mut o = options(&brokers, "payload");
+    o.batch_window = Duration::from_secs(2);
+    o.max_records = Some(100);
+    run_recorder(Arc::clone(&recorder), o, Arc::default())
+        .await
+        .unwrap();
+    let sizes: Vec<(usize, usize)> = recorder
+        .calls()
+        .iter()
+        .map(|e| (e.record_count(), serde_json::to_vec(e).unwrap().len()))
+        .collect();
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    assert!(
+        sizes
+            .iter()
+            .all(|(_, bytes)| *bytes <= local::MAX_BATCH_BYTES),
+        "{sizes:?}"
+    );
+    // Full batches come close to the limit: the estimate is not wildly pessimistic.
+    assert!(sizes[0].1 > local::MAX_BATCH_BYTES * 9 / 10, "{sizes:?}");
+    assert_eq!(sizes.iter().map(|s| s.0).sum::<usize>(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_failed_batches_are_retried_and_never_committed() {
+    let cluster = mock_cluster(TOPIC, 2);
+    let brokers = cluster.bootstrap_servers();
+    local::publish(&brokers, &[], vec![planet_event(TOPIC, 2, 40, 10)])
+        .await
+        .unwrap();
+
+    // Three failures, then success: the same batch every time, committed once it applied.
+    let recorder = Arc::new(Recorder {
+        fail_first: 3,
+        ..Recorder::default()
+    });
+    let mut o = options(&brokers, "retry");
+    o.max_records = Some(40);
+    let summary = run_recorder(Arc::clone(&recorder), o, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!((summary.records, summary.retries), (40, 3));
+    let calls = recorder.calls();
+    assert!(calls.len() >= 4);
+    for retry in &calls[1..4] {
+        assert_eq!(
+            coordinates(retry),
+            coordinates(&calls[0]),
+            "a retry is the same batch"
+        );
+    }
+    assert_eq!(committed(&brokers, "retry", TOPIC, 2), vec![20, 20]);
+
+    // A batch that never applies is never committed; a stop while it fails exits as unfinished.
+    let recorder = Arc::new(Recorder {
+        fail_always: true,
+        ..Recorder::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let (stop, recorder) = (Arc::clone(&stop), Arc::clone(&recorder));
+        tokio::spawn(async move {
+            while recorder.calls().len() < 3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let result = run_recorder(Arc::clone(&recorder), options(&brokers, "never"), stop).await;
+    stopper.await.unwrap();
+    assert!(
+        matches!(result, Err(ConsumeError::Unfinished(_))),
+        "{result:?}"
+    );
+    assert_eq!(committed(&brokers, "never", TOPIC, 2), vec![-1, -1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_a_stop_finishes_and_commits_the_batch_in_hand() {
+    let cluster = mock_cluster(TOPIC, 1);
+    let brokers = cluster.bootstrap_servers();
+    local::publish(&brokers, &[], vec![planet_event(TOPIC, 1, 30, 10)])
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = Arc::new(Recorder {
+        stop_during_first: Some(Arc::clone(&stop)),
+        ..Recorder::default()
+    });
+    let mut o = options(&brokers, "stop");
+    o.batch_size = 10;
+    let summary = run_recorder(Arc::clone(&recorder), o, stop).await.unwrap();
+    assert_eq!((summary.batches, summary.records), (1, 10));
+    assert_eq!(committed(&brokers, "stop", TOPIC, 1), vec![10]);
+}
+
+/// The generated planet batch (`msk-sync-bench`'s generator) written to a file, and the planets that
+/// replaying it gives: per-partition order decides the end state, because a planet keeps its partition.
+async fn generated(
+    dir: &Path,
+    records: usize,
+    partitions: i32,
+) -> (PathBuf, Vec<(String, String)>) {
+    let event = msk_sync_bench::generate(&msk_sync_bench::GenConfig {
+        records,
+        entities: records / 10,
+        partitions,
+        topic: TOPIC.into(),
+        format: msk_sync_bench::Format::Json,
+        seed: 7,
+    });
+    let file = dir.join(format!("generated-{records}-{partitions}.json"));
+    std::fs::write(&file, event.to_string()).unwrap();
+    let reference = TestDb::new(Backend::Sqlite, "reference").await;
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &reference.url,
+            "--config",
+            &default_config(),
+            &file.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let planets = reference.planets().await;
+    assert!(planets.len() > 10);
+    (file, planets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_a_database_outage_is_retried_until_the_runner_catches_up() {
+    let db = TestDb::new(Backend::Postgres, "kafka_outage").await;
+    let (file, expected) = generated(db.dir.path(), 3_000, 6).await;
+    let cluster = mock_cluster(TOPIC, 6);
+    let brokers = cluster.bootstrap_servers();
+    let event = MskEvent::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    local::publish(&brokers, &[], vec![event]).await.unwrap();
+
+    let upstream = host_port(&server_url(Backend::Postgres));
+    let proxy = ToggleProxy::start(upstream.clone()).await;
+    let proxied = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let app = entity_sync();
+    let config = app
+        .load_config(Some(&repo().join("msk-sync.toml")))
+        .unwrap();
+    let handler = Arc::new(app.handler(&config, Some(&proxied)).await.unwrap());
+    let mut o = options(&brokers, "outage");
+    o.batch_size = 50;
+    o.exit_when_idle = Some(Duration::from_secs(8));
+    let runner = tokio::spawn(local::consume(
+        handler,
+        o,
+        Arc::default(),
+        Box::new(std::io::sink()),
+    ));
+    // Take the database away once the first batches are in, for long enough to fail a few tries.
+    let started = Instant::now();
+    while db.count_if_exists("servicea_planet").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set_up(false).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.set_up(true).await;
+    let summary = runner.await.unwrap().unwrap();
+    assert!(summary.retries >= 2, "{summary:?}");
+    assert_eq!(summary.records, 3_000, "{summary:?}");
+    assert_eq!(db.planets().await, expected);
+    assert_eq!(
+        committed(&brokers, "outage", TOPIC, 6).iter().sum::<i64>(),
+        3_000
+    );
+}
+
+// ---- tansu, end to end ----
+
+fn tansu() -> PathBuf {
+    let candidates = [
+        std::env::var_os("MSK_SYNC_TANSU").map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH")
+                .and_then(|path| std::env::split_paths(&path).map(|p| p.join("tansu")).find(|p| p.is_file()))
+        })
+        .unwrap_or_else(|| {
+            panic!("tansu not found: `cargo install tansu --locked --features dynostore` or run .ci/run")
+        })
+}
+
+/// A tansu broker with in-memory storage on a free port, stopped when dropped.
+struct Broker {
+    child: Child,
+    url: String,
+    brokers: String,
+}
+
+impl Broker {
+    async fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tansu");
+        let brokers = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(&brokers).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tansu did not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            url,
+            brokers,
+        }
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &self.url,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu topic create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// entity-sync built with the local runner, as a user runs it.
+fn runner_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "entity-sync",
+                "--features",
+                "kafka",
+                "--message-format",
+                "json",
+            ])
+            .current_dir(repo())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo build entity-sync");
+        assert!(
+            out.status.success(),
+            "cargo build -p entity-sync --features kafka failed"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["target"]["name"] == "entity-sync")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("the entity-sync executable")
+    })
+}
+
+/// `entity-sync consume` into `db`, with stderr captured.
+fn spawn_consume(brokers: &str, db: &TestDb, group: &str, extra: &[&str]) -> Child {
+    Command::new(runner_binary())
+        .args([
+            "consume",
+            "--brokers",
+            brokers,
+            "--topic",
+            TOPIC,
+            "--group",
+            group,
+            "--database-url",
+            &db.url,
+            "--config",
+            &default_config(),
+            "--progress-every",
+            "1s",
+            "-X",
+            "session.timeout.ms=6000",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start entity-sync consume")
+}
+
+/// Waits for a runner to exit by itself: (exit code, stderr).
+async fn finished(child: Child) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the runner did not exit within 120 s")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The records a runner reported as applied ("consume: done: N records applied …").
+fn applied(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("consume: done: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"))
+}
+
+async fn publish_file(brokers: &str, file: &Path) {
+    let run = cli(
+        &entity_sync(),
+        &["publish", "--brokers", brokers, &file.display().to_string()],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+/// The Python interpreter with confluent-kafka (an independent producer): `$MSK_SYNC_TEST_PYTHON`, else the
+/// venv `.ci/run` makes.
+fn python() -> PathBuf {
+    std::env::var_os("MSK_SYNC_TEST_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/python"))
+        })
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("no Python with confluent-kafka: run .ci/run or set MSK_SYNC_TEST_PYTHON")
+        })
+}
+
+const PYTHON_PRODUCER: &str = r#"
+import json, sys
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1]})
+for i in range(2):
+    v = {"changeType": "CREATED", "planetUuid": f"py-{i}", "planetName": f"From Python {i}"}
+    p.produce("servicea.planet", key=f"py-{i}", value=json.dumps(v), partition=i, headers=[("source", b"python")])
+assert p.flush(30) == 0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_publish_then_consume_replays_events_and_a_signal_exits_cleanly() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, 3).await;
+    let db = TestDb::new(Backend::Sqlite, "tansu_events").await;
+    publish_file(&broker.brokers, &event_file("mixed-partitions.json")).await;
+    let py = Command::new(python())
+        .args(["-c", PYTHON_PRODUCER, &broker.brokers])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "python producer: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    let reference = TestDb::new(Backend::Sqlite, "tansu_events_ref").await;
+    assert_eq!(replay(&reference, &["mixed-partitions.json"]).await.code, 0);
+    let mut expected = reference.planets().await;
+    expected.extend((0..2).map(|i| (format!("py-{i}"), format!("From Python {i}"))));
+    expected.sort();
+
+    // No --exit-when-idle: the runner consumes until SIGTERM, then finishes its batch and exits 0.
+    let runner = spawn_consume(&broker.brokers, &db, "events", &[]);
+    let started = Instant::now();
+    while db.planets_if_exists().await != expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "got {:?}",
+            db.planets_if_exists().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = runner.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (code, stderr) = finished(runner).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("signal received"), "{stderr}");
+    assert!(
+        stderr.contains("consume: consuming:") && stderr.contains("lag:"),
+        "progress lines:\n{stderr}"
+    );
+    assert_eq!(applied(&stderr), 13);
+    assert_eq!(
+        committed(&broker.brokers, "events", TOPIC, 3)
+            .iter()
+            .sum::<i64>(),
+        13
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_a_runner_killed_mid_stream_loses_nothing() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, 4).await;
+    let db = TestDb::new(Backend::Sqlite, "tansu_kill").await;
+    let (file, expected) = generated(db.dir.path(), 4_000, 4).await;
+    publish_file(&broker.brokers, &file).await;
+
+    let mut first = spawn_consume(&broker.brokers, &db, "kill", &["--batch-size", "20"]);
+    let started = Instant::now();
+    while db.count_if_exists("servicea_planet").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "nothing applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.start_kill().unwrap(); // SIGKILL: no batch finished, no commit, no leaving the group
+    first.wait().await.unwrap();
+    let done: i64 = committed(&broker.brokers, "kill", TOPIC, 4)
+        .iter()
+        .map(|o| o.max(&0))
+        .sum();
+    assert!(
+        done < 4_000,
+        "the runner was not killed mid-stream ({done} committed)"
+    );
+
+    let second = spawn_consume(
+        &broker.brokers,
+        &db,
+        "kill",
+        &["--batch-size", "20", "--exit-when-idle", "5s"],
+    );
+    let (code, stderr) = finished(second).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(applied(&stderr) >= 4_000 - done as u64, "{stderr}");
+    assert_eq!(db.planets().await, expected);
+    assert_eq!(
+        committed(&broker.brokers, "kill", TOPIC, 4)
+            .iter()
+            .sum::<i64>(),
+        4_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_two_runners_in_one_group_share_six_partitions() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, 6).await;
+    let db = TestDb::new(Backend::Postgres, "tansu_group").await;
+    let (file, expected) = generated(db.dir.path(), 6_000, 6).await;
+    publish_file(&broker.brokers, &file).await;
+
+    let args = ["--batch-size", "50", "--exit-when-idle", "10s"];
+    let a = spawn_consume(&broker.brokers, &db, "pair", &args);
+    let b = spawn_consume(&broker.brokers, &db, "pair", &args);
+    let ((code_a, err_a), (code_b, err_b)) = tokio::join!(finished(a), finished(b));
+    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{err_a}\n{err_b}");
+    let (na, nb) = (applied(&err_a), applied(&err_b));
+    assert!(
+        na > 0 && nb > 0,
+        "both runners took partitions: {na} + {nb}"
+    );
+    assert!(na + nb >= 6_000, "{na} + {nb}");
+    assert_eq!(db.planets().await, expected);
+    assert_eq!(
+        committed(&broker.brokers, "pair", TOPIC, 6)
+            .iter()
+            .sum::<i64>(),
+        6_000
+    );
+}
