@@ -6,9 +6,10 @@
 //! and drops `valueSchemaMetadata`. A test below checks that every event the AWS type can express parses
 //! here to the same records.
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The event sources whose payload has the MSK shape.
@@ -122,69 +123,50 @@ impl MskEvent {
     /// total and the same on every replay. A record with a later offset but an earlier timestamp therefore
     /// waits behind its predecessors instead of jumping ahead of them.
     pub fn ordered(self) -> Vec<Record> {
-        let mut partitions: BTreeMap<(String, i32), Vec<Record>> = BTreeMap::new();
-        for record in self.records.into_values().flatten() {
-            partitions
-                .entry((record.topic.clone(), record.partition))
-                .or_default()
-                .push(record);
-        }
-        let total = partitions.values().map(Vec::len).sum();
-        let mut queues: Vec<std::vec::IntoIter<Record>> = partitions
-            .into_values()
-            .map(|mut list| {
-                list.sort_by_key(|r| r.offset);
-                list.into_iter()
-            })
-            .collect();
-        let mut heads = BinaryHeap::with_capacity(queues.len());
-        for (queue, records) in queues.iter_mut().enumerate() {
-            if let Some(record) = records.next() {
-                heads.push(Head { record, queue });
-            }
-        }
-        let mut out = Vec::with_capacity(total);
-        while let Some(Head { record, queue }) = heads.pop() {
-            out.push(record);
-            if let Some(next) = queues[queue].next() {
-                heads.push(Head {
-                    record: next,
-                    queue,
-                });
-            }
-        }
-        out
+        let mut all: Vec<Record> = self.records.into_values().flatten().collect();
+        // Groups each partition's records, in offset order. The event's lists are such runs already, which
+        // the stable sort merges in near-linear time.
+        all.sort_by(|a, b| {
+            (a.topic.as_str(), a.partition, a.offset).cmp(&(
+                b.topic.as_str(),
+                b.partition,
+                b.offset,
+            ))
+        });
+        let order = merge_order(&all);
+        let mut slots: Vec<Option<Record>> = all.into_iter().map(Some).collect();
+        order.into_iter().filter_map(|i| slots[i].take()).collect()
     }
 }
 
-/// A partition's next record in the merge; the heap is a max-heap, so the order is reversed.
-struct Head {
-    record: Record,
-    queue: usize,
+/// Where a record stands in the merge: timestamp first, then (topic, partition, offset) for a total order.
+type Rank<'a> = (i64, &'a str, i32, i64);
+
+fn rank(r: &Record) -> Rank<'_> {
+    (r.timestamp, r.topic.as_str(), r.partition, r.offset)
 }
 
-impl Head {
-    fn rank(&self) -> (i64, &str, i32, i64) {
-        let r = &self.record;
-        (r.timestamp, r.topic.as_str(), r.partition, r.offset)
+/// The indices of `grouped` (partitions in runs, offsets ascending within) in apply order: the partitions
+/// merged by timestamp, each partition's own order kept.
+fn merge_order(grouped: &[Record]) -> Vec<usize> {
+    // A min-heap of each partition's next record: (rank, index, end of its partition's run).
+    let mut heads: BinaryHeap<Reverse<(Rank<'_>, usize, usize)>> = BinaryHeap::new();
+    let mut start = 0;
+    for i in 1..=grouped.len() {
+        let same = |a: &Record, b: &Record| a.partition == b.partition && a.topic == b.topic;
+        if i == grouped.len() || !same(&grouped[i], &grouped[start]) {
+            heads.push(Reverse((rank(&grouped[start]), start, i)));
+            start = i;
+        }
     }
-}
-
-impl PartialEq for Head {
-    fn eq(&self, other: &Self) -> bool {
-        self.rank() == other.rank()
+    let mut out = Vec::with_capacity(grouped.len());
+    while let Some(Reverse((_, i, end))) = heads.pop() {
+        out.push(i);
+        if i + 1 < end {
+            heads.push(Reverse((rank(&grouped[i + 1]), i + 1, end)));
+        }
     }
-}
-impl Eq for Head {}
-impl PartialOrd for Head {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Head {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.rank().cmp(&self.rank())
-    }
+    out
 }
 
 fn kind(value: &serde_json::Value) -> &'static str {
@@ -199,53 +181,113 @@ fn kind(value: &serde_json::Value) -> &'static str {
 }
 
 /// Timestamps are integers in every event we have seen; a float (some producers' JSON) is rounded, not truncated.
+/// Lambda sends a number; aws_lambda_events serializes a string. Accept both, exactly. (A visitor, not an
+/// untagged enum: serde buffers every untagged value, and this runs once per record.)
 fn exact_millis<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    // Lambda sends a number; aws_lambda_events serializes a string. Accept both, exactly.
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Millis {
-        Number(serde_json::Number),
-        Text(String),
+    struct Millis;
+    impl<'de> Visitor<'de> for Millis {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("epoch milliseconds")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v)
+                .map_err(|_| E::custom(format!("timestamp {v} is not epoch milliseconds")))
+        }
+        fn visit_f64<E: de::Error>(self, f: f64) -> Result<i64, E> {
+            if f.is_finite() && f.abs() < 9.0e15 {
+                Ok(f.round() as i64)
+            } else {
+                Err(E::custom(format!(
+                    "timestamp {f} is not epoch milliseconds"
+                )))
+            }
+        }
+        fn visit_str<E: de::Error>(self, t: &str) -> Result<i64, E> {
+            let bad = || E::custom(format!("timestamp {t:?} is not epoch milliseconds"));
+            let n: serde_json::Number = t.trim().parse().map_err(|_| bad())?;
+            match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => Ok(i),
+                (None, Some(f)) => self.visit_f64(f).map_err(|_: E| bad()),
+                _ => Err(bad()),
+            }
+        }
     }
-    let n = match Millis::deserialize(d)? {
-        Millis::Number(n) => n,
-        Millis::Text(t) => t.trim().parse::<serde_json::Number>().map_err(|_| {
-            serde::de::Error::custom(format!("timestamp {t:?} is not epoch milliseconds"))
-        })?,
-    };
-    if let Some(i) = n.as_i64() {
-        return Ok(i);
-    }
-    match n.as_f64() {
-        Some(f) if f.is_finite() && f.abs() < 9.0e15 => Ok(f.round() as i64),
-        _ => Err(serde::de::Error::custom(format!(
-            "timestamp {n} is not epoch milliseconds"
-        ))),
-    }
+    d.deserialize_any(Millis)
 }
 
 /// Header bytes arrive as JSON numbers; the AWS type reads them as i8, Java producers' tooling as 0..255.
-/// Accept both and keep the byte.
+/// Accept both and keep the byte. Read straight into bytes: a batch can carry a header on every record.
 fn headers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BTreeMap<String, Vec<u8>>>, D::Error> {
-    let raw: Option<Vec<BTreeMap<String, Vec<i16>>>> = Option::deserialize(d)?;
-    let mut out = Vec::new();
-    for header in raw.unwrap_or_default() {
-        let mut map = BTreeMap::new();
-        for (name, bytes) in header {
-            let mut value = Vec::with_capacity(bytes.len());
-            for b in bytes {
+    struct Bytes<'a>(&'a str);
+    impl<'de> DeserializeSeed<'de> for Bytes<'_> {
+        type Value = Vec<u8>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Bytes<'_> {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "the bytes of header {} as numbers", self.0)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut value = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(b) = seq.next_element::<i64>()? {
                 if !(-128..=255).contains(&b) {
-                    return Err(serde::de::Error::custom(format!(
-                        "header {name}: {b} is not a byte"
+                    return Err(de::Error::custom(format!(
+                        "header {}: {b} is not a byte",
+                        self.0
                     )));
                 }
                 value.push(b as u8);
             }
-            map.insert(name, value);
+            Ok(value)
         }
-        out.push(map);
     }
-    Ok(out)
+    struct Header;
+    impl<'de> Visitor<'de> for Header {
+        type Value = BTreeMap<String, Vec<u8>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a header: name → byte array")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let value = map.next_value_seed(Bytes(&name))?;
+                out.insert(name, value);
+            }
+            Ok(out)
+        }
+    }
+    struct HeaderSeed;
+    impl<'de> DeserializeSeed<'de> for HeaderSeed {
+        type Value = BTreeMap<String, Vec<u8>>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(Header)
+        }
+    }
+    struct List;
+    impl<'de> Visitor<'de> for List {
+        type Value = Vec<BTreeMap<String, Vec<u8>>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of headers")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(h) = seq.next_element_seed(HeaderSeed)? {
+                out.push(h);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(List)
 }
 
 #[cfg(test)]
@@ -335,6 +377,34 @@ mod tests {
         .unwrap();
         let pairs: Vec<_> = event.records["t-0"][0].header_pairs().collect();
         assert_eq!(pairs, vec![("a", &[104u8, 255][..]), ("a", &[255u8][..])]);
+    }
+
+    #[test]
+    fn timestamps_as_text_or_float_and_bad_values() {
+        let read = |timestamp: serde_json::Value, headers: serde_json::Value| {
+            MskEvent::from_value(json!({"eventSource": "aws:kafka", "records": {"t-0": [
+                {"topic": "t", "partition": 0, "offset": 1, "timestamp": timestamp, "headers": headers}]}}))
+            .map(|e| e.records["t-0"][0].clone())
+        };
+        assert_eq!(
+            read(json!("1545084650987"), json!(null)).unwrap().timestamp,
+            1545084650987
+        );
+        assert_eq!(
+            read(json!(1545084650987.6), json!([])).unwrap().timestamp,
+            1545084650988
+        );
+        assert_eq!(read(json!(" 17.4 "), json!([])).unwrap().timestamp, 17);
+        for bad in [json!("soon"), json!(true), json!(1e300), json!(u64::MAX)] {
+            let e = read(bad.clone(), json!([])).unwrap_err().to_string();
+            assert!(e.contains("not an MSK event"), "{bad}: {e}");
+        }
+        let e = read(json!(1), json!([{"h": [256]}]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header h: 256 is not a byte"), "{e}");
+        assert!(read(json!(1), json!([{"h": "text"}])).is_err());
+        assert!(read(json!(1), json!({"h": [1]})).is_err());
     }
 
     #[test]
