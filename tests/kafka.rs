@@ -584,12 +584,20 @@ fn applied(stderr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"))
 }
 
+/// `publish` with one record per producer batch: tansu 0.6 (memory storage) does not serve a fetch that starts
+/// inside a multi-record batch, so a group that committed in the middle of one could never resume (seen here:
+/// a consumer restarted after committing offset 40 of a 300-record batch got no record and a lag of 260).
 async fn publish_file(brokers: &str, file: &Path) {
-    let run = cli(
-        &entity_sync(),
-        &["publish", "--brokers", brokers, &file.display().to_string()],
-    )
-    .await;
+    let file = file.display().to_string();
+    let args = [
+        "publish",
+        "--brokers",
+        brokers,
+        "-X",
+        "batch.num.messages=1",
+        &file,
+    ];
+    let run = cli(&entity_sync(), &args).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
 
@@ -706,7 +714,8 @@ async fn tansu_a_runner_killed_mid_stream_loses_nothing() {
         &broker.brokers,
         &db,
         "kill",
-        &["--batch-size", "20", "--exit-when-idle", "5s"],
+        // The killed member holds its partitions until its session (6 s) times out; idleness outlasts that.
+        &["--batch-size", "20", "--exit-when-idle", "10s"],
     );
     let (code, stderr) = finished(second).await;
     assert_eq!(code, Some(0), "{stderr}");
@@ -726,11 +735,14 @@ async fn tansu_two_runners_in_one_group_share_six_partitions() {
     broker.create_topic(TOPIC, 6).await;
     let db = TestDb::new(Backend::Postgres, "tansu_group").await;
     let (file, expected) = generated(db.dir.path(), 6_000, 6).await;
-    publish_file(&broker.brokers, &file).await;
 
-    let args = ["--batch-size", "50", "--exit-when-idle", "10s"];
+    // Both join first and settle on three partitions each; then the records come. (Published first, they
+    // could all be applied by the member that joined first before the other one is in.)
+    let args = ["--batch-size", "50", "--exit-when-idle", "15s"];
     let a = spawn_consume(&broker.brokers, &db, "pair", &args);
     let b = spawn_consume(&broker.brokers, &db, "pair", &args);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    publish_file(&broker.brokers, &file).await;
     let ((code_a, err_a), (code_b, err_b)) = tokio::join!(finished(a), finished(b));
     assert_eq!((code_a, code_b), (Some(0), Some(0)), "{err_a}\n{err_b}");
     let (na, nb) = (applied(&err_a), applied(&err_b));

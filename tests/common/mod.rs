@@ -147,6 +147,17 @@ impl TestDb {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
+        self.try_count(table)
+            .await
+            .unwrap_or_else(|e| panic!("count {table}: {e}"))
+    }
+
+    /// Rows in `table`, 0 while the table does not exist yet (another process creates it).
+    pub async fn count_if_exists(&self, table: &str) -> i64 {
+        self.try_count(table).await.unwrap_or(0)
+    }
+
+    async fn try_count(&self, table: &str) -> Result<i64, sea_orm::DbErr> {
         let q = if self.backend == Backend::MariaDb {
             format!("`{table}`")
         } else {
@@ -156,28 +167,9 @@ impl TestDb {
         let row = self
             .conn
             .query_one_raw(Statement::from_string(self.db_backend(), sql))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get_by_index::<i64>(0).unwrap()
-    }
-
-    /// Rows in `table`, 0 while the table does not exist yet (another process creates it).
-    pub async fn count_if_exists(&self, table: &str) -> i64 {
-        let q = if self.backend == Backend::MariaDb {
-            format!("`{table}`")
-        } else {
-            format!("\"{table}\"")
-        };
-        let sql = format!("SELECT COUNT(*) FROM {q}");
-        match self
-            .conn
-            .query_one_raw(Statement::from_string(self.db_backend(), sql))
-            .await
-        {
-            Ok(Some(row)) => row.try_get_by_index::<i64>(0).unwrap_or(0),
-            _ => 0,
-        }
+            .await?
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("no row from COUNT(*)".into()))?;
+        row.try_get_by_index::<i64>(0)
     }
 
     /// [`Self::planets`], empty while the table does not exist yet.

@@ -98,7 +98,7 @@ struct ConsumeArgs {
     /// Exit 0 once this many records were applied and committed.
     #[arg(long, value_name = "N")]
     max_records: Option<u64>,
-    /// Exit 0 when no record arrived for this long, e.g. 10s.
+    /// Exit 0 when no record arrived and the group did not rebalance for this long, e.g. 10s.
     #[arg(long, value_name = "DURATION", value_parser = super::local::parse_duration)]
     exit_when_idle: Option<std::time::Duration>,
     /// How often a progress line (records/s, lag per partition) goes to stderr.

@@ -141,6 +141,8 @@ struct RunnerContext {
     revoked: Mutex<Vec<(String, i32)>>,
     /// Consumer lag per partition, from the latest statistics.
     lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Set by every rebalance: a group that is still settling is not idle.
+    rebalanced: AtomicBool,
 }
 
 impl ClientContext for RunnerContext {
@@ -170,6 +172,7 @@ impl ConsumerContext for RunnerContext {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(list) => {
                 tracing::info!(partitions = list.count(), "partitions assigned")
@@ -362,6 +365,16 @@ impl<H: BatchHandler> Runner<H> {
                 }
             };
             let Some(next) = next else {
+                // Idle time counts from the last record or the last rebalance: a runner waiting for the group
+                // (e.g. for a dead member's session to time out) has not run dry.
+                if self
+                    .consumer
+                    .context()
+                    .rebalanced
+                    .swap(false, Ordering::Relaxed)
+                {
+                    *last_record = Instant::now();
+                }
                 if batch.is_empty()
                     && let Some(idle) = self.options.exit_when_idle
                     && last_record.elapsed() >= idle

@@ -188,8 +188,9 @@ pub async fn main(app: App) -> ExitCode {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() <= 1 {
         return lambda::run(app).await;
     }
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    // Not locked for the whole run: the local runner's thread writes progress lines and logs to stderr too.
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
     ExitCode::from(cli::run(&app, std::env::args_os(), &mut out, &mut err).await)
 }
 
