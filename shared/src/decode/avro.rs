@@ -1310,6 +1310,360 @@ mod tests {
         assert_eq!(decode_datum(&padded, &c(&s), Some(&c(&s))).unwrap(), json);
     }
 
+    /// Logical types the table lists beyond the test above: the one-pass decoder and apache-avro's reading
+    /// (reader schema = writer schema) give the same JSON.
+    #[test]
+    fn more_logical_types_match_apache_avro() {
+        let s = schema(
+            json!({"type": "record", "name": "More", "namespace": "ns", "fields": [
+                {"name": "tsns", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+                {"name": "ltms", "type": {"type": "long", "logicalType": "local-timestamp-millis"}},
+                {"name": "ltus", "type": {"type": "long", "logicalType": "local-timestamp-micros"}},
+                {"name": "ltns", "type": {"type": "long", "logicalType": "local-timestamp-nanos"}},
+                {"name": "dur", "type": {"type": "fixed", "name": "Dur", "size": 12, "logicalType": "duration"}},
+                {"name": "big", "type": {"type": "bytes", "logicalType": "big-decimal"}},
+                {"name": "uuidFixed", "type": {"type": "fixed", "name": "U16", "size": 16, "logicalType": "uuid"}},
+                {"name": "wide", "type": {"type": "bytes", "logicalType": "decimal", "precision": 40, "scale": 3}},
+                {"name": "inf", "type": "float"},
+                {"name": "m", "type": {"type": "map", "values": {"type": "array", "items": "Dur"}}},
+                {"name": "again", "type": ["null", "ns.Dur"]}
+            ]}),
+        );
+        let uuid = apache_avro::Uuid::parse_str("6f1c2b3a-1d2e-4f50-8a9b-0c1d2e3f4a5b").unwrap();
+        let dur = || {
+            Avro::Duration(apache_avro::Duration::new(
+                apache_avro::Months::new(14),
+                apache_avro::Days::new(3),
+                apache_avro::Millis::new(5_000),
+            ))
+        };
+        let mut wide = vec![0x80];
+        wide.extend([0x11; 19]); // 20 bytes: a negative number beyond i128
+        let value = Avro::Record(vec![
+            (
+                "tsns".into(),
+                Avro::TimestampNanos(1_764_000_000_123_456_789),
+            ),
+            ("ltms".into(), Avro::LocalTimestampMillis(-1)),
+            (
+                "ltus".into(),
+                Avro::LocalTimestampMicros(1_764_000_000_123_456),
+            ),
+            ("ltns".into(), Avro::LocalTimestampNanos(5)),
+            ("dur".into(), dur()),
+            (
+                "big".into(),
+                Avro::BigDecimal(apache_avro::BigDecimal::new((-12345).into(), 3)),
+            ),
+            ("uuidFixed".into(), Avro::Uuid(uuid)),
+            (
+                "wide".into(),
+                Avro::Decimal(apache_avro::Decimal::from(wide)),
+            ),
+            ("inf".into(), Avro::Float(f32::INFINITY)),
+            (
+                "m".into(),
+                Avro::Map([("k".to_string(), Avro::Array(vec![dur(), dur()]))].into()),
+            ),
+            ("again".into(), Avro::Union(1, Box::new(dur()))),
+        ]);
+        let datum = to_avro_datum(&s, value).unwrap();
+        let ours = decode_datum(&datum, &c(&s), None).unwrap();
+        assert_eq!(ours, decode_datum(&datum, &c(&s), Some(&c(&s))).unwrap());
+        assert_eq!(ours["tsns"], "2025-11-24T16:00:00.123456789Z");
+        assert_eq!(ours["ltms"], "1969-12-31T23:59:59.999");
+        assert_eq!(
+            ours["dur"],
+            json!({"months": 14, "days": 3, "millis": 5000})
+        );
+        assert_eq!(ours["big"], "-12.345");
+        assert_eq!(ours["uuidFixed"], "6f1c2b3a-1d2e-4f50-8a9b-0c1d2e3f4a5b");
+        assert_eq!(ours["inf"], Value::Null);
+        assert!(ours["wide"].as_str().unwrap().starts_with('-'));
+    }
+
+    /// Zigzag varint, as Avro writes ints and longs.
+    fn zz(n: i64) -> Vec<u8> {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            if z < 0x80 {
+                out.push(z as u8);
+                return out;
+            }
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+    }
+
+    fn permanent_containing(result: Result<Value, DecodeError>, text: &str) -> String {
+        match result {
+            Err(DecodeError::Permanent(m)) if m.contains(text) => m,
+            other => panic!("expected a permanent error with {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_recursion_is_permanent_not_a_crash() {
+        let s = c(&schema(
+            json!({"type": "record", "name": "Node", "fields": [
+            {"name": "next", "type": ["null", "Node"]}]}),
+        ));
+        // 100 000 nodes: union branch 1 (the next node) each, then branch 0 (null).
+        let mut deep = vec![2u8; 100_000];
+        deep.push(0);
+        let m = permanent_containing(decode_datum(&deep, &s, None), "nests deeper than 64 levels");
+        assert!(m.contains("field next"), "{m}");
+        // apache-avro never sees it when a reader schema is configured either.
+        permanent_containing(
+            decode_datum(&deep, &s, Some(&s)),
+            "nests deeper than 64 levels",
+        );
+        // 64 levels of records are fine.
+        let mut ok = vec![2u8; 63];
+        ok.push(0);
+        let v = decode_datum(&ok, &s, None).unwrap();
+        assert!(v["next"]["next"].is_object());
+        // apache-avro's resolution takes time exponential in the nesting of unions: 63 levels would never
+        // end. It gets what it resolves quickly.
+        let start = std::time::Instant::now();
+        permanent_containing(decode_datum(&ok, &s, Some(&s)), "nests unions too deeply");
+        let mut resolvable = vec![2u8; 8];
+        resolvable.push(0);
+        let v = decode_datum(&resolvable, &s, Some(&s)).unwrap();
+        assert_eq!(v, decode_datum(&resolvable, &s, None).unwrap());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        let mut over = vec![2u8; 64];
+        over.push(0);
+        permanent_containing(decode_datum(&over, &s, None), "nests deeper");
+        // Arrays nest too.
+        let arrays = c(&schema(json!({"type": "record", "name": "A", "fields": [
+            {"name": "a", "type": {"type": "array", "items": "A"}}]})));
+        let mut nested = Vec::new();
+        for _ in 0..100_000 {
+            nested.extend(zz(1));
+        }
+        permanent_containing(decode_datum(&nested, &arrays, None), "nests deeper");
+    }
+
+    #[test]
+    fn huge_lengths_are_permanent_before_any_allocation() {
+        let start = std::time::Instant::now();
+        for t in ["string", "bytes"] {
+            let s = c(&schema(json!({"type": "record", "name": "R", "fields": [
+                {"name": "x", "type": t}]})));
+            let mut datum = zz(1 << 30); // 1 GiB
+            datum.extend_from_slice(b"abc");
+            let m = permanent_containing(decode_datum(&datum, &s, None), "truncated");
+            assert!(m.contains("1073741824 bytes, 3 left"), "{m}");
+            permanent_containing(decode_datum(&datum, &s, Some(&s)), "truncated");
+            permanent_containing(decode_datum(&zz(-5), &s, None), "negative length");
+        }
+        // 2^40 nulls in one array block: items that take no bytes are capped.
+        let nulls = c(&schema(json!({"type": "array", "items": "null"})));
+        let mut datum = zz(1 << 40);
+        datum.push(0);
+        permanent_containing(decode_datum(&datum, &nulls, None), "more than 65536");
+        permanent_containing(
+            decode_datum(&datum, &nulls, Some(&nulls)),
+            "more than 65536",
+        );
+        // … and the cap holds across blocks; 65 536 of them are fine.
+        let mut blocks = [zz(40_000), zz(40_000), vec![0]].concat();
+        permanent_containing(decode_datum(&blocks, &nulls, None), "more than 65536");
+        blocks = [zz(65_536), vec![0]].concat();
+        assert_eq!(
+            decode_datum(&blocks, &nulls, None)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            65_536
+        );
+        // Empty records take no bytes either.
+        let empty = c(&schema(json!({"type": "array", "items":
+            {"type": "record", "name": "E", "fields": [{"name": "n", "type": "null"}]}})));
+        permanent_containing(decode_datum(&datum, &empty, None), "more than 65536");
+        // Items that take bytes cannot outnumber the bytes left.
+        let ints = c(&schema(json!({"type": "array", "items": "int"})));
+        permanent_containing(decode_datum(&datum, &ints, None), "truncated");
+        // A map of nulls: every key takes a byte.
+        let map = c(&schema(json!({"type": "map", "values": "null"})));
+        let m = permanent_containing(decode_datum(&datum, &map, None), "truncated");
+        assert!(m.contains("map block of 1099511627776 items"), "{m}");
+        permanent_containing(decode_datum(&datum, &map, Some(&map)), "truncated");
+        // A negative block count carries a byte size, which must fit too.
+        let sized = [zz(-(1 << 40)), zz(1 << 40), vec![0]].concat();
+        permanent_containing(decode_datum(&sized, &map, None), "truncated");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn malformed_numbers_strings_unions_and_enums_are_permanent() {
+        let long = c(&Schema::Long);
+        let m = permanent_containing(
+            decode_datum(&[0xff; 11], &long, None),
+            "longer than 10 bytes",
+        );
+        assert!(m.contains("at byte 0"), "{m}");
+        permanent_containing(
+            decode_datum(&[0xff; 10], &long, None),
+            "longer than 10 bytes",
+        );
+        // Ten bytes hold the whole range.
+        let min = [vec![0xff; 9], vec![0x01]].concat();
+        assert_eq!(decode_datum(&min, &long, None).unwrap(), json!(i64::MIN));
+        permanent_containing(decode_datum(&zz(1 << 31), &c(&Schema::Int), None), "32-bit");
+        permanent_containing(decode_datum(&[2], &c(&Schema::Boolean), None), "boolean");
+
+        let text = c(&schema(json!({"type": "record", "name": "T", "fields": [
+            {"name": "name", "type": "string"}]})));
+        let m = permanent_containing(
+            decode_datum(&[4, b'a', 0xff], &text, None),
+            "not valid UTF-8",
+        );
+        assert!(m.contains("field name (record T)"), "{m}");
+        // Errors never quote the data.
+        let secret = [zz(8), b"Ophiuchi".to_vec()].concat();
+        for cut in 1..secret.len() {
+            let m = permanent_containing(decode_datum(&secret[..cut], &text, None), "truncated");
+            assert!(!m.contains("Oph"), "{m}");
+        }
+
+        let union = c(&schema(json!(["null", "string"])));
+        permanent_containing(decode_datum(&zz(2), &union, None), "union branch 2");
+        permanent_containing(decode_datum(&zz(-1), &union, None), "union branch -1");
+        let color = c(&schema(
+            json!({"type": "enum", "name": "Color", "symbols": ["RED", "GREEN"]}),
+        ));
+        assert_eq!(decode_datum(&zz(1), &color, None).unwrap(), "GREEN");
+        permanent_containing(
+            decode_datum(&zz(2), &color, None),
+            "enum Color has no symbol number 2",
+        );
+        permanent_containing(decode_datum(&zz(-3), &color, None), "no symbol number -3");
+        let uuid = c(&schema(json!({"type": "string", "logicalType": "uuid"})));
+        permanent_containing(
+            decode_datum(&[6, b'a', b'b', b'c'], &uuid, None),
+            "not a UUID",
+        );
+    }
+
+    /// A container file built by hand: header with `codec`, then `(record count, data)` blocks.
+    fn hand_ocf(s: &Schema, codec: &str, blocks: &[(i64, Vec<u8>)], sync: [u8; 16]) -> Vec<u8> {
+        let text = s.canonical_form();
+        let mut out = OCF_MAGIC.to_vec();
+        out.extend(zz(2));
+        for (k, v) in [
+            ("avro.schema", text.as_bytes()),
+            ("avro.codec", codec.as_bytes()),
+        ] {
+            out.extend(zz(k.len() as i64));
+            out.extend_from_slice(k.as_bytes());
+            out.extend(zz(v.len() as i64));
+            out.extend_from_slice(v);
+        }
+        out.push(0);
+        out.extend_from_slice(&sync);
+        for (count, data) in blocks {
+            out.extend(zz(*count));
+            out.extend(zz(data.len() as i64));
+            out.extend_from_slice(data);
+            out.extend_from_slice(&sync);
+        }
+        out
+    }
+
+    fn ocf_err(bytes: &[u8], text: &str) -> String {
+        match decode_ocf(bytes, None) {
+            Err(DecodeError::Permanent(m)) if m.contains(text) => m,
+            other => panic!("expected a permanent error with {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn container_blocks_must_hold_exactly_their_records() {
+        let s = planet_schema();
+        let one = to_avro_datum(&s, planet(1)).unwrap();
+        let two = [one.clone(), to_avro_datum(&s, planet(2)).unwrap()].concat();
+        let sync = [7; 16];
+        let good = hand_ocf(&s, "null", &[(2, two.clone()), (1, one.clone())], sync);
+        assert_eq!(decode_ocf(&good, None).unwrap().1.len(), 3);
+        // Leftover bytes after the declared records.
+        let mut extra = two.clone();
+        extra.push(0);
+        let m = ocf_err(
+            &hand_ocf(&s, "null", &[(2, extra)], sync),
+            "1 bytes left over",
+        );
+        assert!(m.starts_with("Avro container file, block 1"), "{m}");
+        // More records declared than the block holds.
+        ocf_err(
+            &hand_ocf(&s, "null", &[(3, two.clone())], sync),
+            "record 3 is truncated",
+        );
+        ocf_err(
+            &hand_ocf(&s, "null", &[(1 << 40, two.clone())], sync),
+            "declares 1099511627776 records",
+        );
+        // A block whose sync marker is not the header's.
+        let mut wrong = hand_ocf(&s, "null", &[(2, two.clone())], sync);
+        let n = wrong.len();
+        wrong[n - 1] ^= 1;
+        ocf_err(&wrong, "sync marker differs");
+        // A block shorter than its declared size, and a header cut short.
+        ocf_err(&good[..good.len() - 20], "truncated");
+        ocf_err(&good[..30], "header is truncated");
+        // Codecs: deflate is read (through apache-avro), others are refused by name.
+        ocf_err(
+            &hand_ocf(&s, "snappy", &[(2, two.clone())], sync),
+            "codec \"snappy\" is not supported",
+        );
+        let mut w = Writer::with_codec(
+            &s,
+            Vec::new(),
+            apache_avro::Codec::Deflate(Default::default()),
+        )
+        .unwrap();
+        for i in 0..20 {
+            w.append_value(planet(i)).unwrap();
+        }
+        let deflated = w.into_inner().unwrap();
+        let (_, msgs) = decode_ocf(&deflated, None).unwrap();
+        assert_eq!(msgs[19]["planetName"], "Planet 19");
+        ocf_err(
+            &hand_ocf(&s, "deflate", &[(2, two.clone())], sync),
+            "deflate data is corrupt",
+        );
+        // A schema whose records take no bytes: their count is capped.
+        let nothing = schema(json!("null"));
+        ocf_err(
+            &hand_ocf(&nothing, "null", &[(1 << 40, vec![])], sync),
+            "more than 65536 records",
+        );
+        assert_eq!(
+            decode_ocf(&hand_ocf(&nothing, "null", &[(3, vec![])], sync), None)
+                .unwrap()
+                .1
+                .len(),
+            3
+        );
+        // A hostile datum inside a container file.
+        let node = schema(json!({"type": "record", "name": "Node", "fields": [
+            {"name": "next", "type": ["null", "Node"]}]}));
+        let mut deep = vec![2u8; 100_000];
+        deep.push(0);
+        ocf_err(
+            &hand_ocf(&node, "null", &[(1, deep.clone())], sync),
+            "nests deeper",
+        );
+        let reader = c(&node);
+        assert!(matches!(
+            decode_ocf(&hand_ocf(&node, "null", &[(1, deep)], sync), Some(&reader)),
+            Err(DecodeError::Permanent(_))
+        ));
+    }
+
     #[test]
     fn decimal_scaling() {
         assert_eq!(scaled("5", 3), "0.005");
