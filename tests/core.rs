@@ -1104,7 +1104,11 @@ async fn avro_values_are_decoded_masked_and_applied(backend: Backend) {
         reasons,
         vec![
             (801, "unknown schema id 9".to_string()),
-            (802, "Avro datum is truncated (95 bytes)".to_string())
+            (
+                802,
+                "Avro datum is truncated (95 bytes): string of 8 bytes, 2 left, in field location.sector (record Location), at byte 92"
+                    .to_string()
+            )
         ]
     );
     assert_eq!(reports[2].dead_lettered, 1);

@@ -21,14 +21,25 @@
 //! | duration | `{"months": m, "days": d, "millis": ms}` |
 //!
 //! Every error is permanent for the record (dead-lettered) and never quotes the data.
+//!
+//! # How datums are read
+//!
+//! Datums never reach apache-avro's decoder unchecked: [`AvroSchema`] compiles a writer schema once (named
+//! types resolved to indices) and decodes datum bytes straight to JSON in one pass, with bounded nesting
+//! ([`MAX_DEPTH`]), every length checked against the bytes left before anything is allocated, zero-byte array
+//! items capped ([`MAX_EMPTY_ITEMS`]) and exact consumption. Only with a reader schema (schema evolution) does a
+//! datum, once it has passed that check, go through apache-avro's resolution. Container files are framed here
+//! too: sync markers, exact block sizes and record counts, decompressed blocks capped at [`MAX_BLOCK_BYTES`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::schema::{Name, ResolvedSchema};
+use apache_avro::schema::{
+    DecimalSchema, InnerDecimalSchema, Name, NamespaceRef, ResolvedSchema, UuidSchema,
+};
 use apache_avro::types::Value as Avro;
-use apache_avro::{Reader, Schema};
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde_json::{Map, Value};
@@ -37,37 +48,682 @@ use super::DecodeError;
 
 pub const OCF_MAGIC: &[u8; 4] = b"Obj\x01";
 
+/// How deep records, arrays and maps may nest in one value (unions, which cannot hold a union directly, do
+/// not count: they at most double the recursion).
+pub const MAX_DEPTH: usize = 64;
+/// Array items that take no bytes at all (null, an empty record, fixed(0)) a datum or container file may hold.
+pub const MAX_EMPTY_ITEMS: u64 = 65_536;
+/// How much work apache-avro's schema resolution may do for one datum: the sum, over the datum's values, of
+/// the product of the branch counts of the unions around them. apache-avro tries a union's value against its
+/// branches before resolving it, which is exponential in how deeply unions nest.
+pub const MAX_RESOLVE_COST: u64 = 1 << 23;
+/// The largest container-file block, once decompressed.
+pub const MAX_BLOCK_BYTES: usize = 64 << 20;
+
 fn permanent(what: impl std::fmt::Display) -> DecodeError {
     DecodeError::Permanent(what.to_string())
 }
 
-/// An Object Container File: every record becomes a message. Returns the writer schema (it classifies the
-/// fields for masking) with the messages.
-pub fn decode_ocf(
-    bytes: &[u8],
-    reader: Option<&Schema>,
-) -> Result<(Arc<Schema>, Vec<Value>), DecodeError> {
-    let file = Reader::builder(bytes)
-        .maybe_reader_schema(reader)
-        .build()
-        .map_err(|e| permanent(format!("value is not an Avro container file: {e}")))?;
-    let writer = Arc::new(file.writer_schema().clone());
-    let schema = reader.unwrap_or(&writer);
-    let names = names(schema)?;
-    let mut messages = Vec::new();
-    for (i, value) in file.enumerate() {
-        let value =
-            value.map_err(|e| permanent(format!("Avro container file, record {}: {e}", i + 1)))?;
-        messages.push(to_json(&value, schema, &names)?);
-    }
-    Ok((writer, messages))
+type NodeId = usize;
+
+/// A schema node, named references resolved to indices.
+#[derive(Debug)]
+enum Node {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Fixed(usize),
+    Enum {
+        name: String,
+        symbols: Vec<String>,
+    },
+    Array(NodeId),
+    Map(NodeId),
+    Record {
+        name: String,
+        fields: Vec<(String, NodeId)>,
+    },
+    Union(Vec<NodeId>),
+    Date,
+    TimeMillis,
+    TimeMicros,
+    /// Nanoseconds per unit, UTC (or local).
+    Timestamp(i64, bool),
+    UuidString,
+    UuidBytes,
+    UuidFixed(usize),
+    /// Fixed size (`None`: bytes), scale.
+    Decimal(Option<usize>, usize),
+    BigDecimal,
+    Duration(usize),
+    /// A named type being compiled (only while compiling).
+    Pending,
 }
 
-/// The Confluent wire format's header: schema id and datum.
-pub fn split_confluent(bytes: &[u8]) -> Option<(u32, &[u8])> {
-    match bytes {
-        [0, a, b, c, d, datum @ ..] => Some((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
-        _ => None,
+/// A writer schema compiled for decoding; build it once per schema and keep it.
+pub struct AvroSchema {
+    schema: Arc<Schema>,
+    nodes: Vec<Node>,
+    /// Whether a node's values can take zero bytes.
+    empty: Vec<bool>,
+    root: NodeId,
+    /// Named types, for apache-avro values (reader schemas); computed when first needed.
+    names: OnceLock<Result<HashMap<Name, Schema>, DecodeError>>,
+}
+
+impl std::fmt::Debug for AvroSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AvroSchema")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AvroSchema {
+    /// Compiles `schema`; fails only when a named reference cannot be resolved.
+    pub fn new(schema: Arc<Schema>) -> Result<Self, String> {
+        limit_allocations();
+        let resolved =
+            ResolvedSchema::try_from(&*schema).map_err(|e| format!("Avro schema: {e}"))?;
+        let mut c = Compiler {
+            names: resolved.get_names(),
+            nodes: Vec::new(),
+            compiled: HashMap::new(),
+        };
+        let root = c.compile(&schema, None)?;
+        let nodes = c.nodes;
+        let empty = empty_nodes(&nodes);
+        drop(resolved);
+        Ok(Self {
+            schema,
+            nodes,
+            empty,
+            root,
+            names: OnceLock::new(),
+        })
+    }
+
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    fn names(&self) -> Result<&HashMap<Name, Schema>, DecodeError> {
+        self.names
+            .get_or_init(|| names(&self.schema))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+struct Compiler<'s, 'n> {
+    names: &'n HashMap<Name, &'s Schema>,
+    nodes: Vec<Node>,
+    compiled: HashMap<Name, NodeId>,
+}
+
+impl Compiler<'_, '_> {
+    fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Reserves the node of a named type (once: references to it reuse it).
+    fn named(&mut self, name: &Name, ns: NamespaceRef) -> Result<NodeId, NodeId> {
+        let full = name.fully_qualified_name(ns).into_owned();
+        if let Some(&id) = self.compiled.get(&full) {
+            return Err(id);
+        }
+        let id = self.push(Node::Pending);
+        self.compiled.insert(full, id);
+        Ok(id)
+    }
+
+    fn compile(&mut self, schema: &Schema, ns: NamespaceRef) -> Result<NodeId, String> {
+        let simple = match schema {
+            Schema::Null => Node::Null,
+            Schema::Boolean => Node::Boolean,
+            Schema::Int => Node::Int,
+            Schema::Long => Node::Long,
+            Schema::Float => Node::Float,
+            Schema::Double => Node::Double,
+            Schema::Bytes => Node::Bytes,
+            Schema::String => Node::String,
+            Schema::BigDecimal => Node::BigDecimal,
+            Schema::Uuid(UuidSchema::String) => Node::UuidString,
+            Schema::Uuid(UuidSchema::Bytes) => Node::UuidBytes,
+            Schema::Date => Node::Date,
+            Schema::TimeMillis => Node::TimeMillis,
+            Schema::TimeMicros => Node::TimeMicros,
+            Schema::TimestampMillis => Node::Timestamp(1_000_000, true),
+            Schema::TimestampMicros => Node::Timestamp(1_000, true),
+            Schema::TimestampNanos => Node::Timestamp(1, true),
+            Schema::LocalTimestampMillis => Node::Timestamp(1_000_000, false),
+            Schema::LocalTimestampMicros => Node::Timestamp(1_000, false),
+            Schema::LocalTimestampNanos => Node::Timestamp(1, false),
+            Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Bytes,
+                scale,
+                ..
+            }) => Node::Decimal(None, *scale),
+            Schema::Array(a) => {
+                let id = self.push(Node::Pending);
+                let items = self.compile(&a.items, ns)?;
+                self.nodes[id] = Node::Array(items);
+                return Ok(id);
+            }
+            Schema::Map(m) => {
+                let id = self.push(Node::Pending);
+                let values = self.compile(&m.types, ns)?;
+                self.nodes[id] = Node::Map(values);
+                return Ok(id);
+            }
+            Schema::Union(u) => {
+                let id = self.push(Node::Pending);
+                let branches = u
+                    .variants()
+                    .iter()
+                    .map(|v| self.compile(v, ns))
+                    .collect::<Result<_, _>>()?;
+                self.nodes[id] = Node::Union(branches);
+                return Ok(id);
+            }
+            Schema::Record(r) => {
+                let id = match self.named(&r.name, ns) {
+                    Ok(id) => id,
+                    Err(known) => return Ok(known),
+                };
+                let full = r.name.fully_qualified_name(ns);
+                let inner = full.namespace().map(ToString::to_string);
+                let fields = r
+                    .fields
+                    .iter()
+                    .map(|f| Ok((f.name.clone(), self.compile(&f.schema, inner.as_deref())?)))
+                    .collect::<Result<_, String>>()?;
+                self.nodes[id] = Node::Record {
+                    name: r.name.name().to_string(),
+                    fields,
+                };
+                return Ok(id);
+            }
+            Schema::Enum(e) => {
+                let id = match self.named(&e.name, ns) {
+                    Ok(id) => id,
+                    Err(known) => return Ok(known),
+                };
+                self.nodes[id] = Node::Enum {
+                    name: e.name.name().to_string(),
+                    symbols: e.symbols.clone(),
+                };
+                return Ok(id);
+            }
+            Schema::Fixed(f)
+            | Schema::Uuid(UuidSchema::Fixed(f))
+            | Schema::Duration(f)
+            | Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Fixed(f),
+                ..
+            }) => {
+                let id = match self.named(&f.name, ns) {
+                    Ok(id) => id,
+                    Err(known) => return Ok(known),
+                };
+                self.nodes[id] = match schema {
+                    Schema::Uuid(_) => Node::UuidFixed(f.size),
+                    Schema::Duration(_) => Node::Duration(f.size),
+                    Schema::Decimal(d) => Node::Decimal(Some(f.size), d.scale),
+                    _ => Node::Fixed(f.size),
+                };
+                return Ok(id);
+            }
+            Schema::Ref { name } => {
+                let full = name.fully_qualified_name(ns);
+                if let Some(&id) = self.compiled.get(&*full) {
+                    return Ok(id);
+                }
+                let target = *self
+                    .names
+                    .get(&*full)
+                    .ok_or_else(|| format!("Avro schema refers to unknown type {full}"))?;
+                let target_ns = full.namespace().map(ToString::to_string);
+                return self.compile(target, target_ns.as_deref());
+            }
+        };
+        Ok(self.push(simple))
+    }
+}
+
+/// Which nodes can be encoded in zero bytes (a least fixed point: recursive types start as not empty).
+fn empty_nodes(nodes: &[Node]) -> Vec<bool> {
+    let mut empty = vec![false; nodes.len()];
+    loop {
+        let mut changed = false;
+        for (i, node) in nodes.iter().enumerate() {
+            let now = match node {
+                Node::Null => true,
+                Node::Fixed(0) | Node::UuidFixed(0) | Node::Decimal(Some(0), _) => true,
+                Node::Duration(0) => true,
+                Node::Record { fields, .. } => fields.iter().all(|(_, f)| empty[*f]),
+                _ => false,
+            };
+            if now && !empty[i] {
+                empty[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            return empty;
+        }
+    }
+}
+
+/// Caps apache-avro's allocations (deflate output, reader-schema decoding) at [`MAX_BLOCK_BYTES`] for the
+/// process. The limit is set once; whoever sets it first wins, hence the check after decompressing as well.
+fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_BLOCK_BYTES);
+}
+
+/// Why bytes do not decode; built only on the error path.
+struct Bad {
+    /// The bytes end too soon (or a length points past them).
+    truncated: bool,
+    what: String,
+    at: usize,
+    /// Field names, innermost first.
+    path: Vec<String>,
+    /// The innermost record.
+    record: Option<String>,
+}
+
+type Res<T> = Result<T, Box<Bad>>;
+
+impl Bad {
+    fn within(mut self: Box<Self>, record: &str, field: &str) -> Box<Self> {
+        self.path.push(field.to_string());
+        self.record.get_or_insert_with(|| record.to_string());
+        self
+    }
+
+    /// `"{subject} is truncated (N bytes): …"` or `"{subject} does not match its schema (N bytes): …"`.
+    fn to_error(&self, subject: &str, len: usize) -> DecodeError {
+        let mut place = format!("at byte {}", self.at);
+        if !self.path.is_empty() {
+            let path: Vec<&str> = self.path.iter().rev().map(String::as_str).collect();
+            let record = self.record.as_deref().unwrap_or("?");
+            place = format!("in field {} (record {record}), {place}", path.join("."));
+        }
+        let what = &self.what;
+        permanent(if self.truncated {
+            format!("{subject} is truncated ({len} bytes): {what} {place}")
+        } else {
+            format!("{subject} does not match its schema ({len} bytes): {what} {place}")
+        })
+    }
+}
+
+/// Datum bytes being decoded.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Array items so far that took no bytes.
+    empty_items: u64,
+    /// What resolving the values so far would cost apache-avro (see [`MAX_RESOLVE_COST`]).
+    resolve_cost: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            empty_items: 0,
+            resolve_cost: 0,
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    #[cold]
+    fn fail(&self, truncated: bool, at: usize, what: String) -> Box<Bad> {
+        Box::new(Bad {
+            truncated,
+            what,
+            at,
+            path: Vec::new(),
+            record: None,
+        })
+    }
+
+    #[cold]
+    fn bad(&self, at: usize, what: impl Into<String>) -> Box<Bad> {
+        self.fail(false, at, what.into())
+    }
+
+    #[cold]
+    fn short(&self, at: usize, what: impl Into<String>) -> Box<Bad> {
+        self.fail(true, at, what.into())
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize, what: &str) -> Res<&'a [u8]> {
+        if n > self.left() {
+            return Err(self.short(
+                self.pos,
+                format!("{what} of {n} bytes, {} left,", self.left()),
+            ));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// A variable-length unsigned integer: at most 10 bytes, within 64 bits.
+    #[inline]
+    fn varint(&mut self) -> Res<u64> {
+        let start = self.pos;
+        let mut value = 0u64;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(self.short(start, "a number ends past the end"));
+            };
+            self.pos += 1;
+            if i == 9 && b > 1 {
+                return Err(self.bad(
+                    start,
+                    "a number is longer than 10 bytes or overflows 64 bits",
+                ));
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        unreachable!("the tenth byte either ends the number or fails")
+    }
+
+    #[inline]
+    fn long(&mut self) -> Res<i64> {
+        let z = self.varint()?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    #[inline]
+    fn int(&mut self) -> Res<i32> {
+        let at = self.pos;
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| self.bad(at, "an int is out of the 32-bit range"))
+    }
+
+    /// A length-prefixed byte string; the length is checked against the bytes left before anything else.
+    #[inline]
+    fn bytes(&mut self, what: &str) -> Res<&'a [u8]> {
+        let at = self.pos;
+        let len = self.long()?;
+        let len = usize::try_from(len)
+            .map_err(|_| self.bad(at, format!("{what} has a negative length")))?;
+        if len > self.left() {
+            return Err(self.short(at, format!("{what} of {len} bytes, {} left,", self.left())));
+        }
+        self.take(len, what)
+    }
+
+    #[inline]
+    fn string(&mut self) -> Res<&'a str> {
+        let at = self.pos;
+        let bytes = self.bytes("string")?;
+        std::str::from_utf8(bytes).map_err(|_| self.bad(at, "a string is not valid UTF-8"))
+    }
+
+    /// The item count of the next array or map block (`None` at the end). Items that take bytes cannot be
+    /// more than the bytes left; items that take none are capped at [`MAX_EMPTY_ITEMS`].
+    fn block(&mut self, empty_items: bool, what: &str) -> Res<Option<usize>> {
+        let at = self.pos;
+        let count = self.long()?;
+        if count == 0 {
+            return Ok(None);
+        }
+        if count < 0 {
+            // A negative count is followed by the block's size in bytes.
+            let size_at = self.pos;
+            let size = self.long()?;
+            if usize::try_from(size).map_or(true, |s| s > self.left()) {
+                return Err(self.short(
+                    size_at,
+                    format!("{what} block of {size} bytes, {} left,", self.left()),
+                ));
+            }
+        }
+        let count = count.unsigned_abs();
+        if empty_items {
+            self.empty_items = self.empty_items.saturating_add(count);
+            if self.empty_items > MAX_EMPTY_ITEMS {
+                return Err(self.bad(
+                    at,
+                    format!("{what} block of {count} items that take no bytes: more than {MAX_EMPTY_ITEMS} such items"),
+                ));
+            }
+        } else if count > self.left() as u64 {
+            return Err(self.short(
+                at,
+                format!("{what} block of {count} items, {} bytes left,", self.left()),
+            ));
+        }
+        usize::try_from(count)
+            .map(Some)
+            .map_err(|_| self.bad(at, format!("{what} block is too large")))
+    }
+}
+
+fn b64(bytes: &[u8]) -> Value {
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn number(f: f64) -> Value {
+    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+}
+
+/// Two's-complement big-endian bytes as decimal digits.
+fn unscaled(bytes: &[u8]) -> String {
+    if bytes.len() <= 16 {
+        let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+            0xff
+        } else {
+            0
+        };
+        let mut wide = [fill; 16];
+        wide[16 - bytes.len()..].copy_from_slice(bytes);
+        i128::from_be_bytes(wide).to_string()
+    } else {
+        num_bigint::BigInt::from_signed_bytes_be(bytes).to_string()
+    }
+}
+
+impl AvroSchema {
+    fn deeper(c: &Cursor<'_>, depth: usize) -> Res<usize> {
+        if depth >= MAX_DEPTH {
+            return Err(c.bad(
+                c.pos,
+                format!("Avro value nests deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        Ok(depth + 1)
+    }
+
+    /// One value of node `id`, straight to JSON (the module doc's table).
+    /// `unions`: the product of the branch counts of the unions around this value.
+    fn value(&self, id: NodeId, c: &mut Cursor<'_>, depth: usize, unions: u64) -> Res<Value> {
+        let at = c.pos;
+        c.resolve_cost = c.resolve_cost.saturating_add(unions);
+        let out_of_range = |c: &Cursor<'_>, e: DecodeError| match e {
+            DecodeError::Permanent(m) | DecodeError::Transient(m) => c.bad(at, m),
+        };
+        Ok(match &self.nodes[id] {
+            Node::Null => Value::Null,
+            Node::Boolean => match c.take(1, "boolean")?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                _ => return Err(c.bad(at, "a boolean is neither 0 nor 1")),
+            },
+            Node::Int => Value::from(c.int()?),
+            Node::Long => Value::from(c.long()?),
+            Node::Float => {
+                let b = c.take(4, "float")?;
+                number(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            }
+            Node::Double => {
+                let b = c.take(8, "double")?;
+                let mut a = [0; 8];
+                a.copy_from_slice(b);
+                number(f64::from_le_bytes(a))
+            }
+            Node::Bytes => b64(c.bytes("bytes")?),
+            Node::String => Value::String(c.string()?.to_owned()),
+            Node::Fixed(n) => b64(c.take(*n, "fixed")?),
+            Node::Enum { name, symbols } => {
+                let i = c.long()?;
+                let symbol = usize::try_from(i).ok().and_then(|i| symbols.get(i));
+                let symbol = symbol.ok_or_else(|| {
+                    c.bad(
+                        at,
+                        format!(
+                            "enum {name} has no symbol number {i} (it has {})",
+                            symbols.len()
+                        ),
+                    )
+                })?;
+                Value::String(symbol.clone())
+            }
+            Node::Array(items) => {
+                let depth = Self::deeper(c, depth)?;
+                let mut out = Vec::new();
+                while let Some(count) = c.block(self.empty[*items], "array")? {
+                    out.reserve(count.min(1024));
+                    for _ in 0..count {
+                        out.push(self.value(*items, c, depth, unions)?);
+                    }
+                }
+                Value::Array(out)
+            }
+            Node::Map(values) => {
+                let depth = Self::deeper(c, depth)?;
+                let mut entries: Vec<(String, Value)> = Vec::new();
+                while let Some(count) = c.block(false, "map")? {
+                    entries.reserve(count.min(1024));
+                    for _ in 0..count {
+                        let key = c.string()?.to_owned();
+                        entries.push((key, self.value(*values, c, depth, unions)?));
+                    }
+                }
+                // Avro maps are unordered; sort the keys so a message always looks the same (a stable sort: the
+                // last of equal keys wins, as it would in a hash map).
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut out = Map::with_capacity(entries.len());
+                for (k, v) in entries {
+                    out.insert(k, v);
+                }
+                Value::Object(out)
+            }
+            Node::Record { name, fields } => {
+                let depth = Self::deeper(c, depth)?;
+                let mut out = Map::with_capacity(fields.len());
+                for (f, field) in fields {
+                    let v = self
+                        .value(*field, c, depth, unions)
+                        .map_err(|e| e.within(name, f))?;
+                    out.insert(f.clone(), v);
+                }
+                Value::Object(out)
+            }
+            Node::Union(branches) => {
+                let i = c.long()?;
+                let branch = usize::try_from(i).ok().and_then(|i| branches.get(i));
+                let branch = branch.ok_or_else(|| {
+                    c.bad(
+                        at,
+                        format!(
+                            "union branch {i} is not in the schema (it has {})",
+                            branches.len()
+                        ),
+                    )
+                })?;
+                let factor = branches.len().max(2) as u64;
+                self.value(*branch, c, depth, unions.saturating_mul(factor))?
+            }
+            Node::Date => {
+                let days = c.int()?;
+                let date = NaiveDate::from_ymd_opt(1970, 1, 1)
+                    .and_then(|epoch| {
+                        epoch.checked_add_signed(chrono::Duration::days(i64::from(days)))
+                    })
+                    .ok_or_else(|| c.bad(at, "Avro date out of range"))?;
+                Value::String(date.format("%Y-%m-%d").to_string())
+            }
+            Node::TimeMillis => {
+                let ms = c.int()?;
+                Value::String(time(i64::from(ms) * 1_000, 3).map_err(|e| out_of_range(c, e))?)
+            }
+            Node::TimeMicros => {
+                let us = c.long()?;
+                Value::String(time(us, 6).map_err(|e| out_of_range(c, e))?)
+            }
+            Node::Timestamp(unit, utc) => {
+                let v = c.long()?;
+                Value::String(timestamp(v, *unit, *utc).map_err(|e| out_of_range(c, e))?)
+            }
+            Node::UuidString => {
+                let s = c.string()?;
+                let uuid = apache_avro::Uuid::parse_str(s)
+                    .map_err(|_| c.bad(at, "a uuid string is not a UUID"))?;
+                Value::String(uuid.to_string())
+            }
+            Node::UuidBytes | Node::UuidFixed(_) => {
+                let b = match &self.nodes[id] {
+                    Node::UuidFixed(n) => c.take(*n, "uuid")?,
+                    _ => c.bytes("uuid")?,
+                };
+                let uuid = apache_avro::Uuid::from_slice(b).map_err(|_| {
+                    c.bad(at, format!("a uuid has {} bytes instead of 16", b.len()))
+                })?;
+                Value::String(uuid.to_string())
+            }
+            Node::Decimal(fixed, scale) => {
+                let b = match fixed {
+                    Some(n) => c.take(*n, "decimal")?,
+                    None => c.bytes("decimal")?,
+                };
+                Value::String(scaled(&unscaled(b), *scale))
+            }
+            Node::BigDecimal => {
+                let b = c.bytes("big-decimal")?;
+                let mut inner = Cursor::new(b);
+                let digits = inner.bytes("big-decimal digits");
+                let scale = digits.and_then(|d| Ok((d, inner.long()?)));
+                let (digits, scale) = match scale {
+                    Ok(ds) if inner.left() == 0 => ds,
+                    _ => return Err(c.bad(at, "a big-decimal is not digits and a scale")),
+                };
+                let unscaled = num_bigint::BigInt::from_signed_bytes_be(digits);
+                Value::String(apache_avro::BigDecimal::new(unscaled, scale).to_string())
+            }
+            Node::Duration(n) => {
+                let b = c.take(*n, "duration")?;
+                if b.len() != 12 {
+                    return Err(c.bad(
+                        at,
+                        format!("a duration has {} bytes instead of 12", b.len()),
+                    ));
+                }
+                let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                serde_json::json!({"months": u(0), "days": u(4), "millis": u(8)})
+            }
+            Node::Pending => return Err(c.bad(at, "the schema has an unresolved type")),
+        })
     }
 }
 
@@ -75,53 +731,187 @@ pub fn split_confluent(bytes: &[u8]) -> Option<(u32, &[u8])> {
 /// consumed exactly: trailing bytes mean the schema does not fit.
 pub fn decode_datum(
     bytes: &[u8],
-    writer: &Schema,
-    reader: Option<&Schema>,
+    writer: &AvroSchema,
+    reader: Option<&AvroSchema>,
 ) -> Result<Value, DecodeError> {
-    let datum_reader = GenericDatumReader::builder(writer)
-        .maybe_reader_schema(reader)
-        .build()
-        .map_err(|e| permanent(format!("Avro schema: {e}")))?;
-    let mut input = Exact {
-        rest: bytes,
-        short: false,
-    };
-    let value = datum_reader.read_value(&mut input).map_err(|e| {
-        permanent(format!(
-            "Avro datum does not match its schema ({} bytes): {e}",
-            bytes.len()
-        ))
-    })?;
-    if input.short {
-        // apache-avro 0.22 reads a string or bytes field cut short without complaint.
-        return Err(permanent(format!(
-            "Avro datum is truncated ({} bytes)",
-            bytes.len()
-        )));
-    }
-    if !input.rest.is_empty() {
+    let mut c = Cursor::new(bytes);
+    let value = writer
+        .value(writer.root, &mut c, 0, 1)
+        .map_err(|e| e.to_error("Avro datum", bytes.len()))?;
+    if c.left() > 0 {
         return Err(permanent(format!(
             "Avro datum has {} bytes left over after decoding {} bytes: it does not match its schema",
-            input.rest.len(),
-            bytes.len() - input.rest.len()
+            c.left(),
+            c.pos
         )));
     }
-    let schema = reader.unwrap_or(writer);
-    to_json(&value, schema, &names(schema)?)
+    match reader {
+        None => Ok(value),
+        Some(reader) => resolve(bytes, c.resolve_cost, writer, reader),
+    }
 }
 
-/// A reader that notices when the decoder asks for more bytes than the datum has.
-struct Exact<'a> {
-    rest: &'a [u8],
-    short: bool,
+/// Schema evolution through apache-avro, for a datum that already decoded under `writer`.
+fn resolve(
+    datum: &[u8],
+    cost: u64,
+    writer: &AvroSchema,
+    reader: &AvroSchema,
+) -> Result<Value, DecodeError> {
+    if cost > MAX_RESOLVE_COST {
+        return Err(permanent(format!(
+            "Avro datum ({} bytes) nests unions too deeply to be resolved to the reader schema",
+            datum.len()
+        )));
+    }
+    let datum_reader = GenericDatumReader::builder(writer.schema())
+        .reader_schema(reader.schema())
+        .build()
+        .map_err(|e| permanent(format!("Avro reader schema: {e}")))?;
+    let mut rest = datum;
+    // apache-avro's errors can quote values: say only that the datum does not resolve.
+    let value = datum_reader.read_value(&mut rest).map_err(|_| {
+        permanent(format!(
+            "Avro datum ({} bytes) cannot be resolved to the reader schema",
+            datum.len()
+        ))
+    })?;
+    if !rest.is_empty() {
+        return Err(permanent(format!(
+            "Avro datum ({} bytes): the reader schema left {} bytes unread",
+            datum.len(),
+            rest.len()
+        )));
+    }
+    to_json(&value, reader.schema(), reader.names()?)
 }
 
-impl std::io::Read for Exact<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if buf.len() > self.rest.len() {
-            self.short = true;
+/// An Object Container File: every record becomes a message. Returns the writer schema (it classifies the
+/// fields for masking) with the messages.
+pub fn decode_ocf(
+    bytes: &[u8],
+    reader: Option<&AvroSchema>,
+) -> Result<(Arc<Schema>, Vec<Value>), DecodeError> {
+    let header_error =
+        |what: String| permanent(format!("value is not a valid Avro container file: {what}"));
+    let mut c = Cursor::new(bytes);
+    let header = |e: Box<Bad>| e.to_error("Avro container file header", bytes.len());
+    if c.take(4, "magic").map_err(header)? != OCF_MAGIC {
+        return Err(header_error("it does not start with Obj\\x01".into()));
+    }
+    let (mut schema_json, mut codec) = (None, None);
+    while let Some(count) = c.block(false, "metadata map").map_err(header)? {
+        for _ in 0..count {
+            let key = c.bytes("metadata key").map_err(header)?;
+            let value = c.bytes("metadata value").map_err(header)?;
+            match key {
+                b"avro.schema" => schema_json = Some(value),
+                b"avro.codec" => codec = Some(value),
+                _ => {}
+            }
         }
-        self.rest.read(buf)
+    }
+    let sync = c.take(16, "sync marker").map_err(header)?;
+    let schema_json =
+        schema_json.ok_or_else(|| header_error("no avro.schema in its header".into()))?;
+    let schema = std::str::from_utf8(schema_json)
+        .map_err(|_| header_error("its avro.schema is not UTF-8".into()))
+        .and_then(|text| {
+            Schema::parse_str(text)
+                .map_err(|e| header_error(format!("its avro.schema does not parse: {e}")))
+        })?;
+    let writer = AvroSchema::new(Arc::new(schema)).map_err(header_error)?;
+    let codec = match codec.unwrap_or(b"null") {
+        b"null" => None,
+        b"deflate" => Some(apache_avro::Codec::Deflate(
+            apache_avro::DeflateSettings::default(),
+        )),
+        other => {
+            let name = String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned();
+            return Err(header_error(format!(
+                "codec {name:?} is not supported (null and deflate are)"
+            )));
+        }
+    };
+    let root_empty = writer.empty[writer.root];
+    let mut messages = Vec::new();
+    let mut empty_items = 0u64;
+    let mut block = 0usize;
+    while c.left() > 0 {
+        block += 1;
+        let subject = format!("Avro container file, block {block}");
+        let frame = |e: Box<Bad>| e.to_error(&subject, bytes.len());
+        let at = c.pos;
+        let count = c.long().map_err(frame)?;
+        let size = c.long().map_err(frame)?;
+        let (Ok(count), Ok(size)) = (u64::try_from(count), usize::try_from(size)) else {
+            return Err(frame(c.bad(at, "a negative record count or size")));
+        };
+        let data = c.take(size, "block").map_err(frame)?;
+        if c.take(16, "sync marker").map_err(frame)? != sync {
+            return Err(permanent(format!(
+                "{subject}: its sync marker differs from the header's (byte {})",
+                c.pos - 16
+            )));
+        }
+        let data: std::borrow::Cow<'_, [u8]> = match codec {
+            None => data.into(),
+            Some(codec) => {
+                limit_allocations();
+                let mut inflated = data.to_vec();
+                let inflated_ok = codec.decompress(&mut inflated).is_ok();
+                if !inflated_ok || inflated.len() > MAX_BLOCK_BYTES {
+                    return Err(permanent(format!(
+                        "{subject}: its deflate data is corrupt or inflates past {} MiB",
+                        MAX_BLOCK_BYTES >> 20
+                    )));
+                }
+                inflated.into()
+            }
+        };
+        if root_empty {
+            empty_items = empty_items.saturating_add(count);
+            if empty_items > MAX_EMPTY_ITEMS {
+                return Err(permanent(format!(
+                    "{subject}: more than {MAX_EMPTY_ITEMS} records that take no bytes"
+                )));
+            }
+        } else if count > data.len() as u64 {
+            return Err(permanent(format!(
+                "{subject} declares {count} records but holds {} bytes",
+                data.len()
+            )));
+        }
+        let mut d = Cursor::new(&data);
+        d.empty_items = empty_items;
+        messages.reserve(usize::try_from(count).unwrap_or(0).min(1024));
+        for i in 0..count {
+            let start = d.pos;
+            d.resolve_cost = 0;
+            let value = writer
+                .value(writer.root, &mut d, 0, 1)
+                .map_err(|e| e.to_error(&format!("{subject}, record {}", i + 1), data.len()))?;
+            messages.push(match reader {
+                None => value,
+                Some(reader) => resolve(&data[start..d.pos], d.resolve_cost, &writer, reader)?,
+            });
+        }
+        if d.left() > 0 {
+            return Err(permanent(format!(
+                "{subject} has {} bytes left over after its {count} records",
+                d.left()
+            )));
+        }
+        empty_items = d.empty_items;
+    }
+    Ok((Arc::clone(writer.schema()), messages))
+}
+
+/// The Confluent wire format's header: schema id and datum.
+pub fn split_confluent(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    match bytes {
+        [0, a, b, c, d, datum @ ..] => Some((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        _ => None,
     }
 }
 
@@ -287,6 +1077,10 @@ mod tests {
             .write_value_to_vec(v)
     }
 
+    fn c(s: &Schema) -> AvroSchema {
+        AvroSchema::new(Arc::new(s.clone())).unwrap()
+    }
+
     fn schema(v: Value) -> Schema {
         Schema::parse(&v).unwrap()
     }
@@ -351,7 +1145,7 @@ mod tests {
         framed.extend_from_slice(&datum);
         let (id, body) = split_confluent(&framed).unwrap();
         assert_eq!(id, 258);
-        assert_eq!(decode_datum(body, &s, None).unwrap()["moons"], 7);
+        assert_eq!(decode_datum(body, &c(&s), None).unwrap()["moons"], 7);
         assert_eq!(split_confluent(b"{\"a\":1}"), None);
         assert_eq!(split_confluent(&[0, 1, 2]), None);
     }
@@ -361,7 +1155,7 @@ mod tests {
         let s = planet_schema();
         let datum = to_avro_datum(&s, planet(7)).unwrap();
         for cut in 1..datum.len() {
-            let err = decode_datum(&datum[..cut], &s, None).unwrap_err();
+            let err = decode_datum(&datum[..cut], &c(&s), None).unwrap_err();
             assert!(matches!(err, DecodeError::Permanent(_)), "cut at {cut}");
         }
         // A datum that ends inside a string: the decoder alone would accept it.
@@ -371,13 +1165,13 @@ mod tests {
         let one = Avro::Record(vec![("s".into(), Avro::String("Ophiuchi".into()))]);
         let short = to_avro_datum(&t, one).unwrap();
         for cut in 1..short.len() {
-            let err = decode_datum(&short[..cut], &t, None).unwrap_err();
+            let err = decode_datum(&short[..cut], &c(&t), None).unwrap_err();
             assert!(matches!(err, DecodeError::Permanent(_)), "cut at {cut}");
         }
-        assert!(decode_datum(&short, &t, None).is_ok());
+        assert!(decode_datum(&short, &c(&t), None).is_ok());
         let mut long = datum.clone();
         long.push(0);
-        let err = decode_datum(&long, &s, None).unwrap_err();
+        let err = decode_datum(&long, &c(&s), None).unwrap_err();
         assert!(
             matches!(&err, DecodeError::Permanent(m) if m.contains("left over")),
             "{err:?}"
@@ -393,10 +1187,10 @@ mod tests {
             {"name": "habitable", "type": "boolean", "default": false}]}));
         let datum = to_avro_datum(&v1, planet(3)).unwrap();
         assert_eq!(
-            decode_datum(&datum, &v1, Some(&v2)).unwrap(),
+            decode_datum(&datum, &c(&v1), Some(&c(&v2))).unwrap(),
             json!({"planetUuid": "p3", "planetName": "Planet 3", "habitable": false})
         );
-        let (_, msgs) = decode_ocf(&ocf(&v1, [planet(3)]), Some(&v2)).unwrap();
+        let (_, msgs) = decode_ocf(&ocf(&v1, [planet(3)]), Some(&c(&v2))).unwrap();
         assert_eq!(msgs[0]["habitable"], false);
     }
 
@@ -432,62 +1226,64 @@ mod tests {
                 "precision": 18, "scale": 4}}
         ]}));
         let uuid = apache_avro::Uuid::parse_str("6f1c2b3a-1d2e-4f50-8a9b-0c1d2e3f4a5b").unwrap();
-        let value = Avro::Record(vec![
-            ("n".into(), Avro::Null),
-            ("b".into(), Avro::Boolean(true)),
-            ("i".into(), Avro::Int(-7)),
-            ("l".into(), Avro::Long(1 << 40)),
-            ("f".into(), Avro::Float(1.5)),
-            ("d".into(), Avro::Double(-0.25)),
-            ("nan".into(), Avro::Double(f64::NAN)),
-            ("bytes".into(), Avro::Bytes(vec![1, 2, 255])),
-            ("s".into(), Avro::String("text".into())),
-            ("fixed".into(), Avro::Fixed(2, vec![0xab, 0xcd])),
-            ("e".into(), Avro::Enum(1, "GREEN".into())),
-            ("arr".into(), Avro::Array(vec![Avro::Int(1), Avro::Int(2)])),
-            (
-                "map".into(),
-                Avro::Map(
-                    [
-                        ("b".to_string(), Avro::String("2".into())),
-                        ("a".to_string(), Avro::String("1".into())),
-                    ]
-                    .into(),
+        let value = |dec_bytes: Vec<u8>| {
+            Avro::Record(vec![
+                ("n".into(), Avro::Null),
+                ("b".into(), Avro::Boolean(true)),
+                ("i".into(), Avro::Int(-7)),
+                ("l".into(), Avro::Long(1 << 40)),
+                ("f".into(), Avro::Float(1.5)),
+                ("d".into(), Avro::Double(-0.25)),
+                ("nan".into(), Avro::Double(f64::NAN)),
+                ("bytes".into(), Avro::Bytes(vec![1, 2, 255])),
+                ("s".into(), Avro::String("text".into())),
+                ("fixed".into(), Avro::Fixed(2, vec![0xab, 0xcd])),
+                ("e".into(), Avro::Enum(1, "GREEN".into())),
+                ("arr".into(), Avro::Array(vec![Avro::Int(1), Avro::Int(2)])),
+                (
+                    "map".into(),
+                    Avro::Map(
+                        [
+                            ("b".to_string(), Avro::String("2".into())),
+                            ("a".to_string(), Avro::String("1".into())),
+                        ]
+                        .into(),
+                    ),
                 ),
-            ),
-            (
-                "nested".into(),
-                Avro::Record(vec![("x".into(), Avro::Int(1))]),
-            ),
-            ("ref".into(), Avro::Record(vec![("x".into(), Avro::Int(2))])),
-            ("optNull".into(), Avro::Union(0, Box::new(Avro::Null))),
-            (
-                "optSome".into(),
-                Avro::Union(1, Box::new(Avro::String("here".into()))),
-            ),
-            (
-                "unionRec".into(),
-                Avro::Union(1, Box::new(Avro::Record(vec![("x".into(), Avro::Int(3))]))),
-            ),
-            ("date".into(), Avro::Date(20416)),
-            ("tms".into(), Avro::TimeMillis(45_296_789)),
-            ("tus".into(), Avro::TimeMicros(45_296_789_012)),
-            ("tsms".into(), Avro::TimestampMillis(1_764_000_000_123)),
-            ("tsus".into(), Avro::TimestampMicros(1_764_000_000_123_456)),
-            ("uuid".into(), Avro::Uuid(uuid)),
-            (
-                "decBytes".into(),
-                Avro::Decimal(apache_avro::Decimal::from(vec![0xff, 0xcf, 0xc7])),
-            ), // -12345
-            (
-                "decFixed".into(),
-                Avro::Decimal(apache_avro::Decimal::from(vec![
-                    0, 0, 0, 0, 0, 0, 0x30, 0x39,
-                ])),
-            ), // 12345
-        ]);
-        let datum = to_avro_datum(&s, value).unwrap();
-        let json = decode_datum(&datum, &s, None).unwrap();
+                (
+                    "nested".into(),
+                    Avro::Record(vec![("x".into(), Avro::Int(1))]),
+                ),
+                ("ref".into(), Avro::Record(vec![("x".into(), Avro::Int(2))])),
+                ("optNull".into(), Avro::Union(0, Box::new(Avro::Null))),
+                (
+                    "optSome".into(),
+                    Avro::Union(1, Box::new(Avro::String("here".into()))),
+                ),
+                (
+                    "unionRec".into(),
+                    Avro::Union(1, Box::new(Avro::Record(vec![("x".into(), Avro::Int(3))]))),
+                ),
+                ("date".into(), Avro::Date(20416)),
+                ("tms".into(), Avro::TimeMillis(45_296_789)),
+                ("tus".into(), Avro::TimeMicros(45_296_789_012)),
+                ("tsms".into(), Avro::TimestampMillis(1_764_000_000_123)),
+                ("tsus".into(), Avro::TimestampMicros(1_764_000_000_123_456)),
+                ("uuid".into(), Avro::Uuid(uuid)),
+                (
+                    "decBytes".into(),
+                    Avro::Decimal(apache_avro::Decimal::from(dec_bytes)),
+                ), // -12345
+                (
+                    "decFixed".into(),
+                    Avro::Decimal(apache_avro::Decimal::from(vec![
+                        0, 0, 0, 0, 0, 0, 0x30, 0x39,
+                    ])),
+                ), // 12345
+            ])
+        };
+        let datum = to_avro_datum(&s, value(vec![0xff, 0xcf, 0xc7])).unwrap();
+        let json = decode_datum(&datum, &c(&s), None).unwrap();
         assert_eq!(
             json,
             json!({
@@ -507,6 +1303,365 @@ mod tests {
             keys[..3],
             [&"n".to_string(), &"b".to_string(), &"i".to_string()]
         );
+        // The same through apache-avro's resolution (reader schema = writer schema), which refuses a bytes
+        // decimal in fewer bytes than its precision needs: -12345 in 6 bytes instead of 3.
+        let padded = to_avro_datum(&s, value(vec![0xff, 0xff, 0xff, 0xff, 0xcf, 0xc7])).unwrap();
+        assert_eq!(decode_datum(&padded, &c(&s), None).unwrap(), json);
+        assert_eq!(decode_datum(&padded, &c(&s), Some(&c(&s))).unwrap(), json);
+    }
+
+    /// Logical types the table lists beyond the test above: the one-pass decoder and apache-avro's reading
+    /// (reader schema = writer schema) give the same JSON.
+    #[test]
+    fn more_logical_types_match_apache_avro() {
+        let s = schema(
+            json!({"type": "record", "name": "More", "namespace": "ns", "fields": [
+                {"name": "tsns", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+                {"name": "ltms", "type": {"type": "long", "logicalType": "local-timestamp-millis"}},
+                {"name": "ltus", "type": {"type": "long", "logicalType": "local-timestamp-micros"}},
+                {"name": "ltns", "type": {"type": "long", "logicalType": "local-timestamp-nanos"}},
+                {"name": "dur", "type": {"type": "fixed", "name": "Dur", "size": 12, "logicalType": "duration"}},
+                {"name": "big", "type": {"type": "bytes", "logicalType": "big-decimal"}},
+                {"name": "uuidFixed", "type": {"type": "fixed", "name": "U16", "size": 16, "logicalType": "uuid"}},
+                {"name": "wide", "type": {"type": "bytes", "logicalType": "decimal", "precision": 40, "scale": 3}},
+                {"name": "inf", "type": "float"},
+                {"name": "m", "type": {"type": "map", "values": {"type": "array", "items": "Dur"}}},
+                {"name": "again", "type": ["null", "ns.Dur"]}
+            ]}),
+        );
+        let uuid = apache_avro::Uuid::parse_str("6f1c2b3a-1d2e-4f50-8a9b-0c1d2e3f4a5b").unwrap();
+        let dur = || {
+            Avro::Duration(apache_avro::Duration::new(
+                apache_avro::Months::new(14),
+                apache_avro::Days::new(3),
+                apache_avro::Millis::new(5_000),
+            ))
+        };
+        let mut wide = vec![0x80];
+        wide.extend([0x11; 19]); // 20 bytes: a negative number beyond i128
+        let value = Avro::Record(vec![
+            (
+                "tsns".into(),
+                Avro::TimestampNanos(1_764_000_000_123_456_789),
+            ),
+            ("ltms".into(), Avro::LocalTimestampMillis(-1)),
+            (
+                "ltus".into(),
+                Avro::LocalTimestampMicros(1_764_000_000_123_456),
+            ),
+            ("ltns".into(), Avro::LocalTimestampNanos(5)),
+            ("dur".into(), dur()),
+            (
+                "big".into(),
+                Avro::BigDecimal(apache_avro::BigDecimal::new((-12345).into(), 3)),
+            ),
+            ("uuidFixed".into(), Avro::Uuid(uuid)),
+            (
+                "wide".into(),
+                Avro::Decimal(apache_avro::Decimal::from(wide)),
+            ),
+            ("inf".into(), Avro::Float(f32::INFINITY)),
+            (
+                "m".into(),
+                Avro::Map([("k".to_string(), Avro::Array(vec![dur(), dur()]))].into()),
+            ),
+            ("again".into(), Avro::Union(1, Box::new(dur()))),
+        ]);
+        let datum = to_avro_datum(&s, value).unwrap();
+        let ours = decode_datum(&datum, &c(&s), None).unwrap();
+        assert_eq!(ours, decode_datum(&datum, &c(&s), Some(&c(&s))).unwrap());
+        assert_eq!(ours["tsns"], "2025-11-24T16:00:00.123456789Z");
+        assert_eq!(ours["ltms"], "1969-12-31T23:59:59.999");
+        assert_eq!(
+            ours["dur"],
+            json!({"months": 14, "days": 3, "millis": 5000})
+        );
+        assert_eq!(ours["big"], "-12.345");
+        assert_eq!(ours["uuidFixed"], "6f1c2b3a-1d2e-4f50-8a9b-0c1d2e3f4a5b");
+        assert_eq!(ours["inf"], Value::Null);
+        assert!(ours["wide"].as_str().unwrap().starts_with('-'));
+    }
+
+    /// Zigzag varint, as Avro writes ints and longs.
+    fn zz(n: i64) -> Vec<u8> {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            if z < 0x80 {
+                out.push(z as u8);
+                return out;
+            }
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+    }
+
+    fn permanent_containing(result: Result<Value, DecodeError>, text: &str) -> String {
+        match result {
+            Err(DecodeError::Permanent(m)) if m.contains(text) => m,
+            other => panic!("expected a permanent error with {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_recursion_is_permanent_not_a_crash() {
+        let s = c(&schema(
+            json!({"type": "record", "name": "Node", "fields": [
+            {"name": "next", "type": ["null", "Node"]}]}),
+        ));
+        // 100 000 nodes: union branch 1 (the next node) each, then branch 0 (null).
+        let mut deep = vec![2u8; 100_000];
+        deep.push(0);
+        let m = permanent_containing(decode_datum(&deep, &s, None), "nests deeper than 64 levels");
+        assert!(m.contains("field next"), "{m}");
+        // apache-avro never sees it when a reader schema is configured either.
+        permanent_containing(
+            decode_datum(&deep, &s, Some(&s)),
+            "nests deeper than 64 levels",
+        );
+        // 64 levels of records are fine.
+        let mut ok = vec![2u8; 63];
+        ok.push(0);
+        let v = decode_datum(&ok, &s, None).unwrap();
+        assert!(v["next"]["next"].is_object());
+        // apache-avro's resolution takes time exponential in the nesting of unions: 63 levels would never
+        // end. It gets what it resolves quickly.
+        let start = std::time::Instant::now();
+        permanent_containing(decode_datum(&ok, &s, Some(&s)), "nests unions too deeply");
+        let mut resolvable = vec![2u8; 8];
+        resolvable.push(0);
+        let v = decode_datum(&resolvable, &s, Some(&s)).unwrap();
+        assert_eq!(v, decode_datum(&resolvable, &s, None).unwrap());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        let mut over = vec![2u8; 64];
+        over.push(0);
+        permanent_containing(decode_datum(&over, &s, None), "nests deeper");
+        // Arrays nest too.
+        let arrays = c(&schema(json!({"type": "record", "name": "A", "fields": [
+            {"name": "a", "type": {"type": "array", "items": "A"}}]})));
+        let mut nested = Vec::new();
+        for _ in 0..100_000 {
+            nested.extend(zz(1));
+        }
+        permanent_containing(decode_datum(&nested, &arrays, None), "nests deeper");
+    }
+
+    #[test]
+    fn huge_lengths_are_permanent_before_any_allocation() {
+        let start = std::time::Instant::now();
+        for t in ["string", "bytes"] {
+            let s = c(&schema(json!({"type": "record", "name": "R", "fields": [
+                {"name": "x", "type": t}]})));
+            let mut datum = zz(1 << 30); // 1 GiB
+            datum.extend_from_slice(b"abc");
+            let m = permanent_containing(decode_datum(&datum, &s, None), "truncated");
+            assert!(m.contains("1073741824 bytes, 3 left"), "{m}");
+            permanent_containing(decode_datum(&datum, &s, Some(&s)), "truncated");
+            permanent_containing(decode_datum(&zz(-5), &s, None), "negative length");
+        }
+        // 2^40 nulls in one array block: items that take no bytes are capped.
+        let nulls = c(&schema(json!({"type": "array", "items": "null"})));
+        let mut datum = zz(1 << 40);
+        datum.push(0);
+        permanent_containing(decode_datum(&datum, &nulls, None), "more than 65536");
+        permanent_containing(
+            decode_datum(&datum, &nulls, Some(&nulls)),
+            "more than 65536",
+        );
+        // … and the cap holds across blocks; 65 536 of them are fine.
+        let mut blocks = [zz(40_000), zz(40_000), vec![0]].concat();
+        permanent_containing(decode_datum(&blocks, &nulls, None), "more than 65536");
+        blocks = [zz(65_536), vec![0]].concat();
+        assert_eq!(
+            decode_datum(&blocks, &nulls, None)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            65_536
+        );
+        // Empty records take no bytes either.
+        let empty = c(&schema(json!({"type": "array", "items":
+            {"type": "record", "name": "E", "fields": [{"name": "n", "type": "null"}]}})));
+        permanent_containing(decode_datum(&datum, &empty, None), "more than 65536");
+        // Items that take bytes cannot outnumber the bytes left.
+        let ints = c(&schema(json!({"type": "array", "items": "int"})));
+        permanent_containing(decode_datum(&datum, &ints, None), "truncated");
+        // A map of nulls: every key takes a byte.
+        let map = c(&schema(json!({"type": "map", "values": "null"})));
+        let m = permanent_containing(decode_datum(&datum, &map, None), "truncated");
+        assert!(m.contains("map block of 1099511627776 items"), "{m}");
+        permanent_containing(decode_datum(&datum, &map, Some(&map)), "truncated");
+        // A negative block count carries a byte size, which must fit too.
+        let sized = [zz(-(1 << 40)), zz(1 << 40), vec![0]].concat();
+        permanent_containing(decode_datum(&sized, &map, None), "truncated");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn malformed_numbers_strings_unions_and_enums_are_permanent() {
+        let long = c(&Schema::Long);
+        let m = permanent_containing(
+            decode_datum(&[0xff; 11], &long, None),
+            "longer than 10 bytes",
+        );
+        assert!(m.contains("at byte 0"), "{m}");
+        permanent_containing(
+            decode_datum(&[0xff; 10], &long, None),
+            "longer than 10 bytes",
+        );
+        // Ten bytes hold the whole range.
+        let min = [vec![0xff; 9], vec![0x01]].concat();
+        assert_eq!(decode_datum(&min, &long, None).unwrap(), json!(i64::MIN));
+        permanent_containing(decode_datum(&zz(1 << 31), &c(&Schema::Int), None), "32-bit");
+        permanent_containing(decode_datum(&[2], &c(&Schema::Boolean), None), "boolean");
+
+        let text = c(&schema(json!({"type": "record", "name": "T", "fields": [
+            {"name": "name", "type": "string"}]})));
+        let m = permanent_containing(
+            decode_datum(&[4, b'a', 0xff], &text, None),
+            "not valid UTF-8",
+        );
+        assert!(m.contains("field name (record T)"), "{m}");
+        // Errors never quote the data.
+        let secret = [zz(8), b"Ophiuchi".to_vec()].concat();
+        for cut in 1..secret.len() {
+            let m = permanent_containing(decode_datum(&secret[..cut], &text, None), "truncated");
+            assert!(!m.contains("Oph"), "{m}");
+        }
+
+        let union = c(&schema(json!(["null", "string"])));
+        permanent_containing(decode_datum(&zz(2), &union, None), "union branch 2");
+        permanent_containing(decode_datum(&zz(-1), &union, None), "union branch -1");
+        let color = c(&schema(
+            json!({"type": "enum", "name": "Color", "symbols": ["RED", "GREEN"]}),
+        ));
+        assert_eq!(decode_datum(&zz(1), &color, None).unwrap(), "GREEN");
+        permanent_containing(
+            decode_datum(&zz(2), &color, None),
+            "enum Color has no symbol number 2",
+        );
+        permanent_containing(decode_datum(&zz(-3), &color, None), "no symbol number -3");
+        let uuid = c(&schema(json!({"type": "string", "logicalType": "uuid"})));
+        permanent_containing(
+            decode_datum(&[6, b'a', b'b', b'c'], &uuid, None),
+            "not a UUID",
+        );
+    }
+
+    /// A container file built by hand: header with `codec`, then `(record count, data)` blocks.
+    fn hand_ocf(s: &Schema, codec: &str, blocks: &[(i64, Vec<u8>)], sync: [u8; 16]) -> Vec<u8> {
+        let text = s.canonical_form();
+        let mut out = OCF_MAGIC.to_vec();
+        out.extend(zz(2));
+        for (k, v) in [
+            ("avro.schema", text.as_bytes()),
+            ("avro.codec", codec.as_bytes()),
+        ] {
+            out.extend(zz(k.len() as i64));
+            out.extend_from_slice(k.as_bytes());
+            out.extend(zz(v.len() as i64));
+            out.extend_from_slice(v);
+        }
+        out.push(0);
+        out.extend_from_slice(&sync);
+        for (count, data) in blocks {
+            out.extend(zz(*count));
+            out.extend(zz(data.len() as i64));
+            out.extend_from_slice(data);
+            out.extend_from_slice(&sync);
+        }
+        out
+    }
+
+    fn ocf_err(bytes: &[u8], text: &str) -> String {
+        match decode_ocf(bytes, None) {
+            Err(DecodeError::Permanent(m)) if m.contains(text) => m,
+            other => panic!("expected a permanent error with {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn container_blocks_must_hold_exactly_their_records() {
+        let s = planet_schema();
+        let one = to_avro_datum(&s, planet(1)).unwrap();
+        let two = [one.clone(), to_avro_datum(&s, planet(2)).unwrap()].concat();
+        let sync = [7; 16];
+        let good = hand_ocf(&s, "null", &[(2, two.clone()), (1, one.clone())], sync);
+        assert_eq!(decode_ocf(&good, None).unwrap().1.len(), 3);
+        // Leftover bytes after the declared records.
+        let mut extra = two.clone();
+        extra.push(0);
+        let m = ocf_err(
+            &hand_ocf(&s, "null", &[(2, extra)], sync),
+            "1 bytes left over",
+        );
+        assert!(m.starts_with("Avro container file, block 1"), "{m}");
+        // More records declared than the block holds.
+        ocf_err(
+            &hand_ocf(&s, "null", &[(3, two.clone())], sync),
+            "record 3 is truncated",
+        );
+        ocf_err(
+            &hand_ocf(&s, "null", &[(1 << 40, two.clone())], sync),
+            "declares 1099511627776 records",
+        );
+        // A block whose sync marker is not the header's.
+        let mut wrong = hand_ocf(&s, "null", &[(2, two.clone())], sync);
+        let n = wrong.len();
+        wrong[n - 1] ^= 1;
+        ocf_err(&wrong, "sync marker differs");
+        // A block shorter than its declared size, and a header cut short.
+        ocf_err(&good[..good.len() - 20], "truncated");
+        ocf_err(&good[..30], "header is truncated");
+        // Codecs: deflate is read (through apache-avro), others are refused by name.
+        ocf_err(
+            &hand_ocf(&s, "snappy", &[(2, two.clone())], sync),
+            "codec \"snappy\" is not supported",
+        );
+        let mut w = Writer::with_codec(
+            &s,
+            Vec::new(),
+            apache_avro::Codec::Deflate(Default::default()),
+        )
+        .unwrap();
+        for i in 0..20 {
+            w.append_value(planet(i)).unwrap();
+        }
+        let deflated = w.into_inner().unwrap();
+        let (_, msgs) = decode_ocf(&deflated, None).unwrap();
+        assert_eq!(msgs[19]["planetName"], "Planet 19");
+        ocf_err(
+            &hand_ocf(&s, "deflate", &[(2, two.clone())], sync),
+            "deflate data is corrupt",
+        );
+        // A schema whose records take no bytes: their count is capped.
+        let nothing = schema(json!("null"));
+        ocf_err(
+            &hand_ocf(&nothing, "null", &[(1 << 40, vec![])], sync),
+            "more than 65536 records",
+        );
+        assert_eq!(
+            decode_ocf(&hand_ocf(&nothing, "null", &[(3, vec![])], sync), None)
+                .unwrap()
+                .1
+                .len(),
+            3
+        );
+        // A hostile datum inside a container file.
+        let node = schema(json!({"type": "record", "name": "Node", "fields": [
+            {"name": "next", "type": ["null", "Node"]}]}));
+        let mut deep = vec![2u8; 100_000];
+        deep.push(0);
+        ocf_err(
+            &hand_ocf(&node, "null", &[(1, deep.clone())], sync),
+            "nests deeper",
+        );
+        let reader = c(&node);
+        assert!(matches!(
+            decode_ocf(&hand_ocf(&node, "null", &[(1, deep)], sync), Some(&reader)),
+            Err(DecodeError::Permanent(_))
+        ));
     }
 
     #[test]

@@ -105,16 +105,19 @@ impl CodecConfig {
     /// Reads the schemas (paths relative to `base`) and builds the codec, or lists every problem.
     pub fn build(&self, base: Option<&Path>) -> Result<Codec, Vec<String>> {
         let mut problems = Vec::new();
-        let read = |what: &str, path: &Path| -> Result<Arc<Schema>, String> {
+        let read = |what: &str, path: &Path| -> Result<Arc<avro::AvroSchema>, String> {
             let path = match base {
                 Some(dir) if path.is_relative() => dir.join(path),
                 _ => path.to_path_buf(),
             };
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("codec.{what}: {}: cannot read: {e}", path.display()))?;
-            Schema::parse_str(&text)
+            let schema = Schema::parse_str(&text).map_err(|e| {
+                format!("codec.{what}: {}: not an Avro schema: {e}", path.display())
+            })?;
+            avro::AvroSchema::new(Arc::new(schema))
                 .map(Arc::new)
-                .map_err(|e| format!("codec.{what}: {}: not an Avro schema: {e}", path.display()))
+                .map_err(|e| format!("codec.{what}: {}: {e}", path.display()))
         };
         let mut schemas = HashMap::new();
         for (id, path) in &self.schemas {
@@ -179,18 +182,19 @@ pub enum Codec {
 #[derive(Debug)]
 pub struct AvroCodec {
     format: Format,
-    schemas: HashMap<u32, Arc<Schema>>,
-    raw: Option<Arc<Schema>>,
-    reader: Option<Arc<Schema>>,
+    /// Schemas are compiled once, when configured or fetched.
+    schemas: HashMap<u32, Arc<avro::AvroSchema>>,
+    raw: Option<Arc<avro::AvroSchema>>,
+    reader: Option<Arc<avro::AvroSchema>>,
     registry: Option<registry::SchemaRegistry>,
     envelope: Option<Envelope>,
     key: KeyFormat,
     /// Registry answers for this instance, readable while decoding (which does not wait).
-    fetched: RwLock<HashMap<u32, Result<Arc<Schema>, String>>>,
+    fetched: RwLock<HashMap<u32, Result<Arc<avro::AvroSchema>, String>>>,
 }
 
 impl AvroCodec {
-    fn schema_by_id(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    fn schema_by_id(&self, id: u32) -> Result<Arc<avro::AvroSchema>, DecodeError> {
         if let Some(s) = self.schemas.get(&id) {
             return Ok(Arc::clone(s));
         }
@@ -267,7 +271,9 @@ impl Codec {
                 continue;
             }
             let answer = match registry.schema(id).await {
-                Ok(s) => Ok(s),
+                Ok(s) => avro::AvroSchema::new(s)
+                    .map(Arc::new)
+                    .map_err(|e| format!("schema id {id}: {e}")),
                 Err(DecodeError::Permanent(e)) => Err(e),
                 Err(transient) => return Err(transient),
             };
@@ -358,7 +364,7 @@ impl Codec {
                 if bytes.first() == Some(&b'{') {
                     // JSON mode: Lambda already converted the value; the schema, if known, still classifies it.
                     let mut decoded = json(bytes)?;
-                    decoded.schema = known;
+                    decoded.schema = known.map(|k| Arc::clone(k.schema()));
                     return Ok(decoded);
                 }
                 let writer = known.ok_or_else(|| {
@@ -370,21 +376,25 @@ impl Codec {
                 let reader = avro.reader.as_deref();
                 avro::decode_datum(bytes, &writer, reader).map(|v| Decoded {
                     messages: vec![v],
-                    schema: Some(avro.reader.clone().unwrap_or(writer)),
+                    schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(&writer).schema())),
                 })
             }
             Codec::Avro(avro) => {
                 let reader = avro.reader.as_deref();
                 let ocf = |bytes| {
                     avro::decode_ocf(bytes, reader).map(|(writer, messages)| Decoded {
-                        schema: Some(avro.reader.clone().unwrap_or(writer)),
+                        schema: Some(
+                            avro.reader
+                                .as_ref()
+                                .map_or(writer, |r| Arc::clone(r.schema())),
+                        ),
                         messages,
                     })
                 };
-                let datum = |bytes, writer: &Arc<Schema>| {
+                let datum = |bytes, writer: &Arc<avro::AvroSchema>| {
                     avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
                         messages: vec![v],
-                        schema: Some(avro.reader.clone().unwrap_or_else(|| Arc::clone(writer))),
+                        schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(writer).schema())),
                     })
                 };
                 let confluent = |bytes| {
