@@ -444,7 +444,8 @@ impl<'a> Cursor<'a> {
                 return Ok(value);
             }
         }
-        unreachable!("the tenth byte either ends the number or fails")
+        // Not reached: the tenth byte either ends the number or fails above. An error, not a panic, all the same.
+        Err(self.bad(start, "a number is longer than 10 bytes"))
     }
 
     #[inline]
