@@ -363,16 +363,8 @@ async fn mock_a_database_outage_is_retried_until_the_runner_catches_up() {
     let event = MskEvent::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     local::publish(&brokers, &[], vec![event]).await.unwrap();
 
-    let upstream = host_port(&server_url(Backend::Postgres));
-    let proxy = ToggleProxy::start(upstream.clone()).await;
-    let proxied = db
-        .url
-        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
-    let app = entity_sync();
-    let config = app
-        .load_config(Some(&repo().join("msk-sync.toml")))
-        .unwrap();
-    let handler = Arc::new(app.handler(&config, Some(&proxied)).await.unwrap());
+    let (proxy, proxied) = ToggleProxy::for_postgres(&db).await;
+    let handler = Arc::new(entity_sync_handler(&proxied).await);
     let mut o = options(&brokers, "outage");
     o.batch_size = 50;
     o.exit_when_idle = Some(Duration::from_secs(8));

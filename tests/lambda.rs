@@ -103,11 +103,7 @@ impl Watch {
 #[tokio::test]
 async fn functions_answer_through_the_lambda_runtime_api() {
     let db = TestDb::new(Backend::Postgres, "lambda_watch").await;
-    let upstream = host_port(&server_url(Backend::Postgres));
-    let proxy = ToggleProxy::start(upstream.clone()).await;
-    let proxied = db
-        .url
-        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied) = ToggleProxy::for_postgres(&db).await;
     let watch = Watch::start(&[
         ("DATABASE_URL", proxied),
         (
@@ -180,16 +176,8 @@ async fn functions_answer_through_the_lambda_runtime_api() {
 #[tokio::test]
 async fn partial_batch_mode_reports_every_partition_of_a_failed_batch() {
     let db = TestDb::new(Backend::Postgres, "lambda_partial").await;
-    let upstream = host_port(&server_url(Backend::Postgres));
-    let proxy = ToggleProxy::start(upstream.clone()).await;
-    let proxied = db
-        .url
-        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
-    let app = entity_sync();
-    let config = app
-        .load_config(Some(&repo().join("msk-sync.toml")))
-        .unwrap();
-    let handler = app.handler(&config, Some(&proxied)).await.unwrap();
+    let (proxy, proxied) = ToggleProxy::for_postgres(&db).await;
+    let handler = entity_sync_handler(&proxied).await;
     let payload = || -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap())
             .unwrap()

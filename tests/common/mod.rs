@@ -246,6 +246,15 @@ pub fn entity_sync() -> App {
     App::declarative("entity-sync")
 }
 
+/// entity-sync's handler with the repository's msk-sync.toml, on `database_url`.
+pub async fn entity_sync_handler(database_url: &str) -> msk_sync::pipeline::Handler {
+    let app = entity_sync();
+    let config = app
+        .load_config(Some(&repo().join("msk-sync.toml")))
+        .unwrap();
+    app.handler(&config, Some(database_url)).await.unwrap()
+}
+
 pub fn default_config() -> String {
     repo().join("msk-sync.toml").display().to_string()
 }
@@ -424,6 +433,16 @@ impl ToggleProxy {
             up,
             generation,
         }
+    }
+
+    /// A proxy in front of the test PostgreSQL server, and `db`'s URL through it.
+    pub async fn for_postgres(db: &TestDb) -> (Self, String) {
+        let upstream = host_port(&server_url(Backend::Postgres));
+        let proxy = Self::start(upstream.clone()).await;
+        let url = db
+            .url
+            .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+        (proxy, url)
     }
 
     /// Returns once open connections have been dropped.
