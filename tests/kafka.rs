@@ -39,6 +39,8 @@ struct Recorder {
     fail_always: bool,
     stop_during_first: Option<Arc<AtomicBool>>,
     succeeded: AtomicUsize,
+    /// How long each call takes, as a database would.
+    delay: Duration,
 }
 
 impl BatchHandler for Recorder {
@@ -60,7 +62,11 @@ impl BatchHandler for Recorder {
             self.succeeded.fetch_add(1, Ordering::SeqCst);
             Ok(BatchReport::default())
         };
-        async move { result }
+        let delay = self.delay;
+        async move {
+            tokio::time::sleep(delay).await;
+            result
+        }
     }
 }
 
@@ -316,6 +322,51 @@ async fn mock_a_stop_finishes_and_commits_the_batch_in_hand() {
     let summary = run_recorder(Arc::clone(&recorder), o, stop).await.unwrap();
     assert_eq!((summary.batches, summary.records), (1, 10));
     assert_eq!(committed(&brokers, "stop", TOPIC, 1), vec![10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_a_rebalance_hands_partitions_over_without_losing_records() {
+    let cluster = mock_cluster(TOPIC, 6);
+    let brokers = cluster.bootstrap_servers();
+    local::publish(&brokers, &[], vec![planet_event(TOPIC, 6, 3_000, 10)])
+        .await
+        .unwrap();
+    let runner = |recorder: &Arc<Recorder>| {
+        let mut o = options(&brokers, "rebalance");
+        o.batch_size = 20;
+        o.exit_when_idle = Some(Duration::from_secs(8));
+        tokio::spawn(run_recorder(Arc::clone(recorder), o, Arc::default()))
+    };
+    let slow = || {
+        Arc::new(Recorder {
+            delay: Duration::from_millis(20),
+            ..Recorder::default()
+        })
+    };
+    let (first, second) = (slow(), slow());
+    let a = runner(&first);
+    while first.calls().len() < 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second member joins mid-stream: the group rebalances while the first is applying batches.
+    let b = runner(&second);
+    let (sa, sb) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    assert!(sa.records > 0 && sb.records > 0, "{sa:?} {sb:?}");
+    let mut seen = BTreeSet::new();
+    for event in first.calls().iter().chain(second.calls().iter()) {
+        seen.extend(coordinates(event));
+    }
+    assert_eq!(
+        seen.len(),
+        3_000,
+        "every record applied by one member or the other"
+    );
+    assert_eq!(
+        committed(&brokers, "rebalance", TOPIC, 6)
+            .iter()
+            .sum::<i64>(),
+        3_000
+    );
 }
 
 /// The generated planet batch (`msk-sync-bench`'s generator) written to a file, and the planets that
