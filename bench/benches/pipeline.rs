@@ -15,10 +15,6 @@ use msk_sync_bench::{Format, GenConfig, LAMBDA_PAYLOAD_LIMIT, generate, generate
 use planet_sync::planet;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, Set};
 
-// The allocator the function binaries use, so that the figures are theirs.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn quick() -> bool {
     std::env::var_os("MSK_SYNC_BENCH_QUICK").is_some_and(|v| v != "0")
 }

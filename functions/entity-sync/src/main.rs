@@ -5,10 +5,6 @@
 /// named by --config / MSK_SYNC_CONFIG / ./msk-sync.toml still takes precedence.
 const CONFIG: &str = include_str!("../../../msk-sync.toml");
 
-// mimalloc: every message becomes a JSON tree, and glibc's malloc and free took a quarter of decode time.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let app = msk_sync::run::App::declarative("entity-sync").with_embedded_config(CONFIG);
