@@ -537,14 +537,6 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// entity-sync built with the local runner, as a user runs it.
 fn runner_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
@@ -702,6 +694,11 @@ async fn tansu_publish_then_consume_replays_events_and_a_signal_exits_cleanly() 
             db.planets_if_exists().await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Progress lines come every second (--progress-every 1s): let at least one be due before the signal.
+    let started_at = started.elapsed();
+    if started_at < Duration::from_millis(2_500) {
+        tokio::time::sleep(Duration::from_millis(2_500) - started_at).await;
     }
     let pid = runner.id().unwrap();
     let killed = std::process::Command::new("kill")

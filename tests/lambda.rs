@@ -26,14 +26,6 @@ fn cargo_lambda() -> PathBuf {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Watch {
     port: u16,
     _child: Child,

@@ -355,6 +355,15 @@ async fn pump(
     }
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The host:port of a server URL such as `postgres://user@host:port`.
 pub fn host_port(url: &str) -> String {
     let rest = url.split("://").nth(1).unwrap();
