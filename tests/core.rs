@@ -1239,3 +1239,62 @@ async fn json_keys_feed_columns_and_tombstones() {
         .await;
     assert_eq!(rows, vec![vec!["eu", "2", "20.0"], vec!["us", "1", "30.0"]]);
 }
+
+/// sqlx 0.9.0 stopped setting TCP_NODELAY (see vendor/README.md). Without it, a statement that leaves in more
+/// than one write (TLS records, large binds) waits ~40 ms for the server's delayed ACK, every time. The sink's
+/// connections go through a proxy on a port of their own, so the sockets checked are exactly the sink's.
+async fn database_connections_disable_nagle(backend: Backend) {
+    use std::os::fd::BorrowedFd;
+    let db = TestDb::new(backend, "nodelay").await;
+    let upstream = host_port(&server_url(backend));
+    let proxy = ToggleProxy::start(upstream.clone()).await;
+    let proxied = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let handler = entity_sync_handler(&proxied).await;
+    let payload: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap(),
+    )
+    .unwrap();
+    let report = handler.handle_json(payload).await.unwrap();
+    assert_eq!(report.upserted, 6);
+
+    let mut sockets = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Some(fd) = entry
+            .unwrap()
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        // SAFETY: only borrowed for the two getsockopt calls below; a descriptor closed meanwhile by another
+        // thread makes them fail (EBADF), which is skipped like any descriptor that is not a socket.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let to_proxy = socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() == proxy.port);
+        if to_proxy {
+            sockets += 1;
+            assert!(
+                socket.tcp_nodelay().unwrap(),
+                "a {backend:?} connection without TCP_NODELAY"
+            );
+        }
+    }
+    assert!(sockets > 0, "no {backend:?} connection found to check");
+}
+
+#[tokio::test]
+async fn postgres_connections_disable_nagle() {
+    database_connections_disable_nagle(Backend::Postgres).await
+}
+
+#[tokio::test]
+async fn mariadb_connections_disable_nagle() {
+    database_connections_disable_nagle(Backend::MariaDb).await
+}
