@@ -188,6 +188,7 @@ pub async fn connect_tcp<Ws: WithSocket>(
 ) -> crate::Result<Ws::Output> {
     #[cfg(feature = "_rt-tokio")]
     if crate::rt::rt_tokio::available() {
+        // msk-sync patch (vendor/README.md): transact-rs/sqlx#4336.
         let socket = tokio::net::TcpStream::connect((host, port)).await?;
         socket.set_nodelay(true)?;
         return Ok(with_socket.with_socket(socket).await);
