@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use msk_sync::run::lambda::invoke;
+use msk_sync::run::lambda::{invoke, invoke_raw};
 use msk_sync_tests::*;
 use tokio::process::{Child, Command};
 
@@ -196,4 +196,20 @@ async fn partial_batch_mode_reports_every_partition_of_a_failed_batch() {
         .await
         .unwrap_err();
     assert_eq!(err.error_type, "InvalidEvent");
+    // What the runtime hands over: the payload's text, parsed by MskEvent alone.
+    let raw = |text: String| serde_json::value::RawValue::from_string(text).unwrap();
+    let err = invoke_raw(&handler, &raw(r#"{"Records": []}"#.into()), true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, "InvalidEvent");
+    assert!(
+        err.error_message.contains("not an MSK event"),
+        "{}",
+        err.error_message
+    );
+    proxy.set_up(true).await;
+    let text = std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap();
+    let ok = serde_json::to_value(invoke_raw(&handler, &raw(text), true).await.unwrap()).unwrap();
+    assert_eq!(ok["batchItemFailures"], serde_json::json!([]));
+    assert_eq!(ok["received"], 11);
 }

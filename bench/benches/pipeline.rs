@@ -278,5 +278,34 @@ fn naive_vs_bulk(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, apply, naive_vs_bulk);
+/// The invocation payload into an `MskEvent`, as the Lambda runtime loop does it now (the raw JSON text,
+/// parsed once) and as it did before (a `serde_json::Value` of the whole batch first): the baseline in the
+/// same run.
+fn payload(c: &mut Criterion) {
+    let mut group = c.benchmark_group("payload");
+    group.sample_size(10);
+    if quick() {
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+    }
+    let (bytes, _) = batch(Format::Json);
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("raw", |b| {
+        b.iter(|| {
+            let raw: Box<serde_json::value::RawValue> =
+                serde_json::from_slice(&bytes).expect("json");
+            MskEvent::from_slice(raw.get().as_bytes()).expect("event")
+        })
+    });
+    group.bench_function("value", |b| {
+        b.iter(|| {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            MskEvent::from_value(value).expect("event")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, payload, apply, naive_vs_bulk);
 criterion_main!(benches);

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::App;
-use crate::event::MskEvent;
+use crate::event::{MskEvent, NotAnMskEvent};
 use crate::pipeline::{Handler, HandlerError};
 use crate::report::BatchReport;
 
@@ -36,9 +37,12 @@ pub async fn run(app: App) -> ExitCode {
             return ExitCode::from(super::cli::EXIT_INVALID);
         }
     };
-    let served = lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    // The payload as raw JSON text, parsed once by MskEvent itself: a `Value` first would build a tree of the
+    // whole 6 MB batch only to take it apart again, and the error for a payload that is not an MSK event
+    // stays ours.
+    let served = lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| {
         let handler = Arc::clone(&handler);
-        async move { invoke(&handler, event.payload, partial).await }
+        async move { invoke_raw(&handler, &event.payload, partial).await }
     }))
     .await;
     match served {
@@ -76,12 +80,35 @@ pub struct ItemIdentifier {
 }
 
 /// One invocation. `partial` selects how a transient failure is reported.
+/// One invocation with an already parsed payload.
 pub async fn invoke(
     handler: &Handler,
     payload: Value,
     partial: bool,
 ) -> Result<Response, Diagnostic> {
-    let event = MskEvent::from_value(payload).map_err(|e| HandlerError::Invalid(e.to_string()))?;
+    respond(handler, MskEvent::from_value(payload), partial).await
+}
+
+/// One invocation as the runtime delivers it: the payload's JSON text.
+pub async fn invoke_raw(
+    handler: &Handler,
+    payload: &RawValue,
+    partial: bool,
+) -> Result<Response, Diagnostic> {
+    respond(
+        handler,
+        MskEvent::from_slice(payload.get().as_bytes()),
+        partial,
+    )
+    .await
+}
+
+async fn respond(
+    handler: &Handler,
+    event: Result<MskEvent, NotAnMskEvent>,
+    partial: bool,
+) -> Result<Response, Diagnostic> {
+    let event = event.map_err(|e| HandlerError::Invalid(e.to_string()))?;
     // A batch is applied whole or not at all, so a failed batch resumes every partition at its first record.
     let first_offsets: BTreeMap<String, i64> = event
         .records
