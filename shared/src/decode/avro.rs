@@ -631,8 +631,15 @@ impl AvroSchema {
                 Value::Object(out)
             }
             Node::Record { name, fields } => {
+                // The message itself (depth 0) gets the pipeline's injected fields: room for them now
+                // saves growing the map later.
+                let spare = if depth == 0 {
+                    super::json::INJECTED_FIELDS
+                } else {
+                    0
+                };
                 let depth = Self::deeper(c, depth)?;
-                let mut out = Map::with_capacity(fields.len());
+                let mut out = Map::with_capacity(fields.len() + spare);
                 for (f, field) in fields {
                     let v = self
                         .value(*field, c, depth, unions)
