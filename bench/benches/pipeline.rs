@@ -278,9 +278,9 @@ fn naive_vs_bulk(c: &mut Criterion) {
     group.finish();
 }
 
-/// The invocation payload into an `MskEvent`, as the Lambda runtime loop does it now (the raw JSON text,
-/// parsed once) and as it did before (a `serde_json::Value` of the whole batch first): the baseline in the
-/// same run.
+/// The invocation payload into an `MskEvent`: as the Lambda runtime loop does it now (the raw JSON text,
+/// parsed once), as `replay` does (straight from the bytes), and as Lambda did before (a `serde_json::Value`
+/// of the whole batch first): the baseline in the same run.
 fn payload(c: &mut Criterion) {
     let mut group = c.benchmark_group("payload");
     group.sample_size(10);
@@ -297,6 +297,9 @@ fn payload(c: &mut Criterion) {
                 serde_json::from_slice(&bytes).expect("json");
             MskEvent::from_slice(raw.get().as_bytes()).expect("event")
         })
+    });
+    group.bench_function("slice", |b| {
+        b.iter(|| MskEvent::from_slice(&bytes).expect("event"))
     });
     group.bench_function("value", |b| {
         b.iter(|| {
