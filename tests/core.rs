@@ -1246,11 +1246,7 @@ async fn json_keys_feed_columns_and_tombstones() {
 async fn database_connections_disable_nagle(backend: Backend) {
     use std::os::fd::BorrowedFd;
     let db = TestDb::new(backend, "nodelay").await;
-    let upstream = host_port(&server_url(backend));
-    let proxy = ToggleProxy::start(upstream.clone()).await;
-    let proxied = db
-        .url
-        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied) = ToggleProxy::in_front_of(&db).await;
     let handler = entity_sync_handler(&proxied).await;
     let payload: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap(),

@@ -414,7 +414,7 @@ async fn mock_a_database_outage_is_retried_until_the_runner_catches_up() {
     let event = MskEvent::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     local::publish(&brokers, &[], vec![event]).await.unwrap();
 
-    let (proxy, proxied) = ToggleProxy::for_postgres(&db).await;
+    let (proxy, proxied) = ToggleProxy::in_front_of(&db).await;
     let handler = Arc::new(entity_sync_handler(&proxied).await);
     let mut o = options(&brokers, "outage");
     o.batch_size = 50;

@@ -95,7 +95,7 @@ impl Watch {
 #[tokio::test]
 async fn functions_answer_through_the_lambda_runtime_api() {
     let db = TestDb::new(Backend::Postgres, "lambda_watch").await;
-    let (proxy, proxied) = ToggleProxy::for_postgres(&db).await;
+    let (proxy, proxied) = ToggleProxy::in_front_of(&db).await;
     let watch = Watch::start(&[
         ("DATABASE_URL", proxied),
         (
@@ -168,7 +168,7 @@ async fn functions_answer_through_the_lambda_runtime_api() {
 #[tokio::test]
 async fn partial_batch_mode_reports_every_partition_of_a_failed_batch() {
     let db = TestDb::new(Backend::Postgres, "lambda_partial").await;
-    let (proxy, proxied) = ToggleProxy::for_postgres(&db).await;
+    let (proxy, proxied) = ToggleProxy::in_front_of(&db).await;
     let handler = entity_sync_handler(&proxied).await;
     let payload = || -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap())

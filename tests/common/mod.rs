@@ -444,9 +444,9 @@ impl ToggleProxy {
         }
     }
 
-    /// A proxy in front of the test PostgreSQL server, and `db`'s URL through it.
-    pub async fn for_postgres(db: &TestDb) -> (Self, String) {
-        let upstream = host_port(&server_url(Backend::Postgres));
+    /// A proxy in front of `db`'s server (PostgreSQL or MariaDB), and `db`'s URL through it.
+    pub async fn in_front_of(db: &TestDb) -> (Self, String) {
+        let upstream = host_port(&server_url(db.backend));
         let proxy = Self::start(upstream.clone()).await;
         let url = db
             .url
