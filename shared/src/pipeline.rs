@@ -323,7 +323,8 @@ impl Pipeline {
     }
 }
 
-/// The fields bedrock adds to every message before mapping it.
+/// The fields bedrock adds to every message before mapping it. The decoders leave room for exactly this many
+/// ([`crate::decode::INJECTED_FIELDS`]; a test keeps the two in step).
 fn inject(message: &mut Value, record: &Record) {
     if let Value::Object(map) = message {
         map.insert("kafkaRecordTimestamp".into(), Value::from(record.timestamp));
@@ -467,5 +468,18 @@ impl Handler {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders_leave_room_for_exactly_the_injected_fields() {
+        let mut message = serde_json::json!({"a": 1});
+        inject(&mut message, &Record::default());
+        let added = message.as_object().map_or(0, |m| m.len()) - 1;
+        assert_eq!(added, crate::decode::INJECTED_FIELDS);
     }
 }

@@ -634,7 +634,7 @@ impl AvroSchema {
                 // The message itself (depth 0) gets the pipeline's injected fields: room for them now
                 // saves growing the map later.
                 let spare = if depth == 0 {
-                    super::json::INJECTED_FIELDS
+                    super::INJECTED_FIELDS
                 } else {
                     0
                 };

@@ -8,6 +8,8 @@ pub mod avro;
 mod json;
 pub mod registry;
 
+pub(crate) use json::INJECTED_FIELDS;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -426,8 +428,9 @@ impl Codec {
 /// The standard alphabet with padding is what Lambda sends; a producer's unpadded value is accepted too.
 ///
 /// Every record's value goes through here, so the padded form, which is nearly all of them, is decoded with
-/// SIMD (base64-simd: about 5× the base64 crate on a 6 MB batch). Anything it refuses goes to the base64
-/// crate, which decides the error (or accepts the unpadded form); a test checks both agree on what is valid.
+/// SIMD (perf on a 6 MB JSON batch: the base64 crate's decoder took 9 % of the time, base64-simd's 1.7 %).
+/// Anything it refuses goes to the base64 crate, which decides the error (or accepts the unpadded form); a
+/// test checks both agree on what is valid.
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, DecodeError> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     if let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text) {

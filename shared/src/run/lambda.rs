@@ -79,8 +79,7 @@ pub struct ItemIdentifier {
     pub offset: i64,
 }
 
-/// One invocation. `partial` selects how a transient failure is reported.
-/// One invocation with an already parsed payload.
+/// One invocation with an already parsed payload. `partial` selects how a transient failure is reported.
 pub async fn invoke(
     handler: &Handler,
     payload: Value,
@@ -89,7 +88,7 @@ pub async fn invoke(
     respond(handler, MskEvent::from_value(payload), partial).await
 }
 
-/// One invocation as the runtime delivers it: the payload's JSON text.
+/// One invocation as the runtime delivers it: the payload's JSON text. `partial` as for [`invoke`].
 pub async fn invoke_raw(
     handler: &Handler,
     payload: &RawValue,
