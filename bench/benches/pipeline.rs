@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use msk_sync::config::Config;
 use msk_sync::event::MskEvent;
 use msk_sync::pipeline::{Handler, Pipeline};
@@ -73,14 +76,28 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn decode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decode");
+/// A group of 10 samples. Quick mode warms up 300 ms and measures `quick_time`; a full run measures `full_time`
+/// (criterion's default when `None`).
+fn bench_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    quick_time: Duration,
+    full_time: Option<Duration>,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     if quick() {
         group
             .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1));
+            .measurement_time(quick_time);
+    } else if let Some(time) = full_time {
+        group.measurement_time(time);
     }
+    group
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = bench_group(c, "decode", Duration::from_secs(1), None);
     for format in [Format::Json, Format::Avro] {
         let (bytes, records) = batch(format);
         let pipeline = pipeline(format);
@@ -158,12 +175,12 @@ fn apply(c: &mut Criterion) {
     let rt = runtime();
     let (dbs, _dir) = rt.block_on(databases());
     let (bytes, records) = batch(Format::Json);
-    let mut group = c.benchmark_group("apply");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(if quick() { 2 } else { 20 }));
-    if quick() {
-        group.warm_up_time(Duration::from_millis(300));
-    }
+    let mut group = bench_group(
+        c,
+        "apply",
+        Duration::from_secs(2),
+        Some(Duration::from_secs(20)),
+    );
     group.throughput(Throughput::Elements(records as u64));
     for (name, url) in &dbs {
         rt.block_on(fresh_table(url));
@@ -241,12 +258,12 @@ fn naive_vs_bulk(c: &mut Criterion) {
     })
     .to_string()
     .into_bytes();
-    let mut group = c.benchmark_group("naive_vs_bulk");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(if quick() { 2 } else { 30 }));
-    if quick() {
-        group.warm_up_time(Duration::from_millis(300));
-    }
+    let mut group = bench_group(
+        c,
+        "naive_vs_bulk",
+        Duration::from_secs(2),
+        Some(Duration::from_secs(30)),
+    );
     group.throughput(Throughput::Elements(n as u64));
     for (name, url) in &dbs {
         rt.block_on(fresh_table(url));
@@ -282,13 +299,7 @@ fn naive_vs_bulk(c: &mut Criterion) {
 /// parsed once), as `replay` does (straight from the bytes), and as Lambda did before (a `serde_json::Value`
 /// of the whole batch first): the baseline in the same run.
 fn payload(c: &mut Criterion) {
-    let mut group = c.benchmark_group("payload");
-    group.sample_size(10);
-    if quick() {
-        group
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1));
-    }
+    let mut group = bench_group(c, "payload", Duration::from_secs(1), None);
     let (bytes, _) = batch(Format::Json);
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("raw", |b| {
