@@ -94,6 +94,26 @@ fn mock_cluster(topic: &str, partitions: i32) -> MockCluster<'static, DefaultPro
     cluster
 }
 
+/// A mock cluster with `TOPIC` in `partitions` partitions, holding `planet_event(TOPIC, partitions, n, padding)`;
+/// and its bootstrap servers.
+async fn mock_with_planets(
+    partitions: i32,
+    n: usize,
+    padding: usize,
+) -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let cluster = mock_cluster(TOPIC, partitions);
+    let brokers = cluster.bootstrap_servers();
+    let published = local::publish(
+        &brokers,
+        &[],
+        vec![planet_event(TOPIC, partitions, n, padding)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(published, n);
+    (cluster, brokers)
+}
+
 /// An MSK event with `n` planet records spread over `partitions` (for `publish`), each padded with
 /// `padding` bytes in its value and as many in a header.
 fn planet_event(topic: &str, partitions: i32, n: usize, padding: usize) -> MskEvent {
@@ -162,12 +182,7 @@ async fn run_recorder(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_batches_follow_size_window_and_payload_limits() {
-    let cluster = mock_cluster(TOPIC, 3);
-    let brokers = cluster.bootstrap_servers();
-    let n = local::publish(&brokers, &[], vec![planet_event(TOPIC, 3, 250, 10)])
-        .await
-        .unwrap();
-    assert_eq!(n, 250);
+    let (_cluster, brokers) = mock_with_planets(3, 250, 10).await;
 
     // Size: at most 100 records a batch; every record once, each partition in offset order; MSK shape.
     let recorder = Arc::new(Recorder::default());
@@ -222,11 +237,7 @@ async fn mock_batches_follow_size_window_and_payload_limits() {
 
     // Payload: records of ~140 kB in the event (20 kB values, 20 kB headers, which JSON writes as numbers)
     // never make an event larger than Lambda's 6 MB. (The mock broker keeps only ~5 MB of a partition.)
-    let cluster = mock_cluster(TOPIC, 1);
-    let brokers = cluster.bootstrap_servers();
-    local::publish(&brokers, &[], vec![planet_event(TOPIC, 1, 100, 20_000)])
-        .await
-        .unwrap();
+    let (_cluster, brokers) = mock_with_planets(1, 100, 20_000).await;
     let recorder = Arc::new(Recorder::default());
     let mut o = options(&brokers, "payload");
     o.batch_window = Duration::from_secs(2);
@@ -253,11 +264,7 @@ async fn mock_batches_follow_size_window_and_payload_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_failed_batches_are_retried_and_never_committed() {
-    let cluster = mock_cluster(TOPIC, 2);
-    let brokers = cluster.bootstrap_servers();
-    local::publish(&brokers, &[], vec![planet_event(TOPIC, 2, 40, 10)])
-        .await
-        .unwrap();
+    let (_cluster, brokers) = mock_with_planets(2, 40, 10).await;
 
     // Three failures, then success: the same batch every time, committed once it applied.
     let recorder = Arc::new(Recorder {
@@ -307,11 +314,7 @@ async fn mock_failed_batches_are_retried_and_never_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_a_stop_finishes_and_commits_the_batch_in_hand() {
-    let cluster = mock_cluster(TOPIC, 1);
-    let brokers = cluster.bootstrap_servers();
-    local::publish(&brokers, &[], vec![planet_event(TOPIC, 1, 30, 10)])
-        .await
-        .unwrap();
+    let (_cluster, brokers) = mock_with_planets(1, 30, 10).await;
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = Arc::new(Recorder {
         stop_during_first: Some(Arc::clone(&stop)),
@@ -326,11 +329,7 @@ async fn mock_a_stop_finishes_and_commits_the_batch_in_hand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_a_rebalance_hands_partitions_over_without_losing_records() {
-    let cluster = mock_cluster(TOPIC, 6);
-    let brokers = cluster.bootstrap_servers();
-    local::publish(&brokers, &[], vec![planet_event(TOPIC, 6, 3_000, 10)])
-        .await
-        .unwrap();
+    let (_cluster, brokers) = mock_with_planets(6, 3_000, 10).await;
     let runner = |recorder: &Arc<Recorder>| {
         let mut o = options(&brokers, "rebalance");
         o.batch_size = 20;
