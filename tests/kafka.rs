@@ -34,7 +34,7 @@ const TOPIC: &str = "servicea.planet";
 /// and can raise `stop` (as SIGTERM does) while it handles its first batch.
 #[derive(Default)]
 struct Recorder {
-    calls: Mutex<Vec<MskEvent>>,
+    calls: Mutex<Vec<MskEvent<'static>>>,
     fail_first: usize,
     fail_always: bool,
     stop_during_first: Option<Arc<AtomicBool>>,
@@ -46,11 +46,11 @@ struct Recorder {
 impl BatchHandler for Recorder {
     fn handle(
         &self,
-        event: MskEvent,
+        event: &MskEvent<'_>,
     ) -> impl Future<Output = Result<BatchReport, HandlerError>> + Send {
         let n = {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(event);
+            calls.push(event.clone().into_owned());
             calls.len()
         };
         if let Some(stop) = &self.stop_during_first {
@@ -71,18 +71,17 @@ impl BatchHandler for Recorder {
 }
 
 impl Recorder {
-    fn calls(&self) -> Vec<MskEvent> {
+    fn calls(&self) -> Vec<MskEvent<'static>> {
         self.calls.lock().unwrap().clone()
     }
 }
 
 /// Every record of an event as (topic, partition, offset).
-fn coordinates(event: &MskEvent) -> Vec<(String, i32, i64)> {
+fn coordinates(event: &MskEvent<'_>) -> Vec<(String, i32, i64)> {
     event
         .records
-        .values()
-        .flatten()
-        .map(|r| (r.topic.clone(), r.partition, r.offset))
+        .iter()
+        .map(|r| (r.topic.to_string(), r.partition, r.offset))
         .collect()
 }
 
@@ -116,7 +115,7 @@ async fn mock_with_planets(
 
 /// An MSK event with `n` planet records spread over `partitions` (for `publish`), each padded with
 /// `padding` bytes in its value and as many in a header.
-fn planet_event(topic: &str, partitions: i32, n: usize, padding: usize) -> MskEvent {
+fn planet_event(topic: &str, partitions: i32, n: usize, padding: usize) -> MskEvent<'static> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut records: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -200,18 +199,35 @@ async fn mock_batches_follow_size_window_and_payload_limits() {
         assert_eq!(event.event_source, "SelfManagedKafka");
         assert_eq!(event.bootstrap_servers.as_deref(), Some(brokers.as_str()));
         assert!(event.record_count() <= 100);
-        for (key, records) in &event.records {
-            let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        // As Lambda would send it: records listed by "<topic>-<partition>", offsets ascending.
+        let json = serde_json::to_value(event).unwrap();
+        for (key, records) in json["records"].as_object().unwrap() {
+            let records = records.as_array().unwrap();
+            let offsets: Vec<i64> = records
+                .iter()
+                .map(|r| r["offset"].as_i64().unwrap())
+                .collect();
             assert!(
                 offsets.windows(2).all(|w| w[0] < w[1]),
                 "{key}: {offsets:?}"
             );
             for r in records {
-                assert_eq!(key, &format!("{}-{}", r.topic, r.partition));
-                let blob = BTreeMap::from([("blob".to_string(), vec![b'x'; 10])]);
-                let source = BTreeMap::from([("source".to_string(), b"test".to_vec())]);
-                assert_eq!(r.headers, vec![source, blob]);
+                assert_eq!(
+                    key,
+                    &format!("{}-{}", r["topic"].as_str().unwrap(), r["partition"])
+                );
+                assert_eq!(
+                    r["headers"],
+                    serde_json::json!([{"source": b"test".to_vec()}, {"blob": vec![b'x'; 10]}])
+                );
             }
+        }
+        for r in &event.records {
+            let headers: Vec<(&str, &[u8])> = r.header_pairs().collect();
+            assert_eq!(
+                headers,
+                vec![("source", &b"test"[..]), ("blob", &[b'x'; 10][..])]
+            );
         }
         for c in coordinates(event) {
             assert!(seen.insert(c.clone()), "{c:?} delivered twice");
@@ -410,7 +426,8 @@ async fn mock_a_database_outage_is_retried_until_the_runner_catches_up() {
     let (file, expected) = generated(db.dir.path(), 3_000, 6).await;
     let cluster = mock_cluster(TOPIC, 6);
     let brokers = cluster.bootstrap_servers();
-    let event = MskEvent::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let event = MskEvent::from_slice(&bytes).unwrap();
     local::publish(&brokers, &[], vec![event]).await.unwrap();
 
     let (proxy, proxied) = ToggleProxy::in_front_of(&db).await;

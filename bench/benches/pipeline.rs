@@ -106,14 +106,14 @@ fn decode(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("bytes", &name), |b| {
             b.iter(|| {
                 let event = MskEvent::from_slice(&bytes).expect("event");
-                pipeline.plan(event, &mut |_| {}).expect("plan")
+                pipeline.plan(&event, &mut |_| {}).expect("plan")
             })
         });
         group.throughput(Throughput::Elements(records as u64));
         group.bench_function(BenchmarkId::new("records", &name), |b| {
             b.iter(|| {
                 let event = MskEvent::from_slice(&bytes).expect("event");
-                pipeline.plan(event, &mut |_| {}).expect("plan")
+                pipeline.plan(&event, &mut |_| {}).expect("plan")
             })
         });
     }
@@ -191,7 +191,7 @@ fn apply(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("bulk", name), |b| {
             b.to_async(&rt).iter(|| async {
                 let event = MskEvent::from_slice(&bytes).expect("event");
-                handler.handle(event).await.expect("applied")
+                handler.handle(&event).await.expect("applied")
             })
         });
     }
@@ -199,11 +199,11 @@ fn apply(c: &mut Criterion) {
 }
 
 /// bedrock's loop: for every record in order, read the planet, then insert, update or delete it.
-async fn naive(db: &sea_orm::DatabaseConnection, records: &[msk_sync::event::Record]) {
+async fn naive(db: &sea_orm::DatabaseConnection, records: &[&msk_sync::event::Record<'_>]) {
     use base64::Engine;
     for record in records {
         let Some(value) = &record.value else { continue };
-        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value) else {
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value.as_bytes()) else {
             continue;
         };
         let Ok(message) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -272,7 +272,7 @@ fn naive_vs_bulk(c: &mut Criterion) {
             .block_on(app.handler(&Config::default(), Some(url)))
             .expect("handler");
         // Creates the table for the naive side too.
-        rt.block_on(handler.handle(MskEvent::from_slice(&bytes).expect("event")))
+        rt.block_on(handler.handle(&MskEvent::from_slice(&bytes).expect("event")))
             .expect("applied");
         let db = rt
             .block_on(Database::connect(url.as_str()))
@@ -280,14 +280,15 @@ fn naive_vs_bulk(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("bulk", name), |b| {
             b.to_async(&rt).iter(|| async {
                 handler
-                    .handle(MskEvent::from_slice(&bytes).expect("event"))
+                    .handle(&MskEvent::from_slice(&bytes).expect("event"))
                     .await
                     .expect("applied")
             })
         });
         group.bench_function(BenchmarkId::new("naive", name), |b| {
             b.to_async(&rt).iter(|| async {
-                let records = MskEvent::from_slice(&bytes).expect("event").ordered();
+                let event = MskEvent::from_slice(&bytes).expect("event");
+                let records: Vec<_> = event.ordered().collect();
                 naive(&db, &records).await
             })
         });
@@ -306,7 +307,7 @@ fn payload(c: &mut Criterion) {
         b.iter(|| {
             let raw: Box<serde_json::value::RawValue> =
                 serde_json::from_slice(&bytes).expect("json");
-            MskEvent::from_slice(raw.get().as_bytes()).expect("event")
+            MskEvent::parse(raw.get()).expect("event").record_count()
         })
     });
     group.bench_function("slice", |b| {

@@ -3,7 +3,7 @@
 //! Create of an existing entity updates it and update of a missing one creates it, so both are an upsert;
 //! a delete of a missing entity is not an error.
 
-use serde_json::Value;
+use crate::message::Message;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -14,13 +14,13 @@ pub enum Change {
 /// The status bedrock gives a record with a changeType it does not know.
 pub const UNKNOWN_CHANGE_TYPE_STATUS: u16 = 400;
 
-pub fn route(message: &Value) -> Result<Change, String> {
+pub fn route(message: &Message<'_>) -> Result<Change, String> {
     match message.get("changeType") {
         // Bedrock reads the field with dict.get, so JSON null behaves like an absent field.
-        None | Some(Value::Null) => Ok(Change::Upsert),
-        Some(Value::String(s)) if s == "UPDATED" || s == "CREATED" => Ok(Change::Upsert),
-        Some(Value::String(s)) if s == "DELETED" => Ok(Change::Delete),
-        Some(Value::String(s)) => Err(format!("Unknown changeType {s}")),
+        None | Some(Message::Null) => Ok(Change::Upsert),
+        Some(Message::String(s)) if s == "UPDATED" || s == "CREATED" => Ok(Change::Upsert),
+        Some(Message::String(s)) if s == "DELETED" => Ok(Change::Delete),
+        Some(Message::String(s)) => Err(format!("Unknown changeType {s}")),
         Some(other) => Err(format!("Unknown changeType {other}")),
     }
 }
@@ -30,21 +30,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn route(value: serde_json::Value) -> Result<Change, String> {
+        super::route(&Message::from(value))
+    }
+
     #[test]
     fn routes_like_bedrock() {
-        assert_eq!(route(&json!({})), Ok(Change::Upsert));
-        assert_eq!(route(&json!({"changeType": null})), Ok(Change::Upsert));
-        assert_eq!(route(&json!({"changeType": "UPDATED"})), Ok(Change::Upsert));
-        assert_eq!(route(&json!({"changeType": "CREATED"})), Ok(Change::Upsert));
-        assert_eq!(route(&json!({"changeType": "DELETED"})), Ok(Change::Delete));
+        assert_eq!(route(json!({})), Ok(Change::Upsert));
+        assert_eq!(route(json!({"changeType": null})), Ok(Change::Upsert));
+        assert_eq!(route(json!({"changeType": "UPDATED"})), Ok(Change::Upsert));
+        assert_eq!(route(json!({"changeType": "CREATED"})), Ok(Change::Upsert));
+        assert_eq!(route(json!({"changeType": "DELETED"})), Ok(Change::Delete));
         assert_eq!(
-            route(&json!({"changeType": "ARCHIVED"})),
+            route(json!({"changeType": "ARCHIVED"})),
             Err("Unknown changeType ARCHIVED".to_string())
         );
         // Case matters, as in bedrock.
-        assert!(route(&json!({"changeType": "deleted"})).is_err());
+        assert!(route(json!({"changeType": "deleted"})).is_err());
         assert_eq!(
-            route(&json!({"changeType": 3})),
+            route(json!({"changeType": 3})),
             Err("Unknown changeType 3".to_string())
         );
     }

@@ -1,57 +1,67 @@
 //! The MSK event as Lambda delivers it, and the one total order in which its records are applied.
 //!
-//! We parse the event with our own serde types instead of `aws_lambda_events::event::kafka::KafkaEvent`,
-//! because that type (1.2) reads `timestamp` through an f64 (1545084650987 can come back as …986, and the
-//! timestamp is both injected into messages and used for ordering), rejects a record without `headers`,
-//! and drops `valueSchemaMetadata`. A test below checks that every event the AWS type can express parses
+//! We parse the event with our own types instead of `aws_lambda_events::event::kafka::KafkaEvent`, because
+//! that type (1.2) reads `timestamp` through an f64 (1545084650987 can come back as …986, and the timestamp is
+//! both injected into messages and used for ordering), rejects a record without `headers`, drops
+//! `valueSchemaMetadata`, and copies every string out of the payload. Here a record borrows its topic, key and
+//! value from the payload text (a 6 MB batch is mostly base64 that is read once, then decoded), and the
+//! partition lists are read into one list. A test below checks that every event the AWS type can express parses
 //! here to the same records.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::message::Name;
 
 /// The event sources whose payload has the MSK shape.
 pub const EVENT_SOURCES: [&str; 2] = ["aws:kafka", "SelfManagedKafka"];
 
-/// An MSK (or self-managed Kafka) event: `records` maps `"<topic>-<partition>"` to that partition's records.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MskEvent {
-    pub event_source: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_source_arn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bootstrap_servers: Option<String>,
-    pub records: BTreeMap<String, Vec<Record>>,
+/// An MSK (or self-managed Kafka) event. In JSON, `records` maps `"<topic>-<partition>"` to that partition's
+/// records; here they are one list, partition after partition, each partition's records in event order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MskEvent<'a> {
+    pub event_source: Cow<'a, str>,
+    pub event_source_arn: Option<Cow<'a, str>>,
+    pub bootstrap_servers: Option<Cow<'a, str>>,
+    pub records: Vec<Record<'a>>,
 }
 
 /// One Kafka record, still encoded as the event carries it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub topic: String,
+pub struct Record<'a> {
+    pub topic: Cow<'a, str>,
     pub partition: i32,
     pub offset: i64,
     /// Epoch milliseconds, read exactly (see the module doc).
-    #[serde(deserialize_with = "exact_millis")]
     pub timestamp: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_type: Option<Cow<'a, str>>,
     /// Base64 of the key bytes; absent for a record without key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Cow<'a, str>>,
     /// Base64 of the value bytes; `None` is a tombstone.
-    #[serde(default)]
-    pub value: Option<String>,
-    #[serde(default, deserialize_with = "headers")]
-    pub headers: Vec<BTreeMap<String, Vec<u8>>>,
+    pub value: Option<Cow<'a, str>>,
+    #[serde(serialize_with = "serialize_headers")]
+    pub headers: Vec<Header<'a>>,
     /// Set by Lambda's schema-registry integration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_schema_metadata: Option<SchemaMetadata>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_schema_metadata: Option<SchemaMetadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_schema_metadata: Option<Box<SchemaMetadata>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_schema_metadata: Option<Box<SchemaMetadata>>,
+}
+
+/// A Kafka header: a name (which may repeat in a record) and its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: Cow<'a, str>,
+    pub value: Cow<'a, [u8]>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -63,17 +73,69 @@ pub struct SchemaMetadata {
     pub data_format: Option<String>,
 }
 
-impl Record {
+impl Record<'_> {
     /// Header values, in event order; a name may repeat, as in Kafka.
     pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.headers
             .iter()
-            .flat_map(|h| h.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map(|h| (h.name.as_ref(), h.value.as_ref()))
     }
 
     /// The Kafka coordinates, for logs and reports.
     pub fn coordinates(&self) -> String {
         format!("{}-{}@{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The key of the event's `records` map this record is listed under.
+    pub fn partition_key(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+
+    /// The same record, borrowing from this one.
+    pub fn borrowed(&self) -> Record<'_> {
+        Record {
+            topic: Cow::Borrowed(&self.topic),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            timestamp_type: self.timestamp_type.as_deref().map(Cow::Borrowed),
+            key: self.key.as_deref().map(Cow::Borrowed),
+            value: self.value.as_deref().map(Cow::Borrowed),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| Header {
+                    name: Cow::Borrowed(&h.name),
+                    value: Cow::Borrowed(&h.value),
+                })
+                .collect(),
+            value_schema_metadata: self.value_schema_metadata.clone(),
+            key_schema_metadata: self.key_schema_metadata.clone(),
+        }
+    }
+
+    /// The same record, owning its strings.
+    pub fn into_owned(self) -> Record<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Record {
+            topic: own(self.topic),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            timestamp_type: self.timestamp_type.map(own),
+            key: self.key.map(own),
+            value: self.value.map(own),
+            headers: self
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    name: own(h.name),
+                    value: Cow::Owned(h.value.into_owned()),
+                })
+                .collect(),
+            value_schema_metadata: self.value_schema_metadata,
+            key_schema_metadata: self.key_schema_metadata,
+        }
     }
 }
 
@@ -84,26 +146,44 @@ impl Record {
 )]
 pub struct NotAnMskEvent(pub String);
 
-impl MskEvent {
+impl MskEvent<'static> {
     pub fn from_value(value: serde_json::Value) -> Result<Self, NotAnMskEvent> {
         if !value.is_object() {
             return Err(NotAnMskEvent(format!("the payload is {}", kind(&value))));
         }
-        let event: MskEvent =
-            serde_json::from_value(value).map_err(|e| NotAnMskEvent(e.to_string()))?;
+        let event = EventSeed
+            .deserialize(value)
+            .map_err(|e| NotAnMskEvent(e.to_string()))?;
+        event.validate()?;
+        Ok(event)
+    }
+}
+
+impl<'a> MskEvent<'a> {
+    /// Parses the event's JSON text; records borrow their strings from it.
+    pub fn parse(text: &'a str) -> Result<Self, NotAnMskEvent> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let event = EventSeed
+            .deserialize(&mut de)
+            .and_then(|e| de.end().map(|()| e))
+            .map_err(|e| NotAnMskEvent(e.to_string()))?;
         event.validate()?;
         Ok(event)
     }
 
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, NotAnMskEvent> {
-        let event: MskEvent =
-            serde_json::from_slice(bytes).map_err(|e| NotAnMskEvent(e.to_string()))?;
-        event.validate()?;
-        Ok(event)
+    /// As [`MskEvent::parse`]; the bytes must be UTF-8 (checked once, for the whole payload).
+    pub fn from_slice(bytes: &'a [u8]) -> Result<Self, NotAnMskEvent> {
+        let text = crate::message::utf8(bytes).map_err(|e| {
+            NotAnMskEvent(format!(
+                "the payload is not UTF-8 text (invalid byte at {})",
+                e.valid_up_to()
+            ))
+        })?;
+        Self::parse(text)
     }
 
     fn validate(&self) -> Result<(), NotAnMskEvent> {
-        if !EVENT_SOURCES.contains(&self.event_source.as_str()) {
+        if !EVENT_SOURCES.contains(&self.event_source.as_ref()) {
             return Err(NotAnMskEvent(format!(
                 "eventSource is \"{}\"",
                 self.event_source
@@ -113,57 +193,101 @@ impl MskEvent {
     }
 
     pub fn record_count(&self) -> usize {
-        self.records.values().map(Vec::len).sum()
+        self.records.len()
     }
 
-    /// All records in the order they are applied.
+    /// The same event, owning its strings.
+    pub fn into_owned(self) -> MskEvent<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        MskEvent {
+            event_source: own(self.event_source),
+            event_source_arn: self.event_source_arn.map(own),
+            bootstrap_servers: self.bootstrap_servers.map(own),
+            records: self.records.into_iter().map(Record::into_owned).collect(),
+        }
+    }
+
+    /// Indices into `records`, in the order the records are applied.
     ///
     /// Kafka orders records only within a partition, so each partition keeps its offset order and the
     /// partitions are merged by timestamp; ties go to (topic, partition, offset), which makes the order
     /// total and the same on every replay. A record with a later offset but an earlier timestamp therefore
     /// waits behind its predecessors instead of jumping ahead of them.
-    pub fn ordered(self) -> Vec<Record> {
-        let mut all: Vec<Record> = self.records.into_values().flatten().collect();
-        // Groups each partition's records, in offset order. The event's lists are such runs already, which
-        // the stable sort merges in near-linear time.
-        all.sort_by(|a, b| {
-            (a.topic.as_str(), a.partition, a.offset).cmp(&(
-                b.topic.as_str(),
+    pub fn order(&self) -> Vec<usize> {
+        let records = &self.records;
+        let same =
+            |a: &Record<'_>, b: &Record<'_>| a.partition == b.partition && a.topic == b.topic;
+        // The event's partition lists, as read: runs of one partition in ascending offsets.
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=records.len() {
+            if i == records.len()
+                || !same(&records[i - 1], &records[i])
+                || records[i].offset <= records[i - 1].offset
+            {
+                runs.push((start, i));
+                start = i;
+            }
+        }
+        let mut partitions: Vec<(&str, i32)> = runs
+            .iter()
+            .map(|&(s, _)| (records[s].topic.as_ref(), records[s].partition))
+            .collect();
+        partitions.sort_unstable();
+        if partitions.windows(2).all(|w| w[0] != w[1]) {
+            // Each partition is one run already (what Lambda sends): merge them as they are.
+            let identity: Vec<usize> = (0..records.len()).collect();
+            return merge_order(records, &identity, &runs);
+        }
+        // A partition split across lists, or offsets out of order: group each partition's records, in offset
+        // order, first.
+        let mut grouped: Vec<usize> = (0..records.len()).collect();
+        grouped.sort_by(|&a, &b| {
+            let (a, b) = (&records[a], &records[b]);
+            (a.topic.as_ref(), a.partition, a.offset).cmp(&(
+                b.topic.as_ref(),
                 b.partition,
                 b.offset,
             ))
         });
-        let order = merge_order(&all);
-        let mut slots: Vec<Option<Record>> = all.into_iter().map(Some).collect();
-        order.into_iter().filter_map(|i| slots[i].take()).collect()
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=grouped.len() {
+            if i == grouped.len() || !same(&records[grouped[i - 1]], &records[grouped[i]]) {
+                runs.push((start, i));
+                start = i;
+            }
+        }
+        merge_order(records, &grouped, &runs)
+    }
+
+    /// The records in the order they are applied.
+    pub fn ordered(&self) -> impl Iterator<Item = &Record<'a>> {
+        self.order().into_iter().map(|i| &self.records[i])
     }
 }
 
 /// Where a record stands in the merge: timestamp first, then (topic, partition, offset) for a total order.
 type Rank<'a> = (i64, &'a str, i32, i64);
 
-fn rank(r: &Record) -> Rank<'_> {
-    (r.timestamp, r.topic.as_str(), r.partition, r.offset)
+fn rank<'r>(r: &'r Record<'_>) -> Rank<'r> {
+    (r.timestamp, r.topic.as_ref(), r.partition, r.offset)
 }
 
-/// The indices of `grouped` (partitions in runs, offsets ascending within) in apply order: the partitions
-/// merged by timestamp, each partition's own order kept.
-fn merge_order(grouped: &[Record]) -> Vec<usize> {
-    // A min-heap of each partition's next record: (rank, index, end of its partition's run).
-    let mut heads: BinaryHeap<Reverse<(Rank<'_>, usize, usize)>> = BinaryHeap::new();
-    let mut start = 0;
-    for i in 1..=grouped.len() {
-        let same = |a: &Record, b: &Record| a.partition == b.partition && a.topic == b.topic;
-        if i == grouped.len() || !same(&grouped[i], &grouped[start]) {
-            heads.push(Reverse((rank(&grouped[start]), start, i)));
-            start = i;
-        }
-    }
+/// `grouped` (indices of `records`), whose `runs` are each one partition in offset order, in apply order: the
+/// partitions merged by timestamp, each partition's own order kept.
+fn merge_order(records: &[Record<'_>], grouped: &[usize], runs: &[(usize, usize)]) -> Vec<usize> {
+    let at = |i: usize| &records[grouped[i]];
+    // A min-heap of each partition's next record: (rank, position in `grouped`, end of its partition's run).
+    let mut heads: BinaryHeap<Reverse<(Rank<'_>, usize, usize)>> = runs
+        .iter()
+        .map(|&(start, end)| Reverse((rank(at(start)), start, end)))
+        .collect();
     let mut out = Vec::with_capacity(grouped.len());
     while let Some(Reverse((_, i, end))) = heads.pop() {
-        out.push(i);
+        out.push(grouped[i]);
         if i + 1 < end {
-            heads.push(Reverse((rank(&grouped[i + 1]), i + 1, end)));
+            heads.push(Reverse((rank(at(i + 1)), i + 1, end)));
         }
     }
     out
@@ -180,114 +304,326 @@ fn kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
+impl Serialize for MskEvent<'_> {
+    /// The JSON Lambda sends: `records` grouped by `"<topic>-<partition>"`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut lists: BTreeMap<String, Vec<&Record<'_>>> = BTreeMap::new();
+        for r in &self.records {
+            lists.entry(r.partition_key()).or_default().push(r);
+        }
+        let fields = 2
+            + usize::from(self.event_source_arn.is_some())
+            + usize::from(self.bootstrap_servers.is_some());
+        let mut map = s.serialize_map(Some(fields))?;
+        map.serialize_entry("eventSource", &self.event_source)?;
+        if let Some(arn) = &self.event_source_arn {
+            map.serialize_entry("eventSourceArn", arn)?;
+        }
+        if let Some(servers) = &self.bootstrap_servers {
+            map.serialize_entry("bootstrapServers", servers)?;
+        }
+        map.serialize_entry("records", &lists)?;
+        map.end()
+    }
+}
+
+fn serialize_headers<S: Serializer>(headers: &[Header<'_>], s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(headers.len()))?;
+    for h in headers {
+        seq.serialize_element(&BTreeMap::from([(h.name.as_ref(), h.value.as_ref())]))?;
+    }
+    seq.end()
+}
+
+impl<'de> Deserialize<'de> for MskEvent<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EventSeed.deserialize(d)
+    }
+}
+
+/// Reads an event; strings are borrowed when the deserializer lends them (JSON text without escapes).
+struct EventSeed;
+
+impl<'de> DeserializeSeed<'de> for EventSeed {
+    type Value = MskEvent<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<MskEvent<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed {
+    type Value = MskEvent<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an MSK event")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MskEvent<'de>, A::Error> {
+        let mut event_source = None;
+        let mut event = MskEvent::default();
+        let mut records = None;
+        while let Some(name) = map.next_key_seed(Name)? {
+            match name.as_ref() {
+                "eventSource" => event_source = Some(map.next_value_seed(Name)?),
+                "eventSourceArn" => event.event_source_arn = map.next_value_seed(OptionalText)?,
+                "bootstrapServers" => {
+                    event.bootstrap_servers = map.next_value_seed(OptionalText)?
+                }
+                "records" => {
+                    let mut list = Vec::new();
+                    map.next_value_seed(Partitions(&mut list))?;
+                    records = Some(list);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        event.event_source = event_source.ok_or_else(|| de::Error::missing_field("eventSource"))?;
+        event.records = records.ok_or_else(|| de::Error::missing_field("records"))?;
+        Ok(event)
+    }
+}
+
+/// An optional string, borrowed when it can be.
+struct OptionalText;
+
+impl<'de> DeserializeSeed<'de> for OptionalText {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptionalText {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Name.deserialize(d).map(Some)
+    }
+}
+
+/// The `records` map: every partition's list, appended to one list.
+struct Partitions<'l, 'de>(&'l mut Vec<Record<'de>>);
+
+impl<'de> DeserializeSeed<'de> for Partitions<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Partitions<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of \"<topic>-<partition>\" to record lists")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(List(&mut *self.0))?;
+        }
+        Ok(())
+    }
+}
+
+struct List<'l, 'de>(&'l mut Vec<Record<'de>>);
+
+impl<'de> DeserializeSeed<'de> for List<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for List<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(record) = seq.next_element_seed(RecordSeed)? {
+            self.0.push(record);
+        }
+        Ok(())
+    }
+}
+
+struct RecordSeed;
+
+impl<'de> DeserializeSeed<'de> for RecordSeed {
+    type Value = Record<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Record<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RecordSeed.deserialize(d)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed {
+    type Value = Record<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Kafka record")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'de>, A::Error> {
+        let mut r = Record::default();
+        let (mut topic, mut partition, mut offset, mut timestamp) = (None, None, None, None);
+        while let Some(name) = map.next_key_seed(Name)? {
+            match name.as_ref() {
+                "topic" => topic = Some(map.next_value_seed(Name)?),
+                "partition" => partition = Some(map.next_value()?),
+                "offset" => offset = Some(map.next_value()?),
+                "timestamp" => timestamp = Some(map.next_value_seed(Millis)?),
+                "timestampType" => r.timestamp_type = map.next_value_seed(OptionalText)?,
+                "key" => r.key = map.next_value_seed(OptionalText)?,
+                "value" => r.value = map.next_value_seed(OptionalText)?,
+                "headers" => r.headers = map.next_value_seed(Headers)?,
+                "valueSchemaMetadata" => r.value_schema_metadata = map.next_value()?,
+                "keySchemaMetadata" => r.key_schema_metadata = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        r.topic = topic.ok_or_else(|| de::Error::missing_field("topic"))?;
+        r.partition = partition.ok_or_else(|| de::Error::missing_field("partition"))?;
+        r.offset = offset.ok_or_else(|| de::Error::missing_field("offset"))?;
+        r.timestamp = timestamp.ok_or_else(|| de::Error::missing_field("timestamp"))?;
+        Ok(r)
+    }
+}
+
 /// Timestamps are integers in every event we have seen; a float (some producers' JSON) is rounded, not truncated.
-/// Lambda sends a number; aws_lambda_events serializes a string. Accept both, exactly. (A visitor, not an
-/// untagged enum: serde buffers every untagged value, and this runs once per record.)
-fn exact_millis<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    struct Millis;
-    impl<'de> Visitor<'de> for Millis {
-        type Value = i64;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("epoch milliseconds")
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v)
-                .map_err(|_| E::custom(format!("timestamp {v} is not epoch milliseconds")))
-        }
-        fn visit_f64<E: de::Error>(self, f: f64) -> Result<i64, E> {
-            if f.is_finite() && f.abs() < 9.0e15 {
-                Ok(f.round() as i64)
-            } else {
-                Err(E::custom(format!(
-                    "timestamp {f} is not epoch milliseconds"
-                )))
-            }
-        }
-        fn visit_str<E: de::Error>(self, t: &str) -> Result<i64, E> {
-            let bad = || E::custom(format!("timestamp {t:?} is not epoch milliseconds"));
-            let n: serde_json::Number = t.trim().parse().map_err(|_| bad())?;
-            match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => Ok(i),
-                (None, Some(f)) => self.visit_f64(f).map_err(|_: E| bad()),
-                _ => Err(bad()),
-            }
+/// Lambda sends a number; aws_lambda_events serializes a string. Accept both, exactly.
+struct Millis;
+
+impl<'de> DeserializeSeed<'de> for Millis {
+    type Value = i64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Millis {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("epoch milliseconds")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::custom(format!("timestamp {v} is not epoch milliseconds")))
+    }
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<i64, E> {
+        if f.is_finite() && f.abs() < 9.0e15 {
+            Ok(f.round() as i64)
+        } else {
+            Err(E::custom(format!(
+                "timestamp {f} is not epoch milliseconds"
+            )))
         }
     }
-    d.deserialize_any(Millis)
+    fn visit_str<E: de::Error>(self, t: &str) -> Result<i64, E> {
+        let bad = || E::custom(format!("timestamp {t:?} is not epoch milliseconds"));
+        let n: serde_json::Number = t.trim().parse().map_err(|_| bad())?;
+        match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(i),
+            (None, Some(f)) => self.visit_f64(f).map_err(|_: E| bad()),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// Header bytes arrive as JSON numbers; the AWS type reads them as i8, Java producers' tooling as 0..255.
-/// Accept both and keep the byte. Read straight into bytes: a batch can carry a header on every record.
-fn headers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BTreeMap<String, Vec<u8>>>, D::Error> {
-    struct Bytes<'a>(&'a str);
-    impl<'de> DeserializeSeed<'de> for Bytes<'_> {
-        type Value = Vec<u8>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
-            d.deserialize_seq(self)
-        }
+/// Accept both and keep the byte. `headers` is a list of maps (one header each, as Lambda sends them), or null.
+struct Headers;
+
+impl<'de> DeserializeSeed<'de> for Headers {
+    type Value = Vec<Header<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
-    impl<'de> Visitor<'de> for Bytes<'_> {
-        type Value = Vec<u8>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "the bytes of header {} as numbers", self.0)
+}
+
+impl<'de> Visitor<'de> for Headers {
+    type Value = Vec<Header<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of headers")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(64));
+        while seq.next_element_seed(HeaderMap(&mut out))?.is_some() {}
+        Ok(out)
+    }
+}
+
+/// One element of `headers`: name → byte array, appended to the record's headers.
+struct HeaderMap<'l, 'de>(&'l mut Vec<Header<'de>>);
+
+impl<'de> DeserializeSeed<'de> for HeaderMap<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderMap<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a header: name → byte array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(name) = map.next_key_seed(Name)? {
+            let value = map.next_value_seed(Bytes(&name))?;
+            self.0.push(Header {
+                name,
+                value: Cow::Owned(value),
+            });
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut value = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-            while let Some(b) = seq.next_element::<i64>()? {
-                if !(-128..=255).contains(&b) {
-                    return Err(de::Error::custom(format!(
-                        "header {}: {b} is not a byte",
-                        self.0
-                    )));
-                }
-                value.push(b as u8);
+        Ok(())
+    }
+}
+
+struct Bytes<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for Bytes<'_> {
+    type Value = Vec<u8>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bytes<'_> {
+    type Value = Vec<u8>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "the bytes of header {} as numbers", self.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut value = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(4096));
+        while let Some(b) = seq.next_element::<i64>()? {
+            if !(-128..=255).contains(&b) {
+                return Err(de::Error::custom(format!(
+                    "header {}: {b} is not a byte",
+                    self.0
+                )));
             }
-            Ok(value)
+            value.push(b as u8);
         }
+        Ok(value)
     }
-    struct Header;
-    impl<'de> Visitor<'de> for Header {
-        type Value = BTreeMap<String, Vec<u8>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a header: name → byte array")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(name) = map.next_key::<String>()? {
-                let value = map.next_value_seed(Bytes(&name))?;
-                out.insert(name, value);
-            }
-            Ok(out)
-        }
-    }
-    struct HeaderSeed;
-    impl<'de> DeserializeSeed<'de> for HeaderSeed {
-        type Value = BTreeMap<String, Vec<u8>>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(Header)
-        }
-    }
-    struct List;
-    impl<'de> Visitor<'de> for List {
-        type Value = Vec<BTreeMap<String, Vec<u8>>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of headers")
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-            while let Some(h) = seq.next_element_seed(HeaderSeed)? {
-                out.push(h);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_any(List)
 }
 
 #[cfg(test)]
@@ -300,10 +636,10 @@ mod tests {
                "timestampType": "CREATE_TIME", "value": "e30=", "headers": []})
     }
 
-    fn coords(records: &[Record]) -> Vec<(String, i32, i64)> {
-        records
-            .iter()
-            .map(|r| (r.topic.clone(), r.partition, r.offset))
+    fn coords(event: &MskEvent<'_>) -> Vec<(String, i32, i64)> {
+        event
+            .ordered()
+            .map(|r| (r.topic.to_string(), r.partition, r.offset))
             .collect()
     }
 
@@ -318,7 +654,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let order = coords(&event.ordered());
+        let order = coords(&event);
         // t-0@11 has the earliest timestamp but must wait for t-0@10; the tie at 100 goes to topic t.
         let expected = vec![
             ("t".to_string(), 1, 5),
@@ -332,6 +668,33 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_split_across_lists_or_out_of_offset_order_is_grouped_first() {
+        // "t-0" appears under two keys, and its second list is not in offset order.
+        let event = MskEvent::from_value(json!({
+            "eventSource": "aws:kafka",
+            "records": {
+                "t-0": [rec("t", 0, 3, 30), rec("t", 0, 1, 10)],
+                "t-1": [rec("t", 1, 1, 5)],
+                "x": [rec("t", 0, 2, 1)]
+            }
+        }))
+        .unwrap();
+        let order = coords(&event);
+        assert_eq!(
+            order,
+            vec![
+                ("t".to_string(), 1, 1),
+                ("t".to_string(), 0, 1),
+                ("t".to_string(), 0, 2),
+                ("t".to_string(), 0, 3),
+            ]
+        );
+        let empty =
+            MskEvent::from_value(json!({"eventSource": "aws:kafka", "records": {}})).unwrap();
+        assert!(empty.order().is_empty());
+    }
+
+    #[test]
     fn ties_are_broken_by_topic_partition_offset() {
         let event = MskEvent::from_value(json!({
             "eventSource": "SelfManagedKafka",
@@ -342,7 +705,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let order = coords(&event.ordered());
+        let order = coords(&event);
         assert_eq!(
             order,
             vec![
@@ -361,7 +724,7 @@ mod tests {
             "records": {"t-0": [{"topic": "t", "partition": 0, "offset": 1, "timestamp": 1545084650987i64, "value": null}]}
         }))
         .unwrap();
-        let r = &event.records["t-0"][0];
+        let r = &event.records[0];
         assert_eq!(r.timestamp, 1545084650987);
         assert!(r.headers.is_empty());
         assert_eq!(r.value, None);
@@ -375,7 +738,7 @@ mod tests {
                 "headers": [{"a": [104, -1]}, {"a": [255]}]}]}
         }))
         .unwrap();
-        let pairs: Vec<_> = event.records["t-0"][0].header_pairs().collect();
+        let pairs: Vec<_> = event.records[0].header_pairs().collect();
         assert_eq!(pairs, vec![("a", &[104u8, 255][..]), ("a", &[255u8][..])]);
     }
 
@@ -384,7 +747,7 @@ mod tests {
         let read = |timestamp: serde_json::Value, headers: serde_json::Value| {
             MskEvent::from_value(json!({"eventSource": "aws:kafka", "records": {"t-0": [
                 {"topic": "t", "partition": 0, "offset": 1, "timestamp": timestamp, "headers": headers}]}}))
-            .map(|e| e.records["t-0"][0].clone())
+            .map(|e| e.records[0].clone())
         };
         assert_eq!(
             read(json!("1545084650987"), json!(null)).unwrap().timestamp,
@@ -405,6 +768,87 @@ mod tests {
         assert!(e.contains("header h: 256 is not a byte"), "{e}");
         assert!(read(json!(1), json!([{"h": "text"}])).is_err());
         assert!(read(json!(1), json!({"h": [1]})).is_err());
+    }
+
+    #[test]
+    fn records_borrow_from_the_payload_and_serialize_back_to_the_same_event() {
+        let text = serde_json::json!({
+            "eventSource": "SelfManagedKafka", "bootstrapServers": "b:9092",
+            "records": {
+                "t-1": [rec("t", 1, 5, 60), rec("t", 1, 6, 200)],
+                "t-0": [{"topic": "t", "partition": 0, "offset": 1, "timestamp": 1, "key": "a2V5",
+                         "value": null, "headers": [{"h": [1, 2]}, {"h": [3]}],
+                         "valueSchemaMetadata": {"schemaId": "7", "dataFormat": "AVRO"}}]
+            }
+        })
+        .to_string();
+        let event = MskEvent::parse(&text).unwrap();
+        assert_eq!(event.record_count(), 3);
+        // Partition lists one after the other, in the event's order.
+        let listed: Vec<(i32, i64)> = event
+            .records
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        assert_eq!(listed, vec![(1, 5), (1, 6), (0, 1)]);
+        let r = &event.records[0];
+        assert!(matches!(r.topic, Cow::Borrowed("t")));
+        assert!(matches!(r.value, Some(Cow::Borrowed("e30="))));
+        let r = &event.records[2];
+        assert_eq!(r.value, None);
+        assert!(matches!(r.key, Some(Cow::Borrowed("a2V5"))));
+        assert_eq!(
+            r.header_pairs().collect::<Vec<_>>(),
+            vec![("h", &[1u8, 2][..]), ("h", &[3u8][..])]
+        );
+        assert_eq!(
+            r.value_schema_metadata
+                .as_deref()
+                .and_then(|m| m.schema_id.as_deref()),
+            Some("7")
+        );
+        let back = serde_json::to_value(&event).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["records"]["t-0"], again["records"]["t-0"]);
+        assert_eq!(back["records"]["t-1"], again["records"]["t-1"]);
+        assert_eq!(back["bootstrapServers"], "b:9092");
+        let again = MskEvent::from_value(back).unwrap();
+        assert_eq!(
+            again.ordered().collect::<Vec<_>>(),
+            event.ordered().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn escaped_strings_are_read_too() {
+        let text = r#"{"eventSource":"aws:kafka","records":{"t-0":[{"topic":"t1","partition":0,"offset":1,"timestamp":1,"value":"e30="}]}}"#;
+        let event = MskEvent::parse(text).unwrap();
+        assert_eq!(event.records[0].topic, "t1");
+        assert_eq!(event.records[0].value.as_deref(), Some("e30="));
+    }
+
+    #[test]
+    fn a_record_without_its_coordinates_is_not_an_event() {
+        for missing in ["topic", "partition", "offset", "timestamp"] {
+            let mut record = rec("t", 0, 1, 1);
+            record.as_object_mut().unwrap().remove(missing);
+            let err = MskEvent::from_value(
+                serde_json::json!({"eventSource": "aws:kafka", "records": {"t-0": [record]}}),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("missing field `{missing}`")), "{err}");
+        }
+        let err = MskEvent::from_slice(
+            b"{\"eventSource\": \"aws:kafka\", \"records\": {}, \"x\": \"\xff\"}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+        let err = MskEvent::parse(r#"{"eventSource": "aws:kafka"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `records`"), "{err}");
     }
 
     #[test]
@@ -432,9 +876,10 @@ mod tests {
         let mut event = KafkaEvent::default();
         event.event_source = Some("aws:kafka".into());
         event.records.insert("orders-3".into(), vec![record]);
-        let ours = MskEvent::from_slice(&serde_json::to_vec(&event).unwrap()).unwrap();
-        let r = &ours.records["orders-3"][0];
-        assert_eq!((r.topic.as_str(), r.partition, r.offset), ("orders", 3, 42));
+        let text = serde_json::to_vec(&event).unwrap();
+        let ours = MskEvent::from_slice(&text).unwrap();
+        let r = &ours.records[0];
+        assert_eq!((r.topic.as_ref(), r.partition, r.offset), ("orders", 3, 42));
         assert_eq!(r.timestamp, 1_700_000_000_123);
         assert_eq!(r.key.as_deref(), Some("a2V5"));
         assert_eq!(r.header_pairs().next(), Some(("h", &[1u8, 254][..])));

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::message::Message;
 use crate::path::JsonPath;
 
 /// One `[[filter]]` section: the default (`topics` absent or `["*"]`) or a per-topic override.
@@ -55,7 +56,7 @@ impl From<OneOrMany> for Value {
 /// A compiled filter.
 #[derive(Debug)]
 pub struct Filter {
-    rule: Option<(JsonPath, Vec<Value>)>,
+    rule: Option<(JsonPath, Vec<Message<'static>>)>,
 }
 
 impl Filter {
@@ -83,7 +84,10 @@ impl Filter {
         }
         match path {
             Some(path) if problems.is_empty() => Ok(Self {
-                rule: Some((path, cfg.values.0.clone())),
+                rule: Some((
+                    path,
+                    cfg.values.0.iter().cloned().map(Message::from).collect(),
+                )),
             }),
             _ => Err(problems),
         }
@@ -93,31 +97,31 @@ impl Filter {
         Self { rule: None }
     }
 
-    pub fn passes(&self, message: &Value) -> bool {
+    pub fn passes(&self, message: &Message<'_>) -> bool {
         match &self.rule {
             None => true,
             Some((path, values)) => path
                 .first(message)
-                .is_some_and(|found| values.iter().any(|v| json_eq(found, v))),
+                .is_some_and(|found| values.iter().any(|v| json_eq(&found, v))),
         }
     }
 }
 
 /// JSON equality with numbers compared by value, as aether's Python does (`1 == 1.0`), but never a boolean
 /// against a number (Python's `True == 1` is not JSON's).
-pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
+pub(crate) fn json_eq(a: &Message<'_>, b: &Message<'_>) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
+        (Message::Number(x), Message::Number(y)) => {
             match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
                 (Some(x), Some(y), _, _) => x == y,
                 (_, _, Some(x), Some(y)) => x == y,
                 _ => x.as_f64() == y.as_f64(),
             }
         }
-        (Value::Array(x), Value::Array(y)) => {
+        (Message::Array(x), Message::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
         }
-        (Value::Object(x), Value::Object(y)) => {
+        (Message::Object(x), Message::Object(y)) => {
             x.len() == y.len()
                 && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
@@ -141,25 +145,29 @@ mod tests {
         .unwrap()
     }
 
+    fn passes(f: &Filter, message: Value) -> bool {
+        f.passes(&Message::from(message))
+    }
+
     #[test]
     fn not_required_passes_everything() {
         let f = filter(false, Some("$.publish"), json!([true]));
-        assert!(f.passes(&json!({})));
-        assert!(f.passes(&json!({"publish": false})));
+        assert!(passes(&f, json!({})));
+        assert!(passes(&f, json!({"publish": false})));
     }
 
     #[test]
     fn boolean_path() {
         let f = filter(true, Some("$.publish"), json!(true));
-        assert!(f.passes(&json!({"publish": true})));
-        assert!(!f.passes(&json!({"publish": false})));
+        assert!(passes(&f, json!({"publish": true})));
+        assert!(!passes(&f, json!({"publish": false})));
         assert!(
-            !f.passes(&json!({"publish": "true"})),
+            !passes(&f, json!({"publish": "true"})),
             "true is not \"true\""
         );
-        assert!(!f.passes(&json!({"publish": 1})), "true is not 1");
+        assert!(!passes(&f, json!({"publish": 1})), "true is not 1");
         assert!(
-            !f.passes(&json!({"other": true})),
+            !passes(&f, json!({"other": true})),
             "a missing path does not pass"
         );
     }
@@ -167,27 +175,33 @@ mod tests {
     #[test]
     fn string_path_with_several_values() {
         let f = filter(true, Some("$.meta.state"), json!(["approved", "published"]));
-        assert!(f.passes(&json!({"meta": {"state": "approved"}})));
-        assert!(f.passes(&json!({"meta": {"state": "published"}})));
-        assert!(!f.passes(&json!({"meta": {"state": "draft"}})));
-        assert!(!f.passes(&json!({"meta": null})));
+        assert!(passes(&f, json!({"meta": {"state": "approved"}})));
+        assert!(passes(&f, json!({"meta": {"state": "published"}})));
+        assert!(!passes(&f, json!({"meta": {"state": "draft"}})));
+        assert!(!passes(&f, json!({"meta": null})));
     }
 
     #[test]
     fn only_the_first_match_counts() {
         let f = filter(true, Some("$.items[*].kind"), json!("public"));
-        assert!(f.passes(&json!({"items": [{"kind": "public"}, {"kind": "secret"}]})));
-        assert!(!f.passes(&json!({"items": [{"kind": "secret"}, {"kind": "public"}]})));
-        assert!(!f.passes(&json!({"items": []})));
+        assert!(passes(
+            &f,
+            json!({"items": [{"kind": "public"}, {"kind": "secret"}]})
+        ));
+        assert!(!passes(
+            &f,
+            json!({"items": [{"kind": "secret"}, {"kind": "public"}]})
+        ));
+        assert!(!passes(&f, json!({"items": []})));
     }
 
     #[test]
     fn numbers_compare_by_value_but_never_with_booleans() {
         let f = filter(true, Some("$.n"), json!([1]));
-        assert!(f.passes(&json!({"n": 1})));
-        assert!(f.passes(&json!({"n": 1.0})));
-        assert!(!f.passes(&json!({"n": true})));
-        assert!(!f.passes(&json!({"n": "1"})));
+        assert!(passes(&f, json!({"n": 1})));
+        assert!(passes(&f, json!({"n": 1.0})));
+        assert!(!passes(&f, json!({"n": true})));
+        assert!(!passes(&f, json!({"n": "1"})));
     }
 
     #[test]

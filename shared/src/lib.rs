@@ -9,7 +9,8 @@
 //! Data flows one way; no module imports a later stage.
 //!
 //! - [`event`]: the MSK event model and the flatten + order step.
-//! - [`decode`]: base64 and one file per value format.
+//! - [`decode`]: base64 and one file per value format, into [`message::Message`]s (JSON's data model,
+//!   borrowing from the record's bytes).
 //! - [`filter`]: the emit filter (aether); [`mask`]: classification masking (aether, plus nested records).
 //! - [`change`]: `changeType` → upsert or delete (bedrock's routing).
 //! - [`topics`]: which sync receives a topic (exact names, globs, `*`).
@@ -26,6 +27,7 @@ pub mod decode;
 pub mod event;
 pub mod filter;
 pub mod mask;
+pub mod message;
 mod path;
 pub mod pipeline;
 pub mod report;

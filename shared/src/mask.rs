@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::filter::{all_topics, json_eq};
+use crate::message::Message;
 
 pub const DEFAULT_ANNOTATION: &str = "aetherMaskingLevel";
 
@@ -117,6 +118,7 @@ pub struct Mask {
 
 struct Builder<'a> {
     cfg: &'a MaskConfig,
+    levels: Vec<Message<'static>>,
     emit: Option<usize>,
     names: HashMap<Name, &'a Schema>,
     index: HashMap<Name, usize>,
@@ -135,9 +137,12 @@ impl Mask {
                 .collect(),
             Err(e) => return Err(vec![format!("schema: {e}")]),
         };
+        let levels: Vec<Message<'static>> = cfg.levels.iter().cloned().map(Message::from).collect();
+        let emit_level = Message::from(cfg.emit_level.clone());
         let mut b = Builder {
             cfg,
-            emit: cfg.levels.iter().position(|l| json_eq(l, &cfg.emit_level)),
+            emit: levels.iter().position(|l| json_eq(l, &emit_level)),
+            levels,
             names,
             index: HashMap::new(),
             records: Vec::new(),
@@ -155,7 +160,7 @@ impl Mask {
     }
 
     /// Removes every field the emit level does not allow, at every depth.
-    pub fn apply(&self, message: &mut Value) {
+    pub fn apply(&self, message: &mut Message<'_>) {
         if let Some(root) = &self.root {
             self.apply_shape(root, message);
         }
@@ -176,12 +181,12 @@ impl Mask {
         out
     }
 
-    fn apply_shape(&self, shape: &Shape, value: &mut Value) {
+    fn apply_shape(&self, shape: &Shape, value: &mut Message<'_>) {
         match (shape, value) {
-            (Shape::Record(i), Value::Object(map)) => {
+            (Shape::Record(i), Message::Object(map)) => {
                 let record = &self.records[*i];
                 for field in &record.remove {
-                    map.shift_remove(field);
+                    map.remove(field);
                 }
                 for (field, inner) in &record.nested {
                     if let Some(v) = map.get_mut(field) {
@@ -189,10 +194,10 @@ impl Mask {
                     }
                 }
             }
-            (Shape::Array(inner), Value::Array(items)) => {
+            (Shape::Array(inner), Message::Array(items)) => {
                 items.iter_mut().for_each(|v| self.apply_shape(inner, v))
             }
-            (Shape::Map(inner), Value::Object(map)) => {
+            (Shape::Map(inner), Message::Object(map)) => {
                 map.values_mut().for_each(|v| self.apply_shape(inner, v))
             }
             (Shape::Union(branches), v) => branches.iter().for_each(|b| self.apply_shape(b, v)),
@@ -247,7 +252,8 @@ impl Builder<'_> {
         for field in &record.fields {
             let path = format!("{here}.{}", field.name);
             if let Some(level) = field.custom_attributes.get(&self.cfg.annotation) {
-                match self.cfg.levels.iter().position(|l| json_eq(l, level)) {
+                let at_level = Message::from(level.clone());
+                match self.levels.iter().position(|l| json_eq(l, &at_level)) {
                     None => self.problems.push(format!(
                         "field {path}: {} {level} is not one of levels {}",
                         self.cfg.annotation,
@@ -285,13 +291,13 @@ mod tests {
         Schema::parse(&json!({"type": "record", "name": "Person", "fields": fields})).unwrap()
     }
 
-    fn message(n: usize) -> Value {
+    fn message(n: usize) -> Message<'static> {
         let mut m = serde_json::Map::new();
         m.insert("id".into(), json!("x"));
         for i in 0..n {
             m.insert(format!("f{i}"), json!(format!("v{i}")));
         }
-        Value::Object(m)
+        Message::from(Value::Object(m))
     }
 
     fn config(levels: &[Value], emit: Value) -> MaskConfig {
@@ -308,7 +314,7 @@ mod tests {
         let mask = Mask::build(&config(levels, emit), &schema(levels)).unwrap();
         let mut m = message(levels.len());
         mask.apply(&mut m);
-        m.as_object().unwrap().keys().cloned().collect()
+        m.as_object().unwrap().keys().map(str::to_string).collect()
     }
 
     /// aether's matrix: every emit level × two taxonomies; a field stays iff its level ≤ the emit level.
@@ -378,16 +384,19 @@ mod tests {
         )
         .unwrap();
         let a = || json!({"city": "Oslo", "street": "Karl Johans gate 1"});
-        let mut m = json!({"name": "N", "home": a(), "work": a(), "previous": [a(), a()], "byLabel": {"x": a()},
-            "ssn": "123"});
+        let mut m = Message::from(
+            json!({"name": "N", "home": a(), "work": a(), "previous": [a(), a()], "byLabel": {"x": a()},
+            "ssn": "123"}),
+        );
         mask.apply(&mut m);
         let c = json!({"city": "Oslo"});
         assert_eq!(
             m,
             json!({"name": "N", "home": c, "work": c, "previous": [c, c], "byLabel": {"x": c}})
         );
-        let mut with_null =
-            json!({"name": "N", "home": a(), "work": null, "previous": [], "byLabel": {}});
+        let mut with_null = Message::from(
+            json!({"name": "N", "home": a(), "work": null, "previous": [], "byLabel": {}}),
+        );
         mask.apply(&mut with_null);
         assert_eq!(with_null["work"], Value::Null);
         assert_eq!(
@@ -410,8 +419,9 @@ mod tests {
             {"name": "next", "type": ["null", "Node"]}]}))
         .unwrap();
         let mask = Mask::build(&config(&[json!(0), json!(1)], json!(0)), &schema).unwrap();
-        let mut m =
-            json!({"label": "a", "next": {"label": "b", "next": {"label": "c", "next": null}}});
+        let mut m = Message::from(
+            json!({"label": "a", "next": {"label": "b", "next": {"label": "c", "next": null}}}),
+        );
         mask.apply(&mut m);
         assert_eq!(m, json!({"next": {"next": {"next": null}}}));
     }
@@ -424,7 +434,7 @@ mod tests {
         .unwrap();
         let mut cfg = config(&[json!("low"), json!("high")], json!("low"));
         cfg.annotation = "classification".into();
-        let mut m = json!({"a": 1, "b": 2});
+        let mut m = Message::from(json!({"a": 1, "b": 2}));
         Mask::build(&cfg, &schema).unwrap().apply(&mut m);
         assert_eq!(m, json!({"b": 2}));
     }

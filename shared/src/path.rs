@@ -4,7 +4,9 @@
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
-use serde_json::Value;
+use std::borrow::Cow;
+
+use crate::message::Message;
 
 #[derive(Debug)]
 pub(crate) enum JsonPath {
@@ -31,15 +33,24 @@ impl JsonPath {
         })
     }
 
-    /// The first node the path selects, in document order.
-    pub(crate) fn first<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+    /// The first node the path selects, in document order. Member paths read the message where it is; other
+    /// queries run on jsonpath-rust's `serde_json::Value`, so the message is converted for them and the node
+    /// comes back owned.
+    pub(crate) fn first<'m, 'a>(&self, message: &'m Message<'a>) -> Option<Cow<'m, Message<'a>>> {
         match self {
-            Self::Members(names) => names.iter().try_fold(value, |node, name| node.get(name)),
-            Self::Query(query) => js_path_process(query, value)
-                .ok()?
-                .into_iter()
-                .next()
-                .map(|hit| hit.val()),
+            Self::Members(names) => names
+                .iter()
+                .try_fold(message, |node, name| node.get(name))
+                .map(Cow::Borrowed),
+            Self::Query(query) => {
+                let value = message.to_value();
+                let hit = js_path_process(query, &value)
+                    .ok()?
+                    .into_iter()
+                    .next()
+                    .map(|hit| hit.val().clone())?;
+                Some(Cow::Owned(Message::from(hit)))
+            }
         }
     }
 }
@@ -51,7 +62,7 @@ mod tests {
 
     #[test]
     fn member_fast_path_agrees_with_the_engine() {
-        let doc = json!({"a": {"b": [1, 2], "c": null}, "x_1": true});
+        let doc = Message::from(json!({"a": {"b": [1, 2], "c": null}, "x_1": true}));
         for path in ["$.a.b", "$.a.c", "$.x_1", "$.a.missing", "$.a"] {
             let fast = JsonPath::compile(path).unwrap();
             assert!(matches!(fast, JsonPath::Members(_)), "{path}");
@@ -60,7 +71,7 @@ mod tests {
         }
         let q = JsonPath::compile("$.a.b[1]").unwrap();
         assert!(matches!(q, JsonPath::Query(_)));
-        assert_eq!(q.first(&doc), Some(&json!(2)));
+        assert_eq!(q.first(&doc).as_deref(), Some(&Message::from(2)));
         assert!(JsonPath::compile("$.a[").is_err());
     }
 }

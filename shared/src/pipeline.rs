@@ -3,16 +3,18 @@
 //! [`Pipeline`] is the pure part (no I/O, built once per function instance); [`Handler`] adds the database
 //! and is what Lambda, `replay` and the local runner call.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::change::{Change, route};
-use crate::decode::{Codec, DecodeError, Decoded, base64_decode};
+use crate::decode::{Codec, DecodeError, Decoded};
 use crate::event::{MskEvent, Record};
 use crate::filter::Filter;
 use crate::mask::MaskRule;
+use crate::message::Message;
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
 use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, Sink};
 use crate::topics::TopicRouter;
@@ -69,22 +71,22 @@ pub struct Inspection<'a> {
     pub reason: Option<&'a str>,
     /// The message as it would be mapped: decoded, with Kafka fields injected.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<&'a Value>,
+    pub message: Option<&'a Message<'a>>,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// A batch turned into writes, not yet applied.
+/// A batch turned into writes, not yet applied. [`Origin::record`] indexes the event's `records`.
 #[derive(Debug)]
 pub struct Plan {
     /// One entry per mapping, in mapping order.
     pub changes: Vec<Changes>,
     pub dead_letters: Vec<DeadLetter>,
     pub report: BatchReport,
-    /// The batch's records in the order they were applied; [`Origin::record`] indexes it.
-    pub records: Vec<Record>,
+    /// Indices of the event's records in the order they were applied.
+    pub order: Vec<usize>,
 }
 
 impl Pipeline {
@@ -117,7 +119,7 @@ impl Pipeline {
     }
 
     /// The I/O a batch needs before it can be planned: schemas from the registry.
-    pub async fn prepare(&self, event: &MskEvent) -> Result<(), DecodeError> {
+    pub async fn prepare(&self, event: &MskEvent<'_>) -> Result<(), DecodeError> {
         self.codec.prefetch(event).await
     }
 
@@ -127,9 +129,12 @@ impl Pipeline {
 
     /// Runs every stage but the database. Only a transient failure (one that a retry may cure) is an `Err`;
     /// everything wrong with a record is in the plan's dead letters.
+    ///
+    /// Each record's key and value are decoded into two buffers that the whole batch reuses, and its messages
+    /// borrow from them until they are mapped to rows: nothing of a message outlives its record.
     pub fn plan(
         &self,
-        event: MskEvent,
+        event: &MskEvent<'_>,
         inspect: &mut dyn FnMut(Inspection<'_>),
     ) -> Result<Plan, DecodeError> {
         let mut report = BatchReport {
@@ -141,16 +146,16 @@ impl Pipeline {
             .mappings
             .items
             .iter()
-            .map(|_| Changes::default())
+            .map(|m| Changes::new(m.table().key.clone()))
             .collect();
         let mut dead_letters = Vec::new();
-        let records = event.ordered();
-        for (position, record) in records.iter().enumerate() {
-            let origin = |index| Origin {
-                record: position,
-                index,
-            };
-            let key_value = match self.codec.decode_key(record.key.as_deref()) {
+        let order = event.order();
+        let decoder = self.codec.decoder();
+        let (mut key_buf, mut value_buf) = (Vec::new(), Vec::new());
+        for &at in &order {
+            let record = &event.records[at];
+            let origin = |index| Origin { record: at, index };
+            let key_value = match decoder.decode_key(record.key.as_deref(), &mut key_buf) {
                 Ok(v) => v,
                 Err(DecodeError::Permanent(reason)) => {
                     report.messages += 1;
@@ -159,9 +164,9 @@ impl Pipeline {
                 }
                 Err(transient) => return Err(transient),
             };
-            let key = key_value.as_ref().map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+            let key: Option<Cow<'_, str>> = key_value.as_ref().map(|v| match v {
+                Message::String(s) => Cow::Borrowed(s.as_ref()),
+                other => Cow::Owned(other.to_json_string()),
             });
             let target = self.mappings.router.route(&record.topic);
             let meta = Meta {
@@ -198,16 +203,15 @@ impl Pipeline {
                     }
                     continue;
                 }
-                (Some(value), Some(_)) => {
-                    match base64_decode(value).and_then(|bytes| {
-                        self.codec
-                            .decode(&bytes, record.value_schema_metadata.as_ref())
-                    }) {
-                        Ok(messages) => Ok(messages),
-                        Err(DecodeError::Permanent(e)) => Err(e),
-                        Err(transient) => return Err(transient),
-                    }
-                }
+                (Some(value), Some(_)) => match decoder.decode_base64(
+                    value,
+                    record.value_schema_metadata.as_deref(),
+                    &mut value_buf,
+                ) {
+                    Ok(messages) => Ok(messages),
+                    Err(DecodeError::Permanent(e)) => Err(e),
+                    Err(transient) => return Err(transient),
+                },
             };
             let Decoded { messages, schema } = match messages {
                 Ok(m) => m,
@@ -241,7 +245,7 @@ impl Pipeline {
                 inject(&mut message, record);
                 if filter.is_some_and(|f| !f.passes(&message)) {
                     report.note(RecordResult {
-                        topic: record.topic.clone(),
+                        topic: record.topic.to_string(),
                         partition: record.partition,
                         offset: record.offset,
                         index,
@@ -277,14 +281,7 @@ impl Pipeline {
                         .and_then(|()| route(&message))
                         .and_then(|change| match change {
                             Change::Upsert => {
-                                let row = mapping.row(&message, &meta)?;
-                                let key = mapping
-                                    .table()
-                                    .key
-                                    .iter()
-                                    .map(|&i| row[i].clone())
-                                    .collect();
-                                changes[t].upsert(key, row, origin(index));
+                                changes[t].upsert(mapping.row(&message, &meta)?, origin(index));
                                 Ok(Outcome::Upsert)
                             }
                             Change::Delete => {
@@ -318,22 +315,22 @@ impl Pipeline {
             changes,
             dead_letters,
             report,
-            records,
+            order,
         })
     }
 }
 
 /// The fields bedrock adds to every message before mapping it. The decoders leave room for exactly this many
 /// ([`crate::decode::INJECTED_FIELDS`]; a test keeps the two in step).
-fn inject(message: &mut Value, record: &Record) {
-    if let Value::Object(map) = message {
-        map.insert("kafkaRecordTimestamp".into(), Value::from(record.timestamp));
-        map.insert("kafkaTopic".into(), Value::from(record.topic.as_str()));
+fn inject<'a>(message: &mut Message<'a>, record: &'a Record<'_>) {
+    if let Message::Object(map) = message {
+        map.insert("kafkaRecordTimestamp", Message::from(record.timestamp));
+        map.insert("kafkaTopic", Message::from(record.topic.as_ref()));
     }
 }
 
 fn reject(
-    record: &Record,
+    record: &Record<'_>,
     index: u32,
     reason: String,
     report: &mut BatchReport,
@@ -343,9 +340,9 @@ fn reject(
     dead.push(dead_letter(record, index, reason));
 }
 
-fn note_dead_letter(report: &mut BatchReport, record: &Record, index: u32, reason: &str) {
+fn note_dead_letter(report: &mut BatchReport, record: &Record<'_>, index: u32, reason: &str) {
     report.note(RecordResult {
-        topic: record.topic.clone(),
+        topic: record.topic.to_string(),
         partition: record.partition,
         offset: record.offset,
         index,
@@ -355,15 +352,15 @@ fn note_dead_letter(report: &mut BatchReport, record: &Record, index: u32, reaso
     });
 }
 
-fn dead_letter(record: &Record, index: u32, reason: String) -> DeadLetter {
+fn dead_letter(record: &Record<'_>, index: u32, reason: String) -> DeadLetter {
     DeadLetter {
-        topic: record.topic.clone(),
+        topic: record.topic.to_string(),
         partition: record.partition,
         offset: record.offset,
         index,
         timestamp: record.timestamp,
-        key_base64: record.key.clone(),
-        value_base64: record.value.clone(),
+        key_base64: record.key.as_deref().map(str::to_string),
+        value_base64: record.value.as_deref().map(str::to_string),
         error: reason,
     }
 }
@@ -399,16 +396,16 @@ impl Handler {
         &self.sink
     }
 
-    /// Any JSON payload: what Lambda hands over.
+    /// Any JSON payload (tests, and callers that hold a `Value`).
     pub async fn handle_json(&self, payload: Value) -> Result<BatchReport, HandlerError> {
         let event =
             MskEvent::from_value(payload).map_err(|e| HandlerError::Invalid(e.to_string()))?;
-        self.handle(event).await
+        self.handle(&event).await
     }
 
-    pub async fn handle(&self, event: MskEvent) -> Result<BatchReport, HandlerError> {
-        let source = event.event_source.clone();
-        self.pipeline.prepare(&event).await.map_err(|e| {
+    pub async fn handle(&self, event: &MskEvent<'_>) -> Result<BatchReport, HandlerError> {
+        let source = event.event_source.as_ref();
+        self.pipeline.prepare(event).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
             HandlerError::Transient(e.to_string())
         })?;
@@ -416,11 +413,12 @@ impl Handler {
             changes,
             dead_letters,
             mut report,
-            records,
+            order,
         } = self
             .pipeline
             .plan(event, &mut |_| {})
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let records = &event.records;
         let reject = |origin: Origin, reason: &str| {
             dead_letter(&records[origin.record], origin.index, reason.to_string())
         };
@@ -435,10 +433,13 @@ impl Handler {
                 note_dead_letter(&mut report, &records[origin.record], origin.index, reason);
             }
             // Keep the report's list in batch order: the refused rows were found after the others.
-            let position: std::collections::HashMap<(&str, i32, i64), usize> = records
+            let position: std::collections::HashMap<(&str, i32, i64), usize> = order
                 .iter()
                 .enumerate()
-                .map(|(i, r)| ((r.topic.as_str(), r.partition, r.offset), i))
+                .map(|(i, &r)| {
+                    let r = &records[r];
+                    ((r.topic.as_ref(), r.partition, r.offset), i)
+                })
                 .collect();
             report.records.sort_by_key(|r| {
                 (
@@ -477,8 +478,9 @@ mod tests {
 
     #[test]
     fn decoders_leave_room_for_exactly_the_injected_fields() {
-        let mut message = serde_json::json!({"a": 1});
-        inject(&mut message, &Record::default());
+        let mut message = Message::from(serde_json::json!({"a": 1}));
+        let record = Record::default();
+        inject(&mut message, &record);
         let added = message.as_object().map_or(0, |m| m.len()) - 1;
         assert_eq!(added, crate::decode::INJECTED_FIELDS);
     }

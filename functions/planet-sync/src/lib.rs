@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
+use msk_sync::message::Message;
 use msk_sync::run::App;
 use msk_sync::sync::Mapping;
 use msk_sync::sync::typed::{FromKafkaEvent, TypedMapping, field};
 
 use sea_orm::sea_query::Value as SqlValue;
-use serde_json::Value;
 
 pub mod planet {
     use sea_orm::entity::prelude::*;
@@ -31,7 +31,7 @@ pub mod planet {
 }
 
 impl FromKafkaEvent for planet::Model {
-    fn from_kafka_event(message: &Value) -> Result<Self, String> {
+    fn from_kafka_event(message: &Message<'_>) -> Result<Self, String> {
         Ok(Self {
             uuid: field(message, "planetUuid")?,
             name: field(message, "planetName")?,
@@ -39,7 +39,7 @@ impl FromKafkaEvent for planet::Model {
     }
 
     /// A DELETED event needs only the uuid.
-    fn delete_key(message: &Value) -> Result<Vec<SqlValue>, String> {
+    fn delete_key(message: &Message<'_>) -> Result<Vec<SqlValue>, String> {
         Ok(vec![field::<String>(message, "planetUuid")?.into()])
     }
 

@@ -31,6 +31,7 @@
 //! datum, once it has passed that check, go through apache-avro's resolution. Container files are framed here
 //! too: sync markers, exact block sizes and record counts, decompressed blocks capped at [`MAX_BLOCK_BYTES`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -45,6 +46,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
 use super::DecodeError;
+use crate::message::{Message, Object};
 
 pub const OCF_MAGIC: &[u8; 4] = b"Obj\x01";
 
@@ -521,12 +523,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn b64(bytes: &[u8]) -> Value {
-    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+fn b64(bytes: &[u8]) -> Message<'static> {
+    Message::from(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-fn number(f: f64) -> Value {
-    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+fn number(f: f64) -> Message<'static> {
+    serde_json::Number::from_f64(f).map_or(Message::Null, Message::Number)
 }
 
 /// Two's-complement big-endian bytes as decimal digits.
@@ -556,23 +558,30 @@ impl AvroSchema {
         Ok(depth + 1)
     }
 
-    /// One value of node `id`, straight to JSON (the module doc's table).
+    /// One value of node `id`, straight to JSON (the module doc's table); strings borrow from the datum, field
+    /// names and enum symbols from the schema.
     /// `unions`: the product of the branch counts of the unions around this value.
-    fn value(&self, id: NodeId, c: &mut Cursor<'_>, depth: usize, unions: u64) -> Res<Value> {
+    fn value<'a>(
+        &'a self,
+        id: NodeId,
+        c: &mut Cursor<'a>,
+        depth: usize,
+        unions: u64,
+    ) -> Res<Message<'a>> {
         let at = c.pos;
         c.resolve_cost = c.resolve_cost.saturating_add(unions);
         let out_of_range = |c: &Cursor<'_>, e: DecodeError| match e {
             DecodeError::Permanent(m) | DecodeError::Transient(m) => c.bad(at, m),
         };
         Ok(match &self.nodes[id] {
-            Node::Null => Value::Null,
+            Node::Null => Message::Null,
             Node::Boolean => match c.take(1, "boolean")?[0] {
-                0 => Value::Bool(false),
-                1 => Value::Bool(true),
+                0 => Message::Bool(false),
+                1 => Message::Bool(true),
                 _ => return Err(c.bad(at, "a boolean is neither 0 nor 1")),
             },
-            Node::Int => Value::from(c.int()?),
-            Node::Long => Value::from(c.long()?),
+            Node::Int => Message::from(i64::from(c.int()?)),
+            Node::Long => Message::from(c.long()?),
             Node::Float => {
                 let b = c.take(4, "float")?;
                 number(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
@@ -584,7 +593,7 @@ impl AvroSchema {
                 number(f64::from_le_bytes(a))
             }
             Node::Bytes => b64(c.bytes("bytes")?),
-            Node::String => Value::String(c.string()?.to_owned()),
+            Node::String => Message::String(Cow::Borrowed(c.string()?)),
             Node::Fixed(n) => b64(c.take(*n, "fixed")?),
             Node::Enum { name, symbols } => {
                 let i = c.long()?;
@@ -598,7 +607,7 @@ impl AvroSchema {
                         ),
                     )
                 })?;
-                Value::String(symbol.clone())
+                Message::String(Cow::Borrowed(symbol))
             }
             Node::Array(items) => {
                 let depth = Self::deeper(c, depth)?;
@@ -609,26 +618,22 @@ impl AvroSchema {
                         out.push(self.value(*items, c, depth, unions)?);
                     }
                 }
-                Value::Array(out)
+                Message::Array(out)
             }
             Node::Map(values) => {
                 let depth = Self::deeper(c, depth)?;
-                let mut entries: Vec<(String, Value)> = Vec::new();
+                let mut entries: Vec<(Cow<'a, str>, Message<'a>)> = Vec::new();
                 while let Some(count) = c.block(false, "map")? {
                     entries.reserve(count.min(1024));
                     for _ in 0..count {
-                        let key = c.string()?.to_owned();
+                        let key = Cow::Borrowed(c.string()?);
                         entries.push((key, self.value(*values, c, depth, unions)?));
                     }
                 }
                 // Avro maps are unordered; sort the keys so a message always looks the same (a stable sort: the
                 // last of equal keys wins, as it would in a hash map).
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut out = Map::with_capacity(entries.len());
-                for (k, v) in entries {
-                    out.insert(k, v);
-                }
-                Value::Object(out)
+                Message::Object(Object::from_fields(entries))
             }
             Node::Record { name, fields } => {
                 // The message itself (depth 0) gets the pipeline's injected fields: room for them now
@@ -639,14 +644,14 @@ impl AvroSchema {
                     0
                 };
                 let depth = Self::deeper(c, depth)?;
-                let mut out = Map::with_capacity(fields.len() + spare);
+                let mut out = Object::with_capacity(fields.len() + spare);
                 for (f, field) in fields {
                     let v = self
                         .value(*field, c, depth, unions)
                         .map_err(|e| e.within(name, f))?;
-                    out.insert(f.clone(), v);
+                    out.push_unique(Cow::Borrowed(f), v);
                 }
-                Value::Object(out)
+                Message::Object(out)
             }
             Node::Union(branches) => {
                 let i = c.long()?;
@@ -670,25 +675,25 @@ impl AvroSchema {
                         epoch.checked_add_signed(chrono::Duration::days(i64::from(days)))
                     })
                     .ok_or_else(|| c.bad(at, "Avro date out of range"))?;
-                Value::String(date.format("%Y-%m-%d").to_string())
+                Message::from(date.format("%Y-%m-%d").to_string())
             }
             Node::TimeMillis => {
                 let ms = c.int()?;
-                Value::String(time(i64::from(ms) * 1_000, 3).map_err(|e| out_of_range(c, e))?)
+                Message::from(time(i64::from(ms) * 1_000, 3).map_err(|e| out_of_range(c, e))?)
             }
             Node::TimeMicros => {
                 let us = c.long()?;
-                Value::String(time(us, 6).map_err(|e| out_of_range(c, e))?)
+                Message::from(time(us, 6).map_err(|e| out_of_range(c, e))?)
             }
             Node::Timestamp(unit, utc) => {
                 let v = c.long()?;
-                Value::String(timestamp(v, *unit, *utc).map_err(|e| out_of_range(c, e))?)
+                Message::from(timestamp(v, *unit, *utc).map_err(|e| out_of_range(c, e))?)
             }
             Node::UuidString => {
                 let s = c.string()?;
                 let uuid = apache_avro::Uuid::parse_str(s)
                     .map_err(|_| c.bad(at, "a uuid string is not a UUID"))?;
-                Value::String(uuid.to_string())
+                Message::from(uuid.to_string())
             }
             Node::UuidBytes | Node::UuidFixed(_) => {
                 let b = match &self.nodes[id] {
@@ -698,14 +703,14 @@ impl AvroSchema {
                 let uuid = apache_avro::Uuid::from_slice(b).map_err(|_| {
                     c.bad(at, format!("a uuid has {} bytes instead of 16", b.len()))
                 })?;
-                Value::String(uuid.to_string())
+                Message::from(uuid.to_string())
             }
             Node::Decimal(fixed, scale) => {
                 let b = match fixed {
                     Some(n) => c.take(*n, "decimal")?,
                     None => c.bytes("decimal")?,
                 };
-                Value::String(scaled(&unscaled(b), *scale))
+                Message::from(scaled(&unscaled(b), *scale))
             }
             Node::BigDecimal => {
                 let b = c.bytes("big-decimal")?;
@@ -717,7 +722,7 @@ impl AvroSchema {
                     _ => return Err(c.bad(at, "a big-decimal is not digits and a scale")),
                 };
                 let unscaled = num_bigint::BigInt::from_signed_bytes_be(digits);
-                Value::String(apache_avro::BigDecimal::new(unscaled, scale).to_string())
+                Message::from(apache_avro::BigDecimal::new(unscaled, scale).to_string())
             }
             Node::Duration(n) => {
                 let b = c.take(*n, "duration")?;
@@ -728,7 +733,7 @@ impl AvroSchema {
                     ));
                 }
                 let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-                serde_json::json!({"months": u(0), "days": u(4), "millis": u(8)})
+                Message::from(serde_json::json!({"months": u(0), "days": u(4), "millis": u(8)}))
             }
             Node::Pending => return Err(c.bad(at, "the schema has an unresolved type")),
         })
@@ -737,11 +742,11 @@ impl AvroSchema {
 
 /// A bare datum written with `writer`, resolved to `reader` when given (schema evolution). The datum must be
 /// consumed exactly: trailing bytes mean the schema does not fit.
-pub fn decode_datum(
-    bytes: &[u8],
-    writer: &AvroSchema,
+pub fn decode_datum<'a>(
+    bytes: &'a [u8],
+    writer: &'a AvroSchema,
     reader: Option<&AvroSchema>,
-) -> Result<Value, DecodeError> {
+) -> Result<Message<'a>, DecodeError> {
     let mut c = Cursor::new(bytes);
     let value = writer
         .value(writer.root, &mut c, 0, 1)
@@ -755,7 +760,7 @@ pub fn decode_datum(
     }
     match reader {
         None => Ok(value),
-        Some(reader) => resolve(bytes, c.resolve_cost, writer, reader),
+        Some(reader) => resolve(bytes, c.resolve_cost, writer, reader).map(Message::from),
     }
 }
 
@@ -799,7 +804,7 @@ fn resolve(
 pub fn decode_ocf(
     bytes: &[u8],
     reader: Option<&AvroSchema>,
-) -> Result<(Arc<Schema>, Vec<Value>), DecodeError> {
+) -> Result<(Arc<Schema>, Vec<Message<'static>>), DecodeError> {
     let header_error =
         |what: String| permanent(format!("value is not a valid Avro container file: {what}"));
     let mut c = Cursor::new(bytes);
@@ -899,9 +904,15 @@ pub fn decode_ocf(
             let value = writer
                 .value(writer.root, &mut d, 0, 1)
                 .map_err(|e| e.to_error(&format!("{subject}, record {}", i + 1), data.len()))?;
+            // The schema and the block are this function's own: the messages own their strings.
             messages.push(match reader {
-                None => value,
-                Some(reader) => resolve(&data[start..d.pos], d.resolve_cost, &writer, reader)?,
+                None => value.into_owned(),
+                Some(reader) => Message::from(resolve(
+                    &data[start..d.pos],
+                    d.resolve_cost,
+                    &writer,
+                    reader,
+                )?),
             });
         }
         if d.left() > 0 {
@@ -1291,7 +1302,8 @@ mod tests {
             ])
         };
         let datum = to_avro_datum(&s, value(vec![0xff, 0xcf, 0xc7])).unwrap();
-        let json = decode_datum(&datum, &c(&s), None).unwrap();
+        let compiled = c(&s);
+        let json = decode_datum(&datum, &compiled, None).unwrap();
         assert_eq!(
             json,
             json!({
@@ -1306,11 +1318,8 @@ mod tests {
             })
         );
         // Keys in schema order.
-        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
-        assert_eq!(
-            keys[..3],
-            [&"n".to_string(), &"b".to_string(), &"i".to_string()]
-        );
+        let keys: Vec<&str> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys[..3], ["n", "b", "i"]);
         // The same through apache-avro's resolution (reader schema = writer schema), which refuses a bytes
         // decimal in fewer bytes than its precision needs: -12345 in 6 bytes instead of 3.
         let padded = to_avro_datum(&s, value(vec![0xff, 0xff, 0xff, 0xff, 0xcf, 0xc7])).unwrap();
@@ -1376,7 +1385,8 @@ mod tests {
             ("again".into(), Avro::Union(1, Box::new(dur()))),
         ]);
         let datum = to_avro_datum(&s, value).unwrap();
-        let ours = decode_datum(&datum, &c(&s), None).unwrap();
+        let compiled = c(&s);
+        let ours = decode_datum(&datum, &compiled, None).unwrap();
         assert_eq!(ours, decode_datum(&datum, &c(&s), Some(&c(&s))).unwrap());
         assert_eq!(ours["tsns"], "2025-11-24T16:00:00.123456789Z");
         assert_eq!(ours["ltms"], "1969-12-31T23:59:59.999");
@@ -1404,7 +1414,10 @@ mod tests {
         }
     }
 
-    fn permanent_containing(result: Result<Value, DecodeError>, text: &str) -> String {
+    fn permanent_containing<T: std::fmt::Debug>(
+        result: Result<T, DecodeError>,
+        text: &str,
+    ) -> String {
         match result {
             Err(DecodeError::Permanent(m)) if m.contains(text) => m,
             other => panic!("expected a permanent error with {text:?}, got {other:?}"),

@@ -10,16 +10,17 @@ pub mod registry;
 
 pub(crate) use json::INJECTED_FIELDS;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 
-use crate::event::SchemaMetadata;
+use crate::event::{MskEvent, SchemaMetadata};
+use crate::message::Message;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// The `[codec]` section: which format record values are in, and the schemas Avro needs.
 ///
@@ -70,23 +71,31 @@ pub enum Envelope {
 }
 
 /// Unwraps kafkaesk's `{"schema": "name:version", "data": {…}}`.
-fn unwrap_kafkaesk(mut decoded: Decoded) -> Result<Decoded, DecodeError> {
+fn unwrap_kafkaesk(mut decoded: Decoded<'_>) -> Result<Decoded<'_>, DecodeError> {
     let bad = |why: &str| DecodeError::Permanent(format!("kafkaesk envelope: {why}"));
     for message in &mut decoded.messages {
-        let Value::Object(envelope) = message else {
+        let Message::Object(envelope) = message else {
             return Err(bad("the value is not an object"));
         };
-        let schema = match envelope.get("schema") {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(bad("no \"schema\": \"name:version\"")),
+        let Some(Message::String(schema)) = envelope.get("schema").cloned() else {
+            return Err(bad("no \"schema\": \"name:version\""));
         };
-        let Some(Value::Object(mut data)) = envelope.remove("data") else {
+        let Some(Message::Object(mut data)) = envelope.remove("data") else {
             return Err(bad("\"data\" is missing or not an object"));
         };
-        let (name, version) = schema.rsplit_once(':').unwrap_or((schema.as_str(), ""));
-        data.insert("kafkaeskSchemaName".into(), Value::from(name));
-        data.insert("kafkaeskSchemaVersion".into(), Value::from(version));
-        *message = Value::Object(data);
+        let (name, version) = match schema {
+            Cow::Borrowed(s) => {
+                let (n, v) = s.rsplit_once(':').unwrap_or((s, ""));
+                (Cow::Borrowed(n), Cow::Borrowed(v))
+            }
+            Cow::Owned(s) => {
+                let (n, v) = s.rsplit_once(':').unwrap_or((s.as_str(), ""));
+                (Cow::Owned(n.to_string()), Cow::Owned(v.to_string()))
+            }
+        };
+        data.insert("kafkaeskSchemaName", Message::String(name));
+        data.insert("kafkaeskSchemaVersion", Message::String(version));
+        *message = Message::Object(data);
     }
     Ok(decoded)
 }
@@ -196,28 +205,38 @@ pub struct AvroCodec {
 }
 
 impl AvroCodec {
-    fn schema_by_id(&self, id: u32) -> Result<Arc<avro::AvroSchema>, DecodeError> {
-        if let Some(s) = self.schemas.get(&id) {
-            return Ok(Arc::clone(s));
-        }
-        let fetched = self
-            .fetched
+    /// The registry's answers so far, for one batch's decoder.
+    fn fetched(&self) -> HashMap<u32, Result<Arc<avro::AvroSchema>, String>> {
+        self.fetched
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match fetched.get(&id) {
-            Some(Ok(s)) => Ok(Arc::clone(s)),
-            Some(Err(e)) => Err(DecodeError::Permanent(e.clone())),
-            None => Err(DecodeError::Permanent(format!("unknown schema id {id}"))),
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
 /// The messages of one record value, and the Avro schema that describes them (it classifies fields for
 /// masking) when they were Avro.
 #[derive(Debug)]
-pub struct Decoded {
-    pub messages: Vec<Value>,
+pub struct Decoded<'a> {
+    pub messages: Vec<Message<'a>>,
     pub schema: Option<Arc<Schema>>,
+}
+
+impl Decoded<'_> {
+    pub fn into_owned(self) -> Decoded<'static> {
+        Decoded {
+            messages: self.messages.into_iter().map(Message::into_owned).collect(),
+            schema: self.schema,
+        }
+    }
+}
+
+/// Decodes the records of one batch. It holds the schemas the registry answered before the batch (see
+/// [`Codec::prefetch`]) for as long as the batch's messages borrow their field names from them.
+#[derive(Debug)]
+pub struct Decoder<'c> {
+    codec: &'c Codec,
+    fetched: HashMap<u32, Result<Arc<avro::AvroSchema>, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -233,7 +252,7 @@ pub enum DecodeError {
 impl Codec {
     /// Fetches, before a batch is decoded, the registry schemas its Confluent-framed values name. A registry
     /// that cannot answer fails the batch (transient); an id it does not know dead-letters its records.
-    pub async fn prefetch(&self, event: &crate::event::MskEvent) -> Result<(), DecodeError> {
+    pub async fn prefetch(&self, event: &MskEvent<'_>) -> Result<(), DecodeError> {
         let Codec::Avro(avro) = self else {
             return Ok(());
         };
@@ -243,7 +262,7 @@ impl Codec {
         let values = matches!(avro.format, Format::AvroConfluent | Format::Auto);
         let keys = avro.key == KeyFormat::Avro;
         let mut wanted = std::collections::BTreeSet::new();
-        let fields = event.records.values().flatten().flat_map(|r| {
+        let fields = event.records.iter().flat_map(|r| {
             [values.then_some(&r.value), keys.then_some(&r.key)]
                 .into_iter()
                 .flatten()
@@ -287,17 +306,63 @@ impl Codec {
         Ok(())
     }
 
-    /// Decode one record value into its messages (an Avro container file may carry several).
-    ///
-    /// `meta` is the record's `valueSchemaMetadata`, which Lambda's schema-registry integration sets: the value
-    /// is then either already JSON (`EventRecordFormat: JSON`) or the bare datum (`SOURCE`) of schema `schemaId`.
+    /// The decoder of one batch (after [`Codec::prefetch`]).
+    pub fn decoder(&self) -> Decoder<'_> {
+        let fetched = match self {
+            Codec::Avro(avro) if avro.registry.is_some() => avro.fetched(),
+            _ => HashMap::new(),
+        };
+        Decoder {
+            codec: self,
+            fetched,
+        }
+    }
+
+    /// Decodes one record value into messages that own their strings: for callers outside a batch's loop.
     pub fn decode(
         &self,
         bytes: &[u8],
         meta: Option<&SchemaMetadata>,
-    ) -> Result<Decoded, DecodeError> {
+    ) -> Result<Decoded<'static>, DecodeError> {
+        self.decoder().decode(bytes, meta).map(Decoded::into_owned)
+    }
+
+    /// The record key (base64, as the event carries it) as the key format reads it, owning its strings.
+    pub fn decode_key(&self, key: Option<&str>) -> Result<Option<Message<'static>>, DecodeError> {
+        let mut buf = Vec::new();
+        self.decoder()
+            .decode_key(key, &mut buf)
+            .map(|k| k.map(Message::into_owned))
+    }
+}
+
+impl<'c> Decoder<'c> {
+    fn schema_by_id(&self, id: u32) -> Result<&Arc<avro::AvroSchema>, DecodeError> {
+        let Codec::Avro(avro) = self.codec else {
+            return Err(DecodeError::Permanent(format!("unknown schema id {id}")));
+        };
+        if let Some(s) = avro.schemas.get(&id) {
+            return Ok(s);
+        }
+        match self.fetched.get(&id) {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(DecodeError::Permanent(e.clone())),
+            None => Err(DecodeError::Permanent(format!("unknown schema id {id}"))),
+        }
+    }
+
+    /// Decodes one record value into its messages (an Avro container file may carry several); strings borrow
+    /// from `bytes` and field names from the schemas.
+    ///
+    /// `meta` is the record's `valueSchemaMetadata`, which Lambda's schema-registry integration sets: the value
+    /// is then either already JSON (`EventRecordFormat: JSON`) or the bare datum (`SOURCE`) of schema `schemaId`.
+    pub fn decode<'a>(
+        &'a self,
+        bytes: &'a [u8],
+        meta: Option<&SchemaMetadata>,
+    ) -> Result<Decoded<'a>, DecodeError> {
         let decoded = self.decode_value(bytes, meta)?;
-        match self {
+        match self.codec {
             Codec::Avro(avro) if avro.envelope == Some(Envelope::Kafkaesk) => {
                 unwrap_kafkaesk(decoded)
             }
@@ -305,122 +370,143 @@ impl Codec {
         }
     }
 
-    /// The record key as the configured key format reads it; `None` without a key. String keys that are not
-    /// UTF-8 are `None` too; a key declared JSON or Avro that does not decode is an error of the record.
-    pub fn decode_key(&self, key: Option<&str>) -> Result<Option<Value>, DecodeError> {
+    /// Decodes a record value from its base64 text into `buf` (reused from record to record), then into
+    /// messages that borrow from `buf`.
+    pub fn decode_base64<'a>(
+        &'a self,
+        text: &str,
+        meta: Option<&SchemaMetadata>,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        base64_decode_into(text, buf)?;
+        let bytes: &'a Vec<u8> = buf;
+        self.decode(bytes, meta)
+    }
+
+    /// The record key (base64, as the event carries it) as the configured key format reads it, decoded into
+    /// `buf`; `None` without a key. String keys that are not UTF-8 (or not base64) are `None` too; a key declared
+    /// JSON or Avro that does not decode is an error of the record.
+    pub fn decode_key<'a>(
+        &'a self,
+        key: Option<&str>,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<Option<Message<'a>>, DecodeError> {
         let Some(key) = key else { return Ok(None) };
-        let format = match self {
+        let format = match self.codec {
             Codec::Avro(avro) => avro.key,
             Codec::Json => KeyFormat::String,
         };
         let bad = |e: DecodeError| DecodeError::Permanent(format!("key: {e}"));
-        match (format, self) {
-            (KeyFormat::String, _) => Ok(key_text(Some(key)).map(Value::String)),
-            (KeyFormat::Json, _) => {
-                let bytes = base64_decode(key).map_err(bad)?;
-                serde_json::from_slice(&bytes)
+        let decoded = base64_decode_into(key, buf);
+        let bytes: &'a Vec<u8> = buf;
+        match format {
+            KeyFormat::String => Ok(decoded
+                .ok()
+                .and_then(|()| crate::message::utf8(bytes).ok())
+                .map(Message::from)),
+            KeyFormat::Json => {
+                decoded.map_err(bad)?;
+                let text = crate::message::utf8(bytes).map_err(|e| {
+                    DecodeError::Permanent(format!(
+                        "key is not valid JSON: invalid UTF-8 at byte {}",
+                        e.valid_up_to()
+                    ))
+                })?;
+                Message::parse(text, 0)
                     .map(Some)
                     .map_err(|e| DecodeError::Permanent(format!("key is not valid JSON: {e}")))
             }
-            (KeyFormat::Avro, Codec::Avro(avro)) => {
-                let bytes = base64_decode(key).map_err(bad)?;
-                let (id, body) = avro::split_confluent(&bytes).ok_or_else(|| {
+            KeyFormat::Avro => {
+                decoded.map_err(bad)?;
+                let (id, body) = avro::split_confluent(bytes).ok_or_else(|| {
                     DecodeError::Permanent(
                         "key is not Confluent-framed Avro (magic byte 0, schema id, datum)".into(),
                     )
                 })?;
-                let schema = avro.schema_by_id(id).map_err(bad)?;
-                avro::decode_datum(body, &schema, None)
+                let schema = self.schema_by_id(id).map_err(bad)?;
+                avro::decode_datum(body, schema, None)
                     .map(Some)
                     .map_err(bad)
             }
-            (KeyFormat::Avro, Codec::Json) => Err(DecodeError::Permanent(
-                "Avro keys need an Avro codec".into(),
-            )),
         }
     }
 
-    fn decode_value(
-        &self,
-        bytes: &[u8],
+    fn decode_value<'a>(
+        &'a self,
+        bytes: &'a [u8],
         meta: Option<&SchemaMetadata>,
-    ) -> Result<Decoded, DecodeError> {
+    ) -> Result<Decoded<'a>, DecodeError> {
         let json = |bytes| {
             json::decode(bytes).map(|v| Decoded {
                 messages: vec![v],
                 schema: None,
             })
         };
-        match self {
-            Codec::Json => json(bytes),
-            Codec::Avro(avro) if meta.is_some_and(|m| m.data_format.is_some()) => {
-                let meta =
-                    meta.ok_or_else(|| DecodeError::Permanent("no schema metadata".into()))?;
-                let by_id = meta
-                    .schema_id
-                    .as_deref()
-                    .and_then(|id| id.parse::<u32>().ok());
-                let known = by_id
-                    .and_then(|id| avro.schema_by_id(id).ok())
-                    .or_else(|| avro.raw.clone());
-                if bytes.first() == Some(&b'{') {
-                    // JSON mode: Lambda already converted the value; the schema, if known, still classifies it.
-                    let mut decoded = json(bytes)?;
-                    decoded.schema = known.map(|k| Arc::clone(k.schema()));
-                    return Ok(decoded);
-                }
-                let writer = known.ok_or_else(|| {
-                    DecodeError::Permanent(format!(
-                        "no schema for schemaId {}: add it to codec.schemas or set codec.raw_schema",
-                        meta.schema_id.as_deref().unwrap_or("(none)")
-                    ))
-                })?;
-                let reader = avro.reader.as_deref();
-                avro::decode_datum(bytes, &writer, reader).map(|v| Decoded {
-                    messages: vec![v],
-                    schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(&writer).schema())),
-                })
+        let avro = match self.codec {
+            Codec::Json => return json(bytes),
+            Codec::Avro(avro) => avro,
+        };
+        let reader = avro.reader.as_deref();
+        if let Some(meta) = meta.filter(|m| m.data_format.is_some()) {
+            let by_id = meta
+                .schema_id
+                .as_deref()
+                .and_then(|id| id.parse::<u32>().ok());
+            let known = by_id
+                .and_then(|id| self.schema_by_id(id).ok())
+                .or(avro.raw.as_ref());
+            if bytes.first() == Some(&b'{') {
+                // JSON mode: Lambda already converted the value; the schema, if known, still classifies it.
+                let mut decoded = json(bytes)?;
+                decoded.schema = known.map(|k| Arc::clone(k.schema()));
+                return Ok(decoded);
             }
-            Codec::Avro(avro) => {
-                let reader = avro.reader.as_deref();
-                let ocf = |bytes| {
-                    avro::decode_ocf(bytes, reader).map(|(writer, messages)| Decoded {
-                        schema: Some(
-                            avro.reader
-                                .as_ref()
-                                .map_or(writer, |r| Arc::clone(r.schema())),
-                        ),
-                        messages,
-                    })
-                };
-                let datum = |bytes, writer: &Arc<avro::AvroSchema>| {
-                    avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
-                        messages: vec![v],
-                        schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(writer).schema())),
-                    })
-                };
-                let confluent = |bytes| {
-                    match avro::split_confluent(bytes) {
-                    None => Err(DecodeError::Permanent(
-                        "value is not in the Confluent wire format (magic byte 0, 4-byte schema id, datum)".into(),
-                    )),
-                    Some((id, body)) => datum(body, &avro.schema_by_id(id)?),
-                }
-                };
-                match avro.format {
-                    Format::Json => json(bytes),
-                    Format::AvroOcf => ocf(bytes),
-                    Format::AvroConfluent => confluent(bytes),
-                    Format::AvroRaw => match &avro.raw {
-                        Some(writer) => datum(bytes, writer),
-                        None => Err(DecodeError::Permanent("no raw_schema configured".into())),
-                    },
-                    Format::Auto if bytes.starts_with(avro::OCF_MAGIC) => ocf(bytes),
-                    // JSON text never starts with a zero byte: this is Confluent framing, known id or not.
-                    Format::Auto if avro::split_confluent(bytes).is_some() => confluent(bytes),
-                    Format::Auto => json(bytes),
-                }
-            }
+            let writer = known.ok_or_else(|| {
+                DecodeError::Permanent(format!(
+                    "no schema for schemaId {}: add it to codec.schemas or set codec.raw_schema",
+                    meta.schema_id.as_deref().unwrap_or("(none)")
+                ))
+            })?;
+            return avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
+                messages: vec![v],
+                schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(writer).schema())),
+            });
+        }
+        let ocf = |bytes| {
+            avro::decode_ocf(bytes, reader).map(|(writer, messages)| Decoded {
+                schema: Some(
+                    avro.reader
+                        .as_ref()
+                        .map_or(writer, |r| Arc::clone(r.schema())),
+                ),
+                messages,
+            })
+        };
+        let datum = |bytes: &'a [u8], writer: &'a Arc<avro::AvroSchema>| {
+            avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
+                messages: vec![v],
+                schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(writer).schema())),
+            })
+        };
+        let confluent = |bytes: &'a [u8]| match avro::split_confluent(bytes) {
+            None => Err(DecodeError::Permanent(
+                "value is not in the Confluent wire format (magic byte 0, 4-byte schema id, datum)"
+                    .into(),
+            )),
+            Some((id, body)) => datum(body, self.schema_by_id(id)?),
+        };
+        match avro.format {
+            Format::Json => json(bytes),
+            Format::AvroOcf => ocf(bytes),
+            Format::AvroConfluent => confluent(bytes),
+            Format::AvroRaw => match &avro.raw {
+                Some(writer) => datum(bytes, writer),
+                None => Err(DecodeError::Permanent("no raw_schema configured".into())),
+            },
+            Format::Auto if bytes.starts_with(avro::OCF_MAGIC) => ocf(bytes),
+            // JSON text never starts with a zero byte: this is Confluent framing, known id or not.
+            Format::Auto if avro::split_confluent(bytes).is_some() => confluent(bytes),
+            Format::Auto => json(bytes),
         }
     }
 }
@@ -432,13 +518,28 @@ impl Codec {
 /// Anything it refuses goes to the base64 crate, which decides the error (or accepts the unpadded form); a
 /// test checks both agree on what is valid.
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    base64_decode_into(text, &mut out)?;
+    Ok(out)
+}
+
+/// [`base64_decode`] into `out` (cleared first), so that a batch's loop reuses one buffer.
+pub fn base64_decode_into(text: &str, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-    if let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text) {
-        return Ok(bytes);
+    out.clear();
+    if base64_simd::STANDARD
+        .decode_append(text.as_bytes(), out)
+        .is_ok()
+    {
+        return Ok(());
     }
+    out.clear();
     STANDARD
-        .decode(text)
-        .or_else(|first| STANDARD_NO_PAD.decode(text).map_err(|_| first))
+        .decode_vec(text, out)
+        .or_else(|first| {
+            out.clear();
+            STANDARD_NO_PAD.decode_vec(text, out).map_err(|_| first)
+        })
         .map_err(|e| DecodeError::Permanent(format!("value is not valid base64: {e}")))
 }
 
@@ -669,7 +770,7 @@ mod tests {
         let plain = codec("value = \"json\"\n");
         assert_eq!(
             plain.decode_key(Some("a2V5")).unwrap(),
-            Some(Value::from("key"))
+            Some(Message::from("key"))
         );
         assert_eq!(
             plain.decode_key(Some("/w==")).unwrap(),

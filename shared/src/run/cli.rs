@@ -208,8 +208,12 @@ async fn replay(
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
     // Every file is read and parsed before anything is applied, so a typo in the last file name does not
-    // leave the database half-replayed.
-    let events = match read_events(files) {
+    // leave the database half-replayed. The events borrow their records' strings from the files' bytes.
+    let texts = match read_files(files) {
+        Ok(texts) => texts,
+        Err(e) => return fail(err, EXIT_INVALID, &e),
+    };
+    let events = match parse_events(&texts) {
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
@@ -223,7 +227,7 @@ async fn replay(
                 return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
             }
             let mut io_error = None;
-            let planned = pipeline.plan(event, &mut |inspection| {
+            let planned = pipeline.plan(&event, &mut |inspection| {
                 if io_error.is_none()
                     && let Err(e) = serde_json::to_writer(&mut *out, &inspection)
                         .and_then(|()| out.write_all(b"\n").map_err(serde_json::Error::io))
@@ -245,7 +249,7 @@ async fn replay(
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
     for (file, event) in events {
-        match handler.handle(event).await {
+        match handler.handle(&event).await {
             Ok(report) => {
                 let written = serde_json::to_writer_pretty(&mut *out, &report)
                     .map_err(std::io::Error::from)
@@ -265,16 +269,30 @@ async fn replay(
     EXIT_OK
 }
 
-/// Reads and parses every event file before anything is done with them.
-fn read_events(files: &[PathBuf]) -> Result<Vec<(&PathBuf, MskEvent)>, String> {
-    let mut events = Vec::with_capacity(files.len());
-    for file in files {
-        let bytes =
-            std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-        let event = MskEvent::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-        events.push((file, event));
-    }
-    Ok(events)
+/// Reads every event file before anything is done with them.
+fn read_files(files: &[PathBuf]) -> Result<Vec<(&PathBuf, Vec<u8>)>, String> {
+    files
+        .iter()
+        .map(|file| {
+            std::fs::read(file)
+                .map(|bytes| (file, bytes))
+                .map_err(|e| format!("{}: cannot read: {e}", file.display()))
+        })
+        .collect()
+}
+
+/// Parses every file read; a file that is not an MSK event stops the replay before anything is applied.
+fn parse_events<'t>(
+    texts: &'t [(&'t PathBuf, Vec<u8>)],
+) -> Result<Vec<(&'t PathBuf, MskEvent<'t>)>, String> {
+    texts
+        .iter()
+        .map(|(file, bytes)| {
+            MskEvent::from_slice(bytes)
+                .map(|event| (*file, event))
+                .map_err(|e| format!("{}: {e}", file.display()))
+        })
+        .collect()
 }
 
 #[cfg(feature = "kafka")]
@@ -357,7 +375,11 @@ async fn publish(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let events = match read_events(files) {
+    let texts = match read_files(files) {
+        Ok(texts) => texts,
+        Err(e) => return fail(err, EXIT_INVALID, &e),
+    };
+    let events = match parse_events(&texts) {
         Ok(events) => events.into_iter().map(|(_, e)| e).collect(),
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };

@@ -94,32 +94,30 @@ pub async fn invoke_raw(
     payload: &RawValue,
     partial: bool,
 ) -> Result<Response, Diagnostic> {
-    respond(
-        handler,
-        MskEvent::from_slice(payload.get().as_bytes()),
-        partial,
-    )
-    .await
+    respond(handler, MskEvent::parse(payload.get()), partial).await
 }
 
 async fn respond(
     handler: &Handler,
-    event: Result<MskEvent, NotAnMskEvent>,
+    event: Result<MskEvent<'_>, NotAnMskEvent>,
     partial: bool,
 ) -> Result<Response, Diagnostic> {
     let event = event.map_err(|e| HandlerError::Invalid(e.to_string()))?;
-    // A batch is applied whole or not at all, so a failed batch resumes every partition at its first record.
-    let first_offsets: BTreeMap<String, i64> = event
-        .records
-        .iter()
-        .filter_map(|(key, records)| Some((key.clone(), records.iter().map(|r| r.offset).min()?)))
-        .collect();
-    match handler.handle(event).await {
+    match handler.handle(&event).await {
         Ok(report) => Ok(Response {
             report: Some(report),
             batch_item_failures: partial.then(Vec::new),
         }),
         Err(HandlerError::Transient(e)) if partial => {
+            // A batch is applied whole or not at all, so a failed batch resumes every partition at its first
+            // record.
+            let mut first_offsets: BTreeMap<String, i64> = BTreeMap::new();
+            for r in &event.records {
+                first_offsets
+                    .entry(r.partition_key())
+                    .and_modify(|o| *o = (*o).min(r.offset))
+                    .or_insert(r.offset);
+            }
             tracing::warn!(partitions = first_offsets.len(), error = %e, "batch not applied: reporting every partition for retry");
             let failures = first_offsets
                 .into_iter()

@@ -31,7 +31,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::event::{MskEvent, Record};
+use crate::event::{self, MskEvent, Record};
 use crate::pipeline::{Handler, HandlerError};
 use crate::report::BatchReport;
 
@@ -50,14 +50,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub trait BatchHandler: Send + Sync + 'static {
     fn handle(
         &self,
-        event: MskEvent,
+        event: &MskEvent<'_>,
     ) -> impl Future<Output = Result<BatchReport, HandlerError>> + Send;
 }
 
 impl BatchHandler for Handler {
     fn handle(
         &self,
-        event: MskEvent,
+        event: &MskEvent<'_>,
     ) -> impl Future<Output = Result<BatchReport, HandlerError>> + Send {
         Handler::handle(self, event)
     }
@@ -276,7 +276,7 @@ struct Runner<H> {
 
 /// A record in hand with the bytes it adds to the event's JSON.
 struct InHand {
-    record: Record,
+    record: Record<'static>,
     bytes: usize,
 }
 
@@ -323,7 +323,7 @@ impl<H: BatchHandler> Runner<H> {
         last_record: &mut Instant,
         next_progress: &mut Instant,
         started: Instant,
-    ) -> Result<Vec<Record>, Idle> {
+    ) -> Result<Vec<Record<'static>>, Idle> {
         let limit = match self.options.max_records {
             Some(max) => {
                 let left = max.saturating_sub(self.summary.records);
@@ -333,7 +333,7 @@ impl<H: BatchHandler> Runner<H> {
             }
             None => self.options.batch_size,
         };
-        let mut batch: Vec<Record> = Vec::new();
+        let mut batch: Vec<Record<'static>> = Vec::new();
         let mut bytes = EVENT_OVERHEAD;
         let mut deadline: Option<Instant> = None;
         loop {
@@ -432,7 +432,7 @@ impl<H: BatchHandler> Runner<H> {
     }
 
     /// Forgets the records in hand of every partition a rebalance took away since the last look.
-    fn drop_revoked(&mut self, batch: &mut Vec<Record>) {
+    fn drop_revoked(&mut self, batch: &mut Vec<Record<'static>>) {
         let revoked: HashSet<(String, i32)> = std::mem::take(
             &mut *self
                 .consumer
@@ -447,7 +447,7 @@ impl<H: BatchHandler> Runner<H> {
             return;
         }
         let before = batch.len() + self.pending.len();
-        let keep = |r: &Record| !revoked.contains(&(r.topic.clone(), r.partition));
+        let keep = |r: &Record| !revoked.contains(&(r.topic.to_string(), r.partition));
         batch.retain(keep);
         self.pending.retain(|s| keep(&s.record));
         let dropped = before - batch.len() - self.pending.len();
@@ -464,14 +464,14 @@ impl<H: BatchHandler> Runner<H> {
     /// rebalance takes all its partitions away, or a signal stops the runner.
     fn apply(
         &mut self,
-        mut batch: Vec<Record>,
+        mut batch: Vec<Record<'static>>,
         next_progress: &mut Instant,
         started: Instant,
     ) -> Result<(), ConsumeError> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let event = to_event(&batch, &self.options.brokers);
-            let outcome = self.runtime.block_on(self.handler.handle(event));
+            let outcome = self.runtime.block_on(self.handler.handle(&event));
             let error = match outcome {
                 Ok(report) => {
                     self.commit(&batch);
@@ -520,10 +520,10 @@ impl<H: BatchHandler> Runner<H> {
 
     /// Commits the offset after the last applied record of every partition in the batch. A failed commit
     /// only means those records come again, which idempotent upserts and deletes absorb.
-    fn commit(&self, batch: &[Record]) {
+    fn commit(&self, batch: &[Record<'static>]) {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
-            let n = next.entry((r.topic.as_str(), r.partition)).or_insert(0);
+            let n = next.entry((r.topic.as_ref(), r.partition)).or_insert(0);
             *n = (*n).max(r.offset + 1);
         }
         let mut list = TopicPartitionList::new();
@@ -588,36 +588,32 @@ fn to_record(
             .map(|(k, v)| k.len() + 8 + 4 * v.len())
             .sum::<usize>();
     let record = Record {
-        topic: topic.to_string(),
+        topic: topic.to_string().into(),
         partition,
         offset,
         timestamp,
-        timestamp_type: Some(timestamp_type.to_string()),
-        key,
-        value,
+        timestamp_type: Some(timestamp_type.to_string().into()),
+        key: key.map(Into::into),
+        value: value.map(Into::into),
         headers: headers
             .into_iter()
-            .map(|(k, v)| BTreeMap::from([(k, v)]))
+            .map(|(name, value)| event::Header {
+                name: name.into(),
+                value: value.into(),
+            })
             .collect(),
         ..Record::default()
     };
     InHand { record, bytes }
 }
 
-/// The event Lambda's self-managed Kafka event source would send for these records.
-fn to_event(batch: &[Record], brokers: &str) -> MskEvent {
-    let mut records: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    for r in batch {
-        records
-            .entry(format!("{}-{}", r.topic, r.partition))
-            .or_default()
-            .push(r.clone());
-    }
+/// The event Lambda's self-managed Kafka event source would send for these records, borrowing them.
+fn to_event<'b>(batch: &'b [Record<'static>], brokers: &'b str) -> MskEvent<'b> {
     MskEvent {
         event_source: "SelfManagedKafka".into(),
         event_source_arn: None,
-        bootstrap_servers: Some(brokers.to_string()),
-        records,
+        bootstrap_servers: Some(brokers.into()),
+        records: batch.iter().map(Record::borrowed).collect(),
     }
 }
 
@@ -627,17 +623,17 @@ fn to_event(batch: &[Record], brokers: &str) -> MskEvent {
 pub async fn publish(
     brokers: &str,
     properties: &[(String, String)],
-    events: Vec<MskEvent>,
+    events: Vec<MskEvent<'_>>,
 ) -> Result<usize, String> {
-    struct Outgoing {
-        record: Record,
+    struct Outgoing<'e> {
+        record: &'e Record<'e>,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
     }
     let mut outgoing = Vec::new();
-    for event in events {
+    for event in &events {
         for record in event.ordered() {
-            let decode = |what: &str, text: &Option<String>| {
+            let decode = |what: &str, text: &Option<std::borrow::Cow<'_, str>>| {
                 text.as_deref()
                     .map(crate::decode::base64_decode)
                     .transpose()
@@ -797,6 +793,11 @@ mod tests {
         let aws_record = &aws.records["servicea.planet-1"][0];
         assert_eq!(aws_record.offset, 42);
         assert_eq!(aws_record.topic.as_deref(), Some("servicea.planet"));
-        assert_eq!(MskEvent::from_value(json).unwrap(), event);
+        // The same records, grouped by partition as the JSON lists them.
+        let back = MskEvent::from_value(json).unwrap();
+        assert_eq!(
+            back.ordered().collect::<Vec<_>>(),
+            event.ordered().collect::<Vec<_>>()
+        );
     }
 }

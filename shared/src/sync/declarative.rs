@@ -4,11 +4,13 @@
 use chrono::{DateTime, Utc};
 use sea_orm::DbBackend;
 use sea_orm::sea_query::{Alias, ColumnDef, TableCreateStatement, Value as SqlValue};
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::mapping::{Mapping, Meta};
 use super::table::{TableDef, check_ident, create_table, long_text};
+use crate::message::Message;
 use crate::path::JsonPath;
 
 /// One `[[sync]]` entry of the config file.
@@ -105,37 +107,39 @@ impl ColumnType {
     }
 
     /// Converts a JSON value; errors name the expected and found kinds, never the value (it may be sensitive).
-    fn convert(self, value: &Value) -> Result<SqlValue, String> {
-        let bad = || format!("expected {}, got {}", self.expected(), kind(value));
+    fn convert(self, value: &Message<'_>) -> Result<SqlValue, String> {
+        let bad = || format!("expected {}, got {}", self.expected(), value.kind());
         Ok(match (self, value) {
-            (_, Value::Null) => self.null(),
-            (Self::Text, Value::String(s)) => SqlValue::String(Some(s.clone())),
-            (Self::Text, Value::Number(n)) => SqlValue::String(Some(n.to_string())),
-            (Self::Text, Value::Bool(b)) => SqlValue::String(Some(b.to_string())),
-            (Self::Text, other) => SqlValue::String(Some(other.to_string())),
-            (Self::Integer, Value::Number(n)) => {
+            (_, Message::Null) => self.null(),
+            (Self::Text, Message::String(s)) => SqlValue::String(Some(s.to_string())),
+            (Self::Text, Message::Number(n)) => SqlValue::String(Some(n.to_string())),
+            (Self::Text, Message::Bool(b)) => SqlValue::String(Some(b.to_string())),
+            (Self::Text, other) => SqlValue::String(Some(other.to_json_string())),
+            (Self::Integer, Message::Number(n)) => {
                 SqlValue::BigInt(Some(integer(n).ok_or_else(bad)?))
             }
-            (Self::Integer, Value::String(s)) => {
+            (Self::Integer, Message::String(s)) => {
                 SqlValue::BigInt(Some(s.trim().parse().map_err(|_| bad())?))
             }
-            (Self::Float, Value::Number(n)) => SqlValue::Double(Some(n.as_f64().ok_or_else(bad)?)),
-            (Self::Float, Value::String(s)) => match s.trim().parse::<f64>() {
+            (Self::Float, Message::Number(n)) => {
+                SqlValue::Double(Some(n.as_f64().ok_or_else(bad)?))
+            }
+            (Self::Float, Message::String(s)) => match s.trim().parse::<f64>() {
                 Ok(f) if f.is_finite() => SqlValue::Double(Some(f)),
                 _ => return Err(bad()),
             },
-            (Self::Boolean, Value::Bool(b)) => SqlValue::Bool(Some(*b)),
-            (Self::Boolean, Value::String(s)) if s == "true" || s == "false" => {
+            (Self::Boolean, Message::Bool(b)) => SqlValue::Bool(Some(*b)),
+            (Self::Boolean, Message::String(s)) if s == "true" || s == "false" => {
                 SqlValue::Bool(Some(s == "true"))
             }
-            (Self::Json, v) => SqlValue::Json(Some(Box::new(v.clone()))),
-            (Self::Timestamp, Value::Number(n)) => {
+            (Self::Json, v) => SqlValue::Json(Some(Box::new(v.to_value()))),
+            (Self::Timestamp, Message::Number(n)) => {
                 let ms = integer(n).ok_or_else(bad)?;
                 SqlValue::ChronoDateTimeUtc(Some(portable_timestamp(
                     DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(bad)?,
                 )?))
             }
-            (Self::Timestamp, Value::String(s)) => {
+            (Self::Timestamp, Message::String(s)) => {
                 SqlValue::ChronoDateTimeUtc(Some(portable_timestamp(
                     DateTime::parse_from_rfc3339(s.trim())
                         .map_err(|_| bad())?
@@ -180,17 +184,6 @@ fn integer(n: &serde_json::Number) -> Option<i64> {
     })
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Where a column's value comes from.
 #[derive(Debug)]
 enum Source {
@@ -219,30 +212,28 @@ struct Column {
 const MAX_KEY_TEXT: usize = 255;
 
 impl Column {
-    fn value(&self, message: &Value, meta: &Meta<'_>) -> Result<SqlValue, String> {
-        let found: Option<Value> = match &self.source {
-            Source::Path(path) => path.first(message).cloned(),
-            Source::Key => meta.key_value.cloned(),
-            Source::KeyPath(path) => meta.key_value.and_then(|k| path.first(k)).cloned(),
-            Source::Topic => Some(Value::String(meta.record.topic.clone())),
-            Source::Partition => Some(Value::from(meta.record.partition)),
-            Source::Offset => Some(Value::from(meta.record.offset)),
-            Source::Timestamp => Some(Value::from(meta.record.timestamp)),
+    fn value<'m>(&self, message: &'m Message<'m>, meta: &Meta<'m>) -> Result<SqlValue, String> {
+        let found: Option<Cow<'m, Message<'m>>> = match &self.source {
+            Source::Path(path) => path.first(message),
+            Source::Key => meta.key_value.map(Cow::Borrowed),
+            Source::KeyPath(path) => meta.key_value.and_then(|k| path.first(k)),
+            Source::Topic => Some(Cow::Owned(Message::from(meta.record.topic.as_ref()))),
+            Source::Partition => Some(Cow::Owned(Message::from(i64::from(meta.record.partition)))),
+            Source::Offset => Some(Cow::Owned(Message::from(meta.record.offset))),
+            Source::Timestamp => Some(Cow::Owned(Message::from(meta.record.timestamp))),
             Source::Header(name) => {
                 match meta.record.header_pairs().filter(|(k, _)| k == name).last() {
                     None => None,
-                    Some((_, bytes)) => Some(Value::String(
-                        std::str::from_utf8(bytes)
-                            .map_err(|_| {
-                                format!("column {}: header {name} is not UTF-8", self.name)
-                            })?
-                            .to_string(),
-                    )),
+                    Some((_, bytes)) => Some(Cow::Owned(Message::from(
+                        std::str::from_utf8(bytes).map_err(|_| {
+                            format!("column {}: header {name} is not UTF-8", self.name)
+                        })?,
+                    ))),
                 }
             }
         };
-        match found {
-            None | Some(Value::Null) if self.required => Err(format!(
+        match found.as_deref() {
+            None | Some(Message::Null) if self.required => Err(format!(
                 "column {}: {} {}",
                 self.name,
                 self.spec,
@@ -256,7 +247,7 @@ impl Column {
             Some(v) => {
                 let value = self
                     .ty
-                    .convert(&v)
+                    .convert(v)
                     .map_err(|e| format!("column {} ({}): {e}", self.name, self.spec))?;
                 if let SqlValue::String(Some(s)) = &value
                     && self.is_key
@@ -369,7 +360,7 @@ impl DeclarativeMapping {
         })
     }
 
-    fn key_values(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+    fn key_values(&self, message: &Message<'_>, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
         self.table
             .key
             .iter()
@@ -420,14 +411,14 @@ impl Mapping for DeclarativeMapping {
         create_table(&self.table.name, defs, &key)
     }
 
-    fn row(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+    fn row(&self, message: &Message<'_>, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
         self.columns
             .iter()
             .map(|c| c.value(message, meta))
             .collect()
     }
 
-    fn key(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+    fn key(&self, message: &Message<'_>, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
         self.key_values(message, meta)
     }
 
@@ -446,15 +437,19 @@ impl Mapping for DeclarativeMapping {
         if meta.key_value.is_none() {
             return Err("tombstone (null value) without a record key".to_string());
         }
-        self.key_values(&Value::Null, meta)
+        self.key_values(&Message::Null, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Record;
-    use serde_json::json;
+    use crate::event::{Header, Record};
+    use serde_json::{Value, json};
+
+    fn msg(value: Value) -> Message<'static> {
+        Message::from(value)
+    }
 
     fn config(columns: Value, key: &[&str]) -> SyncConfig {
         serde_json::from_value(json!({
@@ -479,17 +474,16 @@ mod tests {
         DeclarativeMapping::compile(&cfg, "sync 1").unwrap()
     }
 
-    fn record() -> Record {
+    fn record() -> Record<'static> {
         Record {
             topic: "planets".into(),
             partition: 2,
             offset: 7,
             timestamp: 1_700_000_000_000,
-            headers: vec![
-                [("trace-id".to_string(), b"abc".to_vec())]
-                    .into_iter()
-                    .collect(),
-            ],
+            headers: vec![Header {
+                name: "trace-id".into(),
+                value: b"abc".to_vec().into(),
+            }],
             ..Record::default()
         }
     }
@@ -503,9 +497,11 @@ mod tests {
             key: None,
             key_value: None,
         };
-        let msg = json!({"planetUuid": "p-1", "planetName": "Mars", "details": {"mass": 6.4},
-                         "moons": [{"name": "Phobos"}, {"name": "Deimos"}], "kafkaRecordTimestamp": 1_700_000_000_000i64});
-        let row = m.row(&msg, &meta).unwrap();
+        let message = msg(
+            json!({"planetUuid": "p-1", "planetName": "Mars", "details": {"mass": 6.4},
+                         "moons": [{"name": "Phobos"}, {"name": "Deimos"}], "kafkaRecordTimestamp": 1_700_000_000_000i64}),
+        );
+        let row = m.row(&message, &meta).unwrap();
         assert_eq!(row[0], SqlValue::String(Some("p-1".into())));
         assert_eq!(row[1], SqlValue::String(Some("Mars".into())));
         assert_eq!(row[2], SqlValue::Double(Some(6.4)));
@@ -517,7 +513,7 @@ mod tests {
         assert_eq!(row[5], SqlValue::BigInt(Some(7)));
         assert_eq!(row[6], SqlValue::String(Some("abc".into())));
         assert_eq!(
-            m.key(&msg, &meta).unwrap(),
+            m.key(&message, &meta).unwrap(),
             vec![SqlValue::String(Some("p-1".into()))]
         );
     }
@@ -531,11 +527,13 @@ mod tests {
             key: None,
             key_value: None,
         };
-        let row = m.row(&json!({"planetUuid": "p-1"}), &meta).unwrap();
+        let row = m.row(&msg(json!({"planetUuid": "p-1"})), &meta).unwrap();
         assert_eq!(row[1], SqlValue::String(None));
-        let err = m.row(&json!({"planetName": "Mars"}), &meta).unwrap_err();
+        let err = m
+            .row(&msg(json!({"planetName": "Mars"})), &meta)
+            .unwrap_err();
         assert_eq!(err, "column uuid: $.planetUuid matched nothing");
-        let err = m.key(&json!({"planetUuid": null}), &meta).unwrap_err();
+        let err = m.key(&msg(json!({"planetUuid": null})), &meta).unwrap_err();
         assert_eq!(err, "column uuid: $.planetUuid is null");
     }
 
@@ -550,7 +548,7 @@ mod tests {
         };
         let err = m
             .row(
-                &json!({"planetUuid": "p", "details": {"mass": "heavy-secret"}}),
+                &msg(json!({"planetUuid": "p", "details": {"mass": "heavy-secret"}})),
                 &meta,
             )
             .unwrap_err();
@@ -565,41 +563,47 @@ mod tests {
     fn conversions() {
         use ColumnType::*;
         assert_eq!(
-            Integer.convert(&json!(42.0)),
+            Integer.convert(&msg(json!(42.0))),
             Ok(SqlValue::BigInt(Some(42)))
         );
         assert_eq!(
-            Integer.convert(&json!("17")),
+            Integer.convert(&msg(json!("17"))),
             Ok(SqlValue::BigInt(Some(17)))
         );
-        assert!(Integer.convert(&json!(1.5)).is_err());
+        assert!(Integer.convert(&msg(json!(1.5))).is_err());
         assert_eq!(
-            Boolean.convert(&json!("true")),
+            Boolean.convert(&msg(json!("true"))),
             Ok(SqlValue::Bool(Some(true)))
         );
-        assert!(Boolean.convert(&json!(1)).is_err());
+        assert!(Boolean.convert(&msg(json!(1))).is_err());
         assert_eq!(
-            Text.convert(&json!(12)),
+            Text.convert(&msg(json!(12))),
             Ok(SqlValue::String(Some("12".into())))
         );
         assert_eq!(
-            Text.convert(&json!({"a": 1})),
+            Text.convert(&msg(json!({"a": 1}))),
             Ok(SqlValue::String(Some("{\"a\":1}".into())))
         );
         assert_eq!(
-            Timestamp.convert(&json!("2024-01-02T03:04:05.678+01:00")),
+            Timestamp.convert(&msg(json!("2024-01-02T03:04:05.678+01:00"))),
             Ok(SqlValue::ChronoDateTimeUtc(
                 DateTime::from_timestamp_millis(1_704_161_045_678)
             ))
         );
-        assert!(Float.convert(&json!("NaN")).is_err());
+        assert!(Float.convert(&msg(json!("NaN"))).is_err());
         // MariaDB would store year 10000 as 0000-00-00: refuse it up front, on every backend.
-        let far = Timestamp.convert(&json!(253402300800000_i64)).unwrap_err();
+        let far = Timestamp
+            .convert(&msg(json!(253402300800000_i64)))
+            .unwrap_err();
         assert!(far.contains("outside the years 1000 to 9999"), "{far}");
-        assert!(Timestamp.convert(&json!("0999-12-31T23:59:59Z")).is_err());
         assert!(
             Timestamp
-                .convert(&json!("9999-12-31T23:59:59.999Z"))
+                .convert(&msg(json!("0999-12-31T23:59:59Z")))
+                .is_err()
+        );
+        assert!(
+            Timestamp
+                .convert(&msg(json!("9999-12-31T23:59:59.999Z")))
                 .is_ok()
         );
     }
@@ -607,7 +611,7 @@ mod tests {
     #[test]
     fn tombstone_needs_a_key_from_the_record_key() {
         let r = record();
-        let p9 = Value::String("p-9".into());
+        let p9 = Message::from("p-9");
         let meta = Meta {
             record: &r,
             key: Some("p-9"),
@@ -671,9 +675,11 @@ mod tests {
             key: None,
             key_value: None,
         };
-        let msg = json!({"id": "1", "tags": [{"name": "a"}, {"name": "b", "primary": true}, {"name": "c", "primary": true}]});
+        let message = msg(
+            json!({"id": "1", "tags": [{"name": "a"}, {"name": "b", "primary": true}, {"name": "c", "primary": true}]}),
+        );
         assert_eq!(
-            m.row(&msg, &meta).unwrap()[1],
+            m.row(&message, &meta).unwrap()[1],
             SqlValue::String(Some("b".into()))
         );
     }

@@ -1,21 +1,20 @@
 //! How a message becomes a row: the [`Mapping`] trait, shared by the declarative (config) and typed (sea-orm
 //! entity) syncs, so that both are applied by the same bulk statements.
 
-use sea_orm::DbBackend;
-use sea_orm::sea_query::{TableCreateStatement, Value as SqlValue};
-use serde_json::Value;
-
 use super::TableDef;
 use crate::event::Record;
+use crate::message::Message;
+use sea_orm::DbBackend;
+use sea_orm::sea_query::{TableCreateStatement, Value as SqlValue};
 
 /// What a mapping may read besides the message: the record it came from and its decoded key.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
-    pub record: &'a Record,
+    pub record: &'a Record<'a>,
     /// The record key as text (a JSON or Avro key as compact JSON, unless it is a string), if it has one.
     pub key: Option<&'a str>,
     /// The record key as the codec's key format decoded it.
-    pub key_value: Option<&'a Value>,
+    pub key_value: Option<&'a Message<'a>>,
 }
 
 /// Turns messages of some topics into rows of one table. Built once per function instance.
@@ -30,10 +29,10 @@ pub trait Mapping: Send + Sync + std::fmt::Debug {
 
     /// The whole row, one value per `table().columns`, for an upsert. An `Err` is a permanent error of the
     /// record: it is dead-lettered with this message.
-    fn row(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+    fn row(&self, message: &Message<'_>, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
 
     /// The key values, one per `table().key`, for a delete; a delete needs no other field.
-    fn key(&self, message: &Value, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+    fn key(&self, message: &Message<'_>, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
 
     /// The key of the entity a tombstone (a record with a null value) deletes, from the record key; an `Err`
     /// says why this mapping cannot tell, and the tombstone is dead-lettered with it.

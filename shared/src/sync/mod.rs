@@ -11,7 +11,7 @@ pub mod mapping;
 pub mod table;
 pub mod typed;
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +39,13 @@ pub struct Origin {
 /// What a batch does to one mapping's table, after collapsing: at most one operation per key.
 #[derive(Debug, Default)]
 pub struct Changes {
+    /// Where the key columns are in an upserted row.
+    key: Vec<usize>,
     ops: Vec<Option<(Op, Origin)>>,
-    slots: HashMap<Vec<SqlValue>, usize>,
+    /// (hash of the key, slot in `ops` of its latest change). The key values are compared where they are, in
+    /// the rows, never copied out.
+    slots: hashbrown::HashTable<(u64, usize)>,
+    hasher: hashbrown::DefaultHashBuilder,
     superseded: usize,
 }
 
@@ -50,24 +55,65 @@ enum Op {
     Delete(Vec<SqlValue>),
 }
 
+/// The key values of an operation: the key columns of an upserted row, or a delete's key.
+fn key_of<'o>(key: &'o [usize], op: &'o Op) -> impl Iterator<Item = &'o SqlValue> + Clone {
+    let (row, positions): (&[SqlValue], Option<&[usize]>) = match op {
+        Op::Upsert(row) => (row, Some(key)),
+        Op::Delete(values) => (values, None),
+    };
+    let picked = positions
+        .into_iter()
+        .flatten()
+        .filter_map(move |&i| row.get(i));
+    let all = positions.is_none().then_some(row).into_iter().flatten();
+    picked.chain(all)
+}
+
 impl Changes {
-    /// Records an upsert of `row`, whose key values are `key`; a later change of the same key replaces it.
-    pub fn upsert(&mut self, key: Vec<SqlValue>, row: Vec<SqlValue>, origin: Origin) {
-        self.push(key, Op::Upsert(row), origin);
-    }
-
-    pub fn delete(&mut self, key: Vec<SqlValue>, origin: Origin) {
-        self.push(key.clone(), Op::Delete(key), origin);
-    }
-
-    fn push(&mut self, key: Vec<SqlValue>, op: Op, origin: Origin) {
-        let slot = self.ops.len();
-        self.ops.push(Some((op, origin)));
-        if let Some(previous) = self.slots.insert(key, slot) {
-            // Last in batch order wins: the earlier change would be overwritten anyway, so never send it.
-            self.ops[previous] = None;
-            self.superseded += 1;
+    /// The changes of a table whose key columns are at `key` in its rows.
+    pub fn new(key: Vec<usize>) -> Self {
+        Self {
+            key,
+            ..Self::default()
         }
+    }
+
+    /// Records an upsert of `row`; a later change of the same key replaces it.
+    pub fn upsert(&mut self, row: Vec<SqlValue>, origin: Origin) {
+        self.push(Op::Upsert(row), origin);
+    }
+
+    /// Records a delete of the entity whose key values are `key`.
+    pub fn delete(&mut self, key: Vec<SqlValue>, origin: Origin) {
+        self.push(Op::Delete(key), origin);
+    }
+
+    fn push(&mut self, op: Op, origin: Origin) {
+        let mut state = self.hasher.build_hasher();
+        for v in key_of(&self.key, &op) {
+            v.hash(&mut state);
+        }
+        let hash = state.finish();
+        let slot = self.ops.len();
+        let (key, ops) = (&self.key, &self.ops);
+        let same = |&(h, s): &(u64, usize)| {
+            h == hash
+                && ops[s]
+                    .as_ref()
+                    .is_some_and(|(other, _)| key_of(key, other).eq(key_of(key, &op)))
+        };
+        match self.slots.find_mut(hash, same) {
+            Some((_, previous)) => {
+                // Last in batch order wins: the earlier change would be overwritten anyway, so never send it.
+                self.ops[*previous] = None;
+                *previous = slot;
+                self.superseded += 1;
+            }
+            None => {
+                self.slots.insert_unique(hash, (hash, slot), |&(h, _)| h);
+            }
+        }
+        self.ops.push(Some((op, origin)));
     }
 
     /// Messages whose change a later message of the same key replaced.
@@ -445,15 +491,47 @@ mod tests {
     #[test]
     fn last_change_per_key_wins() {
         let at = |record| Origin { record, index: 0 };
-        let mut c = Changes::default();
-        c.upsert(vec![s("a")], vec![s("a"), s("1")], at(0));
-        c.upsert(vec![s("b")], vec![s("b"), s("1")], at(1));
+        let mut c = Changes::new(vec![0]);
+        c.upsert(vec![s("a"), s("1")], at(0));
+        c.upsert(vec![s("b"), s("1")], at(1));
         c.delete(vec![s("a")], at(2));
-        c.upsert(vec![s("b")], vec![s("b"), s("2")], at(3));
+        c.upsert(vec![s("b"), s("2")], at(3));
         assert_eq!(c.superseded(), 2);
         let (upserts, deletes) = c.split();
         assert_eq!(upserts, vec![(&[s("b"), s("2")][..], at(3))]);
         assert_eq!(deletes, vec![(&[s("a")][..], at(2))]);
+    }
+
+    #[test]
+    fn composite_keys_collapse_on_every_key_column_and_only_on_them() {
+        let at = |record| Origin { record, index: 0 };
+        // Key columns 2 and 0 of the row, in that order; deletes name them in the same order.
+        let mut c = Changes::new(vec![2, 0]);
+        for i in 0..200 {
+            c.upsert(
+                vec![
+                    s(&format!("a{}", i % 10)),
+                    s("v"),
+                    s(&format!("b{}", i % 20)),
+                ],
+                at(i),
+            );
+        }
+        // (a, b) pairs repeat every 20 messages: 20 distinct keys, 180 superseded.
+        assert_eq!(c.superseded(), 180);
+        c.delete(vec![s("b3"), s("a3")], at(200));
+        c.delete(vec![s("a3"), s("b3")], at(201)); // columns swapped: another key
+        assert_eq!(c.superseded(), 181);
+        let (upserts, deletes) = c.split();
+        assert_eq!(upserts.len(), 19);
+        assert_eq!(deletes.len(), 2);
+        // Every surviving upsert is its key's last message, and (a3, b3) is deleted, not upserted.
+        assert!(upserts.iter().all(|(_, o)| o.record >= 180));
+        assert!(
+            upserts
+                .iter()
+                .all(|(row, _)| (&row[0], &row[2]) != (&s("a3"), &s("b3")))
+        );
     }
 
     #[test]

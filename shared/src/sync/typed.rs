@@ -6,21 +6,22 @@ use std::marker::PhantomData;
 
 use sea_orm::sea_query::{TableCreateStatement, Value as SqlValue};
 use sea_orm::{
-    DbBackend, EntityTrait, IdenStatic, Iterable, ModelTrait, PrimaryKeyToColumn, Schema,
+    ActiveModelTrait, DbBackend, EntityTrait, IdenStatic, IntoActiveModel, Iterable, ModelTrait,
+    PrimaryKeyToColumn, Schema,
 };
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use super::mapping::{Mapping, Meta};
 use super::table::TableDef;
+use crate::message::Message;
 
 /// Builds a model from a message. An `Err` is a permanent error of the record (it is dead-lettered).
 pub trait FromKafkaEvent: ModelTrait + Sized {
-    fn from_kafka_event(message: &Value) -> Result<Self, String>;
+    fn from_kafka_event(message: &Message<'_>) -> Result<Self, String>;
 
     /// The primary-key values a DELETED message names, in primary-key order. The default builds the whole
     /// model, as bedrock does; override it when delete events carry only the key.
-    fn delete_key(message: &Value) -> Result<Vec<SqlValue>, String> {
+    fn delete_key(message: &Message<'_>) -> Result<Vec<SqlValue>, String> {
         let model = Self::from_kafka_event(message)?;
         Ok(<Self::Entity as EntityTrait>::PrimaryKey::iter()
             .map(|pk| model.get(pk.into_column()))
@@ -39,9 +40,9 @@ pub trait FromKafkaEvent: ModelTrait + Sized {
 }
 
 /// A required field of a message, deserialized; the error names the field, never its value.
-pub fn field<T: DeserializeOwned>(message: &Value, name: &str) -> Result<T, String> {
+pub fn field<T: DeserializeOwned>(message: &Message<'_>, name: &str) -> Result<T, String> {
     match message.get(name) {
-        None | Some(Value::Null) => Err(format!("missing field {name}")),
+        None | Some(Message::Null) => Err(format!("missing field {name}")),
         Some(v) => T::deserialize(v).map_err(|_| {
             format!(
                 "field {name}: expected {}",
@@ -56,11 +57,11 @@ pub fn field<T: DeserializeOwned>(message: &Value, name: &str) -> Result<T, Stri
 
 /// An optional field: absent or null is `None`.
 pub fn optional_field<T: DeserializeOwned>(
-    message: &Value,
+    message: &Message<'_>,
     name: &str,
 ) -> Result<Option<T>, String> {
     match message.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Message::Null) => Ok(None),
         Some(_) => field(message, name).map(Some),
     }
 }
@@ -84,7 +85,7 @@ impl<E: EntityTrait> std::fmt::Debug for TypedMapping<E> {
 impl<E> TypedMapping<E>
 where
     E: EntityTrait + Default,
-    E::Model: FromKafkaEvent,
+    E::Model: FromKafkaEvent + IntoActiveModel<E::ActiveModel>,
 {
     pub fn new(name: impl Into<String>) -> Self {
         let columns: Vec<E::Column> = E::Column::iter().collect();
@@ -109,7 +110,7 @@ where
 impl<E> Mapping for TypedMapping<E>
 where
     E: EntityTrait + Default,
-    E::Model: FromKafkaEvent,
+    E::Model: FromKafkaEvent + IntoActiveModel<E::ActiveModel>,
 {
     fn name(&self) -> &str {
         &self.name
@@ -125,12 +126,20 @@ where
         stmt
     }
 
-    fn row(&self, message: &Value, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
-        let model = E::Model::from_kafka_event(message)?;
-        Ok(E::Column::iter().map(|c| model.get(c)).collect())
+    fn row(&self, message: &Message<'_>, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+        // Through the active model, each value moves into the row instead of being cloned out of the model.
+        let mut active = E::Model::from_kafka_event(message)?.into_active_model();
+        E::Column::iter()
+            .map(|c| {
+                active
+                    .take(c)
+                    .into_value()
+                    .ok_or_else(|| format!("column {} has no value", c.as_str()))
+            })
+            .collect()
     }
 
-    fn key(&self, message: &Value, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
+    fn key(&self, message: &Message<'_>, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
         E::Model::delete_key(message)
     }
 
