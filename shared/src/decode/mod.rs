@@ -214,11 +214,14 @@ impl AvroCodec {
     }
 }
 
+/// A record's messages: one, or an Avro container file's several.
+pub type Messages<'a> = smallvec::SmallVec<[Message<'a>; 1]>;
+
 /// The messages of one record value, and the Avro schema that describes them (it classifies fields for
 /// masking) when they were Avro.
 #[derive(Debug)]
 pub struct Decoded<'a> {
-    pub messages: Vec<Message<'a>>,
+    pub messages: Messages<'a>,
     pub schema: Option<Arc<Schema>>,
 }
 
@@ -438,7 +441,7 @@ impl<'c> Decoder<'c> {
     ) -> Result<Decoded<'a>, DecodeError> {
         let json = |bytes| {
             json::decode(bytes).map(|v| Decoded {
-                messages: vec![v],
+                messages: smallvec::smallvec![v],
                 schema: None,
             })
         };
@@ -468,7 +471,7 @@ impl<'c> Decoder<'c> {
                 ))
             })?;
             return avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
-                messages: vec![v],
+                messages: smallvec::smallvec![v],
                 schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(writer).schema())),
             });
         }
@@ -479,12 +482,12 @@ impl<'c> Decoder<'c> {
                         .as_ref()
                         .map_or(writer, |r| Arc::clone(r.schema())),
                 ),
-                messages,
+                messages: Messages::from_vec(messages),
             })
         };
         let datum = |bytes: &'a [u8], writer: &'a Arc<avro::AvroSchema>| {
             avro::decode_datum(bytes, writer, reader).map(|v| Decoded {
-                messages: vec![v],
+                messages: smallvec::smallvec![v],
                 schema: Some(Arc::clone(avro.reader.as_ref().unwrap_or(writer).schema())),
             })
         };
