@@ -142,11 +142,16 @@ impl Pipeline {
             received: event.record_count(),
             ..BatchReport::default()
         };
+        // A function with one sync (the usual) gets room for the whole batch at once; with several, each grows.
+        let room = match self.mappings.items.len() {
+            1 => event.record_count(),
+            _ => 0,
+        };
         let mut changes: Vec<Changes> = self
             .mappings
             .items
             .iter()
-            .map(|m| Changes::new(m.table().key.clone()))
+            .map(|m| Changes::with_capacity(m.table().key.clone(), room))
             .collect();
         let mut dead_letters = Vec::new();
         let order = event.order();

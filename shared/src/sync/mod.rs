@@ -78,6 +78,15 @@ impl Changes {
         }
     }
 
+    /// As [`Changes::new`], with room for `n` changes (a batch's size), so the list and its table of keys do not
+    /// grow and rehash while the batch is planned.
+    pub fn with_capacity(key: Vec<usize>, n: usize) -> Self {
+        let mut changes = Self::new(key);
+        changes.ops.reserve(n);
+        changes.slots.reserve(n, |&(h, _)| h);
+        changes
+    }
+
     /// Records an upsert of `row`; a later change of the same key replaces it.
     pub fn upsert(&mut self, row: Vec<SqlValue>, origin: Origin) {
         self.push(Op::Upsert(row), origin);
