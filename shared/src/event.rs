@@ -363,9 +363,9 @@ impl<'de> Visitor<'de> for EventSeed {
         while let Some(name) = map.next_key_seed(Name)? {
             match name.as_ref() {
                 "eventSource" => event_source = Some(map.next_value_seed(Name)?),
-                "eventSourceArn" => event.event_source_arn = map.next_value_seed(OptionalText)?,
+                "eventSourceArn" => event.event_source_arn = map.next_value_seed(Optional(Name))?,
                 "bootstrapServers" => {
-                    event.bootstrap_servers = map.next_value_seed(OptionalText)?
+                    event.bootstrap_servers = map.next_value_seed(Optional(Name))?
                 }
                 "records" => {
                     let mut list = Vec::new();
@@ -383,20 +383,20 @@ impl<'de> Visitor<'de> for EventSeed {
     }
 }
 
-/// An optional string, borrowed when it can be.
-struct OptionalText;
+/// `null` (or nothing), else what the inner seed reads.
+struct Optional<S>(S);
 
-impl<'de> DeserializeSeed<'de> for OptionalText {
-    type Value = Option<Cow<'de, str>>;
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Optional<S> {
+    type Value = Option<S::Value>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for OptionalText {
-    type Value = Option<Cow<'de, str>>;
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Optional<S> {
+    type Value = Option<S::Value>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string or null")
+        f.write_str("a value or null")
     }
     fn visit_none<E>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -405,40 +405,22 @@ impl<'de> Visitor<'de> for OptionalText {
         Ok(None)
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        Name.deserialize(d).map(Some)
+        self.0.deserialize(d).map(Some)
     }
 }
 
-/// A key or value: base64 text, or null. Most of a batch's bytes are in these strings, so they are read as
-/// bytes: serde_json then finds the closing quote with SIMD (memchr) instead of checking every byte for the
-/// control characters JSON forbids in strings. Nothing is lost by that: the payload is UTF-8 (checked whole)
-/// and a control character is not base64, so decoding the value dead-letters its record with that reason.
-struct OptionalBase64;
-
-impl<'de> DeserializeSeed<'de> for OptionalBase64 {
-    type Value = Option<Cow<'de, str>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de> Visitor<'de> for OptionalBase64 {
-    type Value = Option<Cow<'de, str>>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("base64 text or null")
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_bytes(Base64Text).map(Some)
-    }
-}
-
+/// A key or value: base64 text. Most of a batch's bytes are in these strings, so they are read as bytes:
+/// serde_json then finds the closing quote with SIMD (memchr) instead of checking every byte for the control
+/// characters JSON forbids in strings. Nothing is lost by that: the payload is UTF-8 (checked whole) and a
+/// control character is not base64, so decoding the value dead-letters its record with that reason.
 struct Base64Text;
+
+impl<'de> DeserializeSeed<'de> for Base64Text {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_bytes(self)
+    }
+}
 
 impl<'de> Visitor<'de> for Base64Text {
     type Value = Cow<'de, str>;
@@ -540,9 +522,9 @@ impl<'de> Visitor<'de> for RecordSeed {
                 "partition" => partition = Some(map.next_value()?),
                 "offset" => offset = Some(map.next_value()?),
                 "timestamp" => timestamp = Some(map.next_value_seed(Millis)?),
-                "timestampType" => r.timestamp_type = map.next_value_seed(OptionalText)?,
-                "key" => r.key = map.next_value_seed(OptionalBase64)?,
-                "value" => r.value = map.next_value_seed(OptionalBase64)?,
+                "timestampType" => r.timestamp_type = map.next_value_seed(Optional(Name))?,
+                "key" => r.key = map.next_value_seed(Optional(Base64Text))?,
+                "value" => r.value = map.next_value_seed(Optional(Base64Text))?,
                 "headers" => r.headers = map.next_value_seed(Headers)?,
                 "valueSchemaMetadata" => r.value_schema_metadata = map.next_value()?,
                 "keySchemaMetadata" => r.key_schema_metadata = map.next_value()?,
