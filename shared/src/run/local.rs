@@ -595,13 +595,9 @@ fn to_record(
         timestamp_type: Some(timestamp_type.to_string().into()),
         key: key.map(Into::into),
         value: value.map(Into::into),
-        headers: headers
-            .into_iter()
-            .map(|(name, value)| event::Header {
-                name: name.into(),
-                value: value.into(),
-            })
-            .collect(),
+        headers: event::Headers::from_pairs(
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        ),
         ..Record::default()
     };
     InHand { record, bytes }
@@ -629,6 +625,7 @@ pub async fn publish(
         record: &'e Record<'e>,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
     }
     let mut outgoing = Vec::new();
     for event in &events {
@@ -641,7 +638,16 @@ pub async fn publish(
             };
             let key = decode("key", &record.key)?;
             let value = decode("value", &record.value)?;
-            outgoing.push(Outgoing { record, key, value });
+            let headers = record
+                .headers
+                .pairs()
+                .map_err(|e| format!("{} {e}", record.coordinates()))?;
+            outgoing.push(Outgoing {
+                record,
+                key,
+                value,
+                headers,
+            });
         }
     }
     let mut config = ClientConfig::new();
@@ -659,7 +665,7 @@ pub async fn publish(
     let mut deliveries = Vec::with_capacity(outgoing.len());
     for o in &outgoing {
         let mut headers = OwnedHeaders::new();
-        for (name, value) in o.record.header_pairs() {
+        for (name, value) in &o.headers {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value),

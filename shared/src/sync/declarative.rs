@@ -222,10 +222,15 @@ impl Column {
             Source::Offset => Some(Cow::Owned(Message::from(meta.record.offset))),
             Source::Timestamp => Some(Cow::Owned(Message::from(meta.record.timestamp))),
             Source::Header(name) => {
-                match meta.record.header_pairs().filter(|(k, _)| k == name).last() {
+                let bytes = meta
+                    .record
+                    .headers
+                    .last(name)
+                    .map_err(|e| format!("column {}: {e}", self.name))?;
+                match bytes {
                     None => None,
-                    Some((_, bytes)) => Some(Cow::Owned(Message::from(
-                        std::str::from_utf8(bytes).map_err(|_| {
+                    Some(bytes) => Some(Cow::Owned(Message::from(
+                        String::from_utf8(bytes).map_err(|_| {
                             format!("column {}: header {name} is not UTF-8", self.name)
                         })?,
                     ))),
@@ -444,7 +449,7 @@ impl Mapping for DeclarativeMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Header, Record};
+    use crate::event::{Headers, Record};
     use serde_json::{Value, json};
 
     fn msg(value: Value) -> Message<'static> {
@@ -480,10 +485,7 @@ mod tests {
             partition: 2,
             offset: 7,
             timestamp: 1_700_000_000_000,
-            headers: vec![Header {
-                name: "trace-id".into(),
-                value: b"abc".to_vec().into(),
-            }],
+            headers: Headers::from_pairs([("trace-id", &b"abc"[..])]),
             ..Record::default()
         }
     }
@@ -515,6 +517,25 @@ mod tests {
         assert_eq!(
             m.key(&message, &meta).unwrap(),
             vec![SqlValue::String(Some("p-1".into()))]
+        );
+    }
+
+    #[test]
+    fn a_malformed_header_fails_the_record_that_reads_it() {
+        let m = planet();
+        let text = r#"{"eventSource":"aws:kafka","records":{"planets-2":[{"topic":"planets","partition":2,"offset":7,"timestamp":1,"headers":[{"trace-id":[97,300]}]}]}}"#;
+        let event = crate::event::MskEvent::parse(text).unwrap();
+        let meta = Meta {
+            record: &event.records[0],
+            key: None,
+            key_value: None,
+        };
+        let err = m
+            .row(&msg(json!({"planetUuid": "p-1"})), &meta)
+            .unwrap_err();
+        assert!(
+            err.starts_with("column trace: headers: header trace-id: 300 is not a byte"),
+            "{err}"
         );
     }
 
