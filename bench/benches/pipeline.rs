@@ -14,7 +14,7 @@ use criterion::{
 use msk_sync::config::Config;
 use msk_sync::event::MskEvent;
 use msk_sync::pipeline::{Handler, Pipeline};
-use msk_sync_bench::{Format, GenConfig, LAMBDA_PAYLOAD_LIMIT, generate, generate_to_size};
+use msk_sync_bench::Format;
 use planet_sync::planet;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, Set};
 
@@ -22,24 +22,35 @@ fn quick() -> bool {
     std::env::var_os("MSK_SYNC_BENCH_QUICK").is_some_and(|v| v != "0")
 }
 
-/// (event bytes, records)
+/// An event from the `gen-event` binary: (event bytes, records). Generating in a process of its own keeps the
+/// generator's hundred megabytes of short-lived `serde_json::Value`s out of this process's heap, which they left
+/// fragmented: the same decode measured up to twice as slow after generating in-process (as a Lambda instance,
+/// which never runs the generator, would not see).
+fn generated(format: Format, size: &[&str]) -> (Vec<u8>, usize) {
+    let format = match format {
+        Format::Json => "json",
+        Format::Avro => "avro",
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gen-event"))
+        .arg(format)
+        .args(size)
+        .output()
+        .expect("run gen-event");
+    assert!(out.status.success(), "gen-event failed");
+    let records = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("gen-event reports its records");
+    (out.stdout, records)
+}
+
+/// (event bytes, records): a batch at Lambda's payload limit, or 2 000 records in quick mode.
 fn batch(format: Format) -> (Vec<u8>, usize) {
-    let cfg = GenConfig {
-        format,
-        ..GenConfig::default()
-    };
-    let (event, n) = if quick() {
-        (
-            generate(&GenConfig {
-                records: 2_000,
-                ..cfg
-            }),
-            2_000,
-        )
+    if quick() {
+        generated(format, &["--records", "2000"])
     } else {
-        generate_to_size(LAMBDA_PAYLOAD_LIMIT, cfg)
-    };
-    (event.to_string().into_bytes(), n)
+        generated(format, &[])
+    }
 }
 
 fn events_dir() -> std::path::PathBuf {
@@ -252,12 +263,7 @@ fn naive_vs_bulk(c: &mut Criterion) {
     let (dbs, _dir) = rt.block_on(databases());
     // The naive loop is slow: a smaller batch, the same for both sides, so the ratio compares like with like.
     let n = if quick() { 200 } else { 2_000 };
-    let bytes = generate(&GenConfig {
-        records: n,
-        ..GenConfig::default()
-    })
-    .to_string()
-    .into_bytes();
+    let (bytes, _) = generated(Format::Json, &["--records", &n.to_string()]);
     let mut group = bench_group(
         c,
         "naive_vs_bulk",
