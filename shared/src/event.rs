@@ -17,7 +17,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::message::Name;
+use crate::text::Name;
 
 /// The event sources whose payload has the MSK shape.
 pub const EVENT_SOURCES: [&str; 2] = ["aws:kafka", "SelfManagedKafka"];
@@ -219,7 +219,7 @@ impl<'a> MskEvent<'a> {
 
     /// As [`MskEvent::parse`]; the bytes must be UTF-8 (checked once, for the whole payload).
     pub fn from_slice(bytes: &'a [u8]) -> Result<Self, NotAnMskEvent> {
-        let text = crate::message::utf8(bytes).map_err(|e| {
+        let text = crate::text::utf8(bytes).map_err(|e| {
             NotAnMskEvent(format!(
                 "the payload is not UTF-8 text (invalid byte at {})",
                 e.valid_up_to()
@@ -466,7 +466,7 @@ impl<'de> Visitor<'de> for Base64Text {
         f.write_str("base64 text")
     }
     fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-        crate::message::utf8(v)
+        crate::text::utf8(v)
             .map(Cow::Borrowed)
             .map_err(|_| E::custom("a key or value is not UTF-8 text"))
     }

@@ -17,6 +17,7 @@
 //! - [`sync`]: mappings (declarative and typed), collapse per key, bulk apply, dead letters.
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
 //! - [`report`]: the batch report, which is also the Lambda response.
+//! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
 //! - [`config`]: the configuration file and its validation.
 //! - [`run`]: the ways in: Lambda, `replay`, `config check`, and the local runner on a Kafka broker (`consume`,
 //!   `publish`, feature `kafka`). The only module that knows about Lambda or Kafka clients.
@@ -33,4 +34,5 @@ pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod sync;
+mod text;
 pub mod topics;

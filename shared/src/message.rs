@@ -24,6 +24,8 @@ use serde::de::{
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Number, Value};
 
+use crate::text::Name;
+
 /// A JSON value whose strings and field names borrow from the decoded record where they can.
 #[derive(Debug, Clone, Default)]
 pub enum Message<'a> {
@@ -196,11 +198,6 @@ impl<'a> IntoIterator for Object<'a> {
     fn into_iter(self) -> Self::IntoIter {
         self.fields.into_iter()
     }
-}
-
-/// `bytes` as text: SIMD-checked, with std's error (which says where) when they are not UTF-8.
-pub fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
-    simdutf8::basic::from_utf8(bytes).or_else(|_| std::str::from_utf8(bytes))
 }
 
 impl<'a> Message<'a> {
@@ -554,32 +551,6 @@ impl<'de> Visitor<'de> for Seed {
             fields.push((name, value));
         }
         Ok(Message::Object(Object::from_fields(fields)))
-    }
-}
-
-/// A string (an object's field name) borrowed when the deserializer can lend it.
-pub(crate) struct Name;
-
-impl<'de> DeserializeSeed<'de> for Name {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Name {
-    type Value = Cow<'de, str>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v))
     }
 }
 

@@ -9,7 +9,7 @@ pub(crate) const INJECTED_FIELDS: usize = 2;
 /// The value as a message whose strings borrow from `bytes` (see [`Message::parse`]). The bytes are checked to
 /// be UTF-8 once, as a whole, and the top-level object gets room for the injected fields.
 pub(super) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
-    let text = crate::message::utf8(bytes).map_err(|e| {
+    let text = crate::text::utf8(bytes).map_err(|e| {
         DecodeError::Permanent(format!(
             "value is not valid JSON: invalid UTF-8 at byte {}",
             e.valid_up_to()

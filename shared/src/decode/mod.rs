@@ -405,11 +405,11 @@ impl<'c> Decoder<'c> {
         match format {
             KeyFormat::String => Ok(decoded
                 .ok()
-                .and_then(|()| crate::message::utf8(bytes).ok())
+                .and_then(|()| crate::text::utf8(bytes).ok())
                 .map(Message::from)),
             KeyFormat::Json => {
                 decoded.map_err(bad)?;
-                let text = crate::message::utf8(bytes).map_err(|e| {
+                let text = crate::text::utf8(bytes).map_err(|e| {
                     DecodeError::Permanent(format!(
                         "key is not valid JSON: invalid UTF-8 at byte {}",
                         e.valid_up_to()
