@@ -6,16 +6,10 @@ use crate::message::Message;
 /// Room the pipeline adds to every message (`kafkaRecordTimestamp`, `kafkaTopic`).
 pub(crate) const INJECTED_FIELDS: usize = 2;
 
-/// The value as a message whose strings borrow from `bytes` (see [`Message::parse`]). The bytes are checked to
-/// be UTF-8 once, as a whole, and the top-level object gets room for the injected fields.
+/// The value as a message whose strings borrow from `bytes` (see [`parse`]), its top-level object with room for
+/// the injected fields.
 pub(super) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
-    let text = crate::text::utf8(bytes).map_err(|e| {
-        DecodeError::Permanent(format!(
-            "value is not valid JSON: invalid UTF-8 at byte {}",
-            e.valid_up_to()
-        ))
-    })?;
-    let value = Message::parse(text, INJECTED_FIELDS)
+    let value = parse(bytes, INJECTED_FIELDS)
         .map_err(|e| DecodeError::Permanent(format!("value is not valid JSON: {e}")))?;
     if value.is_object() {
         Ok(value)
@@ -32,6 +26,15 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
             }
         )))
     }
+}
+
+/// Any JSON value (a value, or a key declared JSON), strings borrowed from `bytes`, which are checked to be
+/// UTF-8 once, as a whole; a top-level object gets room for `spare` more fields. The error says what is wrong,
+/// for the caller to say what was being read.
+pub(super) fn parse(bytes: &[u8], spare: usize) -> Result<Message<'_>, String> {
+    let text = crate::text::utf8(bytes)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    Message::parse(text, spare).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

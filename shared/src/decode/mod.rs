@@ -409,13 +409,7 @@ impl<'c> Decoder<'c> {
                 .map(Message::from)),
             KeyFormat::Json => {
                 decoded.map_err(bad)?;
-                let text = crate::text::utf8(bytes).map_err(|e| {
-                    DecodeError::Permanent(format!(
-                        "key is not valid JSON: invalid UTF-8 at byte {}",
-                        e.valid_up_to()
-                    ))
-                })?;
-                Message::parse(text, 0)
+                json::parse(bytes, 0)
                     .map(Some)
                     .map_err(|e| DecodeError::Permanent(format!("key is not valid JSON: {e}")))
             }
@@ -780,5 +774,24 @@ mod tests {
             None,
             "a non-UTF-8 string key is no key"
         );
+    }
+
+    #[test]
+    fn json_keys() {
+        let c = codec("value = \"auto\"\nkey = \"json\"\n");
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        assert_eq!(
+            c.decode_key(Some(&b64(br#"{"id":7}"#))).unwrap().unwrap()["id"],
+            7
+        );
+        let permanent = |bytes: &[u8]| match c.decode_key(Some(&b64(bytes))) {
+            Err(DecodeError::Permanent(m)) => m,
+            other => panic!("expected a permanent error, got {other:?}"),
+        };
+        assert_eq!(
+            permanent(b"{\"id\":\"\xff\"}"),
+            "key is not valid JSON: invalid UTF-8 at byte 7"
+        );
+        assert!(permanent(b"{\"id\":").starts_with("key is not valid JSON: EOF"));
     }
 }
