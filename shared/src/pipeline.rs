@@ -16,7 +16,7 @@ use crate::filter::Filter;
 use crate::mask::MaskRule;
 use crate::message::Message;
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
-use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, Sink};
+use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink};
 use crate::topics::TopicRouter;
 
 /// The compiled, database-free part of a function: codec, routing and mappings.
@@ -379,6 +379,10 @@ pub enum HandlerError {
     /// Database or schema registry trouble: nothing was written; retry the whole batch.
     #[error("transient failure, batch not applied (retry it): {0}")]
     Transient(String),
+    /// The database does not match the config (found by the preflight): nothing was applied or
+    /// dead-lettered; retrying cannot help until a person fixes the table or the config.
+    #[error("misconfigured, nothing applied: {0}")]
+    Misconfigured(String),
 }
 
 /// The pipeline plus the database: the one handler behind every way in.
@@ -410,6 +414,16 @@ impl Handler {
 
     pub async fn handle(&self, event: &MskEvent<'_>) -> Result<BatchReport, HandlerError> {
         let source = event.event_source.as_ref();
+        self.sink.preflight().await.map_err(|e| match e {
+            PreflightError::Misconfigured(_) => {
+                tracing::error!(event_source = %source, records = event.record_count(), error = %e, "misconfigured: the database does not match the config");
+                HandlerError::Misconfigured(e.to_string())
+            }
+            PreflightError::Database(_) => {
+                tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "preflight failed");
+                HandlerError::Transient(e.to_string())
+            }
+        })?;
         self.pipeline.prepare(event).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
             HandlerError::Transient(e.to_string())

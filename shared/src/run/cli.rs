@@ -3,7 +3,7 @@
 //!
 //! Exit codes follow the failure model: 0 processed (dead letters included), 1 transient failure (nothing
 //! of the failing batch was written; run it again), 2 bad invocation (unreadable file, not an MSK event, bad
-//! config).
+//! config) or misconfigured (the database does not match the config: nothing applied).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use super::{App, DATABASE_URL_ENV};
+use super::{App, DATABASE_URL_ENV, redact};
 use crate::config::Config;
 use crate::event::MskEvent;
 use crate::pipeline::HandlerError;
@@ -114,8 +114,14 @@ struct ConsumeArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// List every problem in a config file; exit 2 if there is any.
-    Check { file: PathBuf },
+    /// List every problem in a config file, and with a database URL every way its tables differ from the
+    /// config; exit 2 if there is any.
+    Check {
+        file: PathBuf,
+        /// Also check the database's tables (read only: nothing is created).
+        #[arg(long, env = DATABASE_URL_ENV)]
+        database_url: Option<String>,
+    },
 }
 
 /// Runs one command line and returns the process exit code. Reports go to `out`, messages to `err`.
@@ -144,8 +150,8 @@ where
     init_logging();
     match cli.command {
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => check(&file, out, err),
+            command: ConfigCommand::Check { file, database_url },
+        } => check(app, &file, database_url.as_deref(), out, err).await,
         #[cfg(feature = "kafka")]
         Command::Consume(args) => consume(app, args, err).await,
         #[cfg(feature = "kafka")]
@@ -174,24 +180,75 @@ where
     }
 }
 
-fn check(file: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let problems = match Config::from_file(file) {
+async fn check(
+    app: &App,
+    file: &std::path::Path,
+    database_url: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let config = Config::from_file(file);
+    let mut problems: Vec<String> = match &config {
         Ok(config) => config
             .problems()
             .into_iter()
             .map(|p| format!("{}: {p}", file.display()))
             .collect(),
-        Err(e) => e.0,
+        Err(e) => e.0.clone(),
+    };
+    let database = match (config, database_url) {
+        (_, None) => {
+            "database not checked (pass --database-url URL or set DATABASE_URL)".to_string()
+        }
+        (Ok(config), Some(url)) if problems.is_empty() => {
+            match check_database(app, &config, url).await {
+                Ok((found, missing)) => {
+                    problems.extend(found.iter().map(|p| format!("{}: {p}", redact(url))));
+                    let mut said = format!("database {}: checked", redact(url));
+                    if !missing.is_empty() {
+                        said.push_str(&format!(
+                            "; not there yet, the first batch creates them (which needs the CREATE privilege): {}",
+                            missing.join(", ")
+                        ));
+                    }
+                    said
+                }
+                Err(e) => return fail(err, EXIT_TRANSIENT, &e),
+            }
+        }
+        (_, Some(url)) => format!(
+            "database {} not checked: fix the file's problems first",
+            redact(url)
+        ),
     };
     if problems.is_empty() {
         let _ = writeln!(out, "{}: ok", file.display());
+        let _ = writeln!(out, "{database}");
         return EXIT_OK;
     }
     for p in &problems {
         let _ = writeln!(err, "{p}");
     }
+    let _ = writeln!(err, "{database}");
     let _ = writeln!(err, "{}: {} problem(s)", file.display(), problems.len());
     EXIT_INVALID
+}
+
+/// The preflight of `config check --database-url`, which reads the catalogs and creates nothing.
+async fn check_database(
+    app: &App,
+    config: &Config,
+    url: &str,
+) -> Result<(Vec<crate::sync::Problem>, Vec<String>), String> {
+    let handler = app
+        .handler(config, Some(url))
+        .await
+        .map_err(|e| e.to_string())?;
+    handler
+        .sink()
+        .check()
+        .await
+        .map_err(|e| format!("database {}: {e}", redact(url)))
 }
 
 async fn replay(
@@ -263,6 +320,9 @@ async fn replay(
             }
             Err(e @ HandlerError::Transient(_)) => {
                 return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
+            }
+            Err(e @ HandlerError::Misconfigured(_)) => {
+                return fail(err, EXIT_INVALID, &format!("{}: {e}", file.display()));
             }
         }
     }

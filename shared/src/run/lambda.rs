@@ -139,6 +139,7 @@ impl From<HandlerError> for Diagnostic {
         let error_type = match e {
             HandlerError::Invalid(_) => "InvalidEvent",
             HandlerError::Transient(_) => "TransientFailure",
+            HandlerError::Misconfigured(_) => "Misconfigured",
         };
         Diagnostic {
             error_type: error_type.into(),

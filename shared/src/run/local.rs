@@ -487,6 +487,9 @@ impl<H: BatchHandler> Runner<H> {
                     return Ok(());
                 }
                 Err(HandlerError::Invalid(e)) => return Err(ConsumeError::Invalid(e)),
+                Err(e @ HandlerError::Misconfigured(_)) => {
+                    return Err(ConsumeError::Invalid(e.to_string()));
+                }
                 Err(HandlerError::Transient(e)) => e,
             };
             self.summary.retries += 1;

@@ -8,6 +8,7 @@
 pub mod dead_letter;
 pub mod declarative;
 pub mod mapping;
+pub mod preflight;
 pub mod table;
 pub mod typed;
 
@@ -26,6 +27,7 @@ use tokio::sync::OnceCell;
 
 pub use dead_letter::DeadLetter;
 pub use mapping::{Mapping, Meta};
+pub use preflight::{PreflightError, Problem};
 pub use table::TableDef;
 
 /// Which message a change came from: the position of its record in the batch's order, and the message's index
@@ -223,25 +225,84 @@ impl Sink {
         &self.db
     }
 
-    /// Creates missing tables, once per instance (retried on the next batch if it failed).
-    pub async fn ensure_tables(&self) -> Result<(), DbErr> {
+    /// The preflight, once per instance before the first batch (asked again on the next batch if it did not
+    /// pass): every table is created if missing, then compared with the config ([`preflight`]).
+    pub async fn preflight(&self) -> Result<(), PreflightError> {
         self.ready
             .get_or_try_init(|| async {
-                let backend = self.backend();
-                let dead = dead_letter::create_table(&self.options.dead_letter_table, backend);
-                let tables = self.mappings.iter().map(|m| m.create_table(backend));
-                for mut stmt in tables.chain([dead]) {
-                    if backend == DbBackend::MySql {
-                        // Any text a producer sends must fit (the server default may be latin1), and keys must
-                        // compare byte for byte as they do in Kafka and in the batch's collapse, not case-blind.
-                        stmt.character_set("utf8mb4").collate("utf8mb4_bin");
+                let server = preflight::Server::detect(&self.db).await?;
+                let mut problems = Vec::new();
+                for expected in self.expected_tables() {
+                    let found = match preflight::inspect(&self.db, &expected, &server).await? {
+                        Some(found) => Some(found),
+                        // Only a table the catalog does not list is created: an existing one needs no CREATE
+                        // grant, and the least-privileged user has none.
+                        None => match self
+                            .db
+                            .execute_unprepared(&preflight::create_statement(&expected, &server))
+                            .await
+                        {
+                            Ok(_) => preflight::inspect(&self.db, &expected, &server).await?,
+                            Err(e) => match preflight::create_denied(&e) {
+                                Some(said) => {
+                                    problems.push(preflight::missing(&expected, said));
+                                    None
+                                }
+                                None => return Err(e.into()),
+                            },
+                        },
+                    };
+                    if let Some(found) = found {
+                        problems.extend(preflight::compare(&expected, &found, &server));
                     }
-                    self.db.execute(&stmt).await?;
                 }
-                Ok::<(), DbErr>(())
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    Err(PreflightError::Misconfigured(problems))
+                }
             })
             .await?;
         Ok(())
+    }
+
+    /// What `config check --database-url` reports: the problems, and the tables that do not exist yet (the
+    /// first batch creates them). Creates nothing.
+    pub async fn check(&self) -> Result<(Vec<Problem>, Vec<String>), DbErr> {
+        let server = preflight::Server::detect(&self.db).await?;
+        let mut problems = Vec::new();
+        let mut missing = Vec::new();
+        for expected in self.expected_tables() {
+            match preflight::inspect(&self.db, &expected, &server).await? {
+                Some(found) => problems.extend(preflight::compare(&expected, &found, &server)),
+                None => missing.push(expected.def.name),
+            }
+        }
+        Ok((problems, missing))
+    }
+
+    /// Every table the mappings write, then the dead-letter table (its columns as [`dead_letter`] defines them).
+    fn expected_tables(&self) -> Vec<preflight::Expected> {
+        let backend = self.backend();
+        let name = &self.options.dead_letter_table;
+        self.mappings
+            .iter()
+            .map(|m| preflight::Expected::new(m.table().clone(), m.create_table(backend), true))
+            .chain([preflight::Expected::new(
+                dead_letter::table_def(name),
+                dead_letter::create_table(name, backend),
+                false,
+            )])
+            .collect()
+    }
+
+    /// [`Sink::preflight`] for callers that only tell transient errors from success; a mismatch becomes a
+    /// [`DbErr::Custom`] with its message. [`crate::pipeline::Handler`] calls the preflight itself first.
+    pub async fn ensure_tables(&self) -> Result<(), DbErr> {
+        self.preflight().await.map_err(|e| match e {
+            PreflightError::Database(e) => e,
+            e @ PreflightError::Misconfigured(_) => DbErr::Custom(e.to_string()),
+        })
     }
 
     /// Writes one batch in one transaction: every mapping's upserts and deletes, and the dead letters. On any

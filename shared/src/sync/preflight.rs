@@ -1,0 +1,983 @@
+//! The preflight: before a function instance applies its first batch, every table it writes (each sync's and
+//! the dead-letter table) is compared with what the config expects, from the database's own catalogs
+//! (`pg_catalog`, `information_schema`, SQLite's pragmas).
+//!
+//! A table that does not match would otherwise fail every batch (a partition blocked without a word about
+//! the table), dead-letter every record, or, worse, duplicate or merge rows silently. Such a mismatch is the
+//! *misconfigured* failure class: nothing is applied and nothing is dead-lettered, and each [`Problem`] names
+//! the table, the column, what was expected and what was found.
+//!
+//! A table that is missing is created; one that exists is only read, so a user with no CREATE grant can run
+//! msk-sync on tables made for it.
+
+use std::fmt;
+
+use sea_orm::sea_query::{
+    ColumnType as SqlType, MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder,
+    TableCreateStatement, Value as SqlValue,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
+
+use super::declarative::ColumnType as Kind;
+use super::table::TableDef;
+
+/// One way a table differs from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub table: String,
+    pub column: Option<String>,
+    pub expected: String,
+    pub found: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "table {}", self.table)?;
+        if let Some(c) = &self.column {
+            write!(f, ", column {c}")?;
+        }
+        write!(f, ": expected {}; found {}", self.expected, self.found)
+    }
+}
+
+/// Why the preflight did not pass.
+#[derive(Debug)]
+pub enum PreflightError {
+    /// The database could not be asked (away, timeout…): transient, the next batch asks again.
+    Database(DbErr),
+    /// The tables do not match the config: retrying cannot help until a person changes one or the other.
+    Misconfigured(Vec<Problem>),
+}
+
+impl From<DbErr> for PreflightError {
+    fn from(e: DbErr) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl fmt::Display for PreflightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Database(e) => write!(f, "{e}"),
+            Self::Misconfigured(problems) => {
+                write!(f, "the database does not match the config: ")?;
+                for (i, p) in problems.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, "; ")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A table as the config expects it.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub def: TableDef,
+    /// Creates it when it is missing (without `IF NOT EXISTS` only in spirit: it is issued only for a table
+    /// the catalog did not list, and `IF NOT EXISTS` keeps two instances starting at once from failing).
+    pub create: TableCreateStatement,
+    /// The kind of value written to each of `def.columns`, when known; `None`: only its existence is checked.
+    pub kinds: Vec<Option<Kind>>,
+    /// Whether batches delete from it (syncs do; the dead-letter table is only upserted).
+    pub deletes: bool,
+}
+
+impl Expected {
+    /// The kinds come from the statement that would create the table, so they are the ones msk-sync itself
+    /// would choose, for declarative, typed and dead-letter tables alike.
+    pub fn new(def: TableDef, create: TableCreateStatement, deletes: bool) -> Self {
+        let kinds = def
+            .columns
+            .iter()
+            .map(|c| {
+                create
+                    .get_columns()
+                    .iter()
+                    .find(|d| d.get_column_name() == *c)
+                    .and_then(|d| d.get_column_type())
+                    .and_then(kind_of)
+            })
+            .collect();
+        Self {
+            def,
+            create,
+            kinds,
+            deletes,
+        }
+    }
+
+    fn is_key(&self, column: usize) -> bool {
+        self.def.key.contains(&column)
+    }
+
+    /// The columns an upsert's `SET` writes: every non-key column, or the key itself when there is none.
+    fn updated(&self) -> Vec<&str> {
+        let rest: Vec<&str> = self.def.non_key_columns().collect();
+        if rest.is_empty() {
+            self.def.key_columns().collect()
+        } else {
+            rest
+        }
+    }
+}
+
+fn kind_of(ty: &SqlType) -> Option<Kind> {
+    Some(match ty {
+        SqlType::Char(_) | SqlType::String(_) | SqlType::Text => Kind::Text,
+        SqlType::TinyInteger
+        | SqlType::SmallInteger
+        | SqlType::Integer
+        | SqlType::BigInteger
+        | SqlType::TinyUnsigned
+        | SqlType::SmallUnsigned
+        | SqlType::Unsigned
+        | SqlType::BigUnsigned => Kind::Integer,
+        SqlType::Float | SqlType::Double => Kind::Float,
+        SqlType::Boolean => Kind::Boolean,
+        SqlType::Json | SqlType::JsonBinary => Kind::Json,
+        SqlType::DateTime | SqlType::Timestamp | SqlType::TimestampWithTimeZone => Kind::Timestamp,
+        SqlType::Custom(name) => {
+            let name = name.to_string().to_ascii_lowercase();
+            if name.ends_with("text") {
+                Kind::Text
+            } else if name.starts_with("datetime") || name.starts_with("timestamp") {
+                Kind::Timestamp
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// What the server is, where it matters for the tables msk-sync creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub backend: DbBackend,
+    /// MySQL / MariaDB: the NO PAD binary collation new tables get (`None`: the server has none).
+    pub nopad_bin: Option<&'static str>,
+    pub version: String,
+}
+
+impl Server {
+    pub async fn detect(db: &impl ConnectionTrait) -> Result<Self, DbErr> {
+        let backend = db.get_database_backend();
+        if backend != DbBackend::MySql {
+            return Ok(Self {
+                backend,
+                nopad_bin: None,
+                version: String::new(),
+            });
+        }
+        let version: String = query(db, "SELECT CAST(VERSION() AS CHAR)", vec![])
+            .await?
+            .first()
+            .and_then(|r| r.try_get_by_index(0).ok())
+            .unwrap_or_default();
+        Ok(Self {
+            backend,
+            nopad_bin: nopad_bin_collation(&version),
+            version,
+        })
+    }
+}
+
+/// `utf8mb4_bin` is PAD SPACE: "k" and "k " are one key. MariaDB (10.2+) has `utf8mb4_nopad_bin`, MySQL 8 has
+/// `utf8mb4_0900_bin`; MySQL before 8 has no NO PAD binary collation for utf8mb4.
+pub fn nopad_bin_collation(version: &str) -> Option<&'static str> {
+    if version.to_ascii_lowercase().contains("mariadb") {
+        return Some("utf8mb4_nopad_bin");
+    }
+    let major: u32 = version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    (major >= 8).then_some("utf8mb4_0900_bin")
+}
+
+/// Whether a MySQL / MariaDB collation compares byte for byte, trailing spaces included.
+fn mysql_bytewise(collation: &str) -> bool {
+    let c = collation.to_ascii_lowercase();
+    c == "binary" || c.ends_with("_nopad_bin") || c.ends_with("_0900_bin")
+}
+
+/// One column as the catalog lists it.
+#[derive(Debug, Clone, Default)]
+pub struct FoundColumn {
+    pub name: String,
+    /// The type's family as the catalog names it, lower case (`bigint`, `character varying`, `varchar`…).
+    pub family: String,
+    /// The full type, for messages (`varchar(255)`, `character varying(40)`).
+    pub display: String,
+    /// NOT NULL without a default, identity or generation: an INSERT that leaves it out fails.
+    pub required: bool,
+    pub collation: Option<String>,
+    /// Whether the collation tells apart every two different strings.
+    pub bytewise: bool,
+}
+
+/// A unique index (or primary key) as the catalog lists it.
+#[derive(Debug, Clone, Default)]
+pub struct FoundIndex {
+    pub name: String,
+    pub columns: Vec<String>,
+    /// Why it cannot serve as the key (partial, on a prefix or an expression, deferrable).
+    pub unusable: Option<String>,
+}
+
+/// A table as the database has it.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub columns: Vec<FoundColumn>,
+    pub unique: Vec<FoundIndex>,
+    /// Grants the database user lacks, as (privilege, column, what the database said).
+    pub denied: Vec<(String, Option<String>, String)>,
+}
+
+/// Compares one table with the config; empty when it matches.
+pub fn compare(expected: &Expected, found: &Found, server: &Server) -> Vec<Problem> {
+    let backend = server.backend;
+    let table = &expected.def.name;
+    let problem = |column: Option<&str>, expected: String, found: String| Problem {
+        table: table.clone(),
+        column: column.map(str::to_string),
+        expected,
+        found,
+    };
+    // PostgreSQL keeps the case of the quoted names msk-sync writes; MySQL and SQLite column names ignore it.
+    let same = |a: &str, b: &str| {
+        if backend == DbBackend::Postgres {
+            a == b
+        } else {
+            a.eq_ignore_ascii_case(b)
+        }
+    };
+    let mut problems = Vec::new();
+    for (i, name) in expected.def.columns.iter().enumerate() {
+        let Some(col) = found.columns.iter().find(|c| same(&c.name, name)) else {
+            let hint = found
+                .columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(name))
+                .map(|c| format!(" (there is {:?}: names are case-sensitive here)", c.name))
+                .unwrap_or_default();
+            problems.push(problem(
+                Some(name),
+                "the column to exist".into(),
+                format!("no such column{hint}"),
+            ));
+            continue;
+        };
+        let kind = expected.kinds.get(i).copied().flatten();
+        if let Some(kind) = kind
+            && backend != DbBackend::Sqlite
+            && !accepts(kind, backend, &col.family)
+        {
+            problems.push(problem(
+                Some(name),
+                format!(
+                    "a column of type {} ({})",
+                    kind_name(kind),
+                    families(kind, backend).join(", ")
+                ),
+                col.display.clone(),
+            ));
+            continue;
+        }
+        if expected.is_key(i) {
+            problems.extend(key_text_problem(col, server).map(|(e, f)| problem(Some(name), e, f)));
+        }
+    }
+    // A column msk-sync does not write must accept the INSERT leaving it out.
+    for col in found.columns.iter().filter(|c| c.required) {
+        if !expected.def.columns.iter().any(|c| same(c, &col.name)) {
+            problems.push(problem(
+                Some(&col.name),
+                "a column msk-sync does not write to be nullable or have a default".into(),
+                format!("{} NOT NULL without a default", col.display),
+            ));
+        }
+    }
+    let key: Vec<&str> = expected.def.key_columns().collect();
+    let covers = |ix: &FoundIndex| {
+        ix.columns.len() == key.len() && key.iter().all(|k| ix.columns.iter().any(|c| same(c, k)))
+    };
+    if !found
+        .unique
+        .iter()
+        .any(|ix| ix.unusable.is_none() && covers(ix))
+    {
+        let seen: Vec<String> = found
+            .unique
+            .iter()
+            .map(|ix| {
+                format!(
+                    "{} on ({}){}",
+                    ix.name,
+                    ix.columns.join(", "),
+                    ix.unusable
+                        .as_deref()
+                        .map(|u| format!(" ({u})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        problems.push(problem(
+            None,
+            format!(
+                "a primary key or unique index on exactly ({}), so that a key is one row",
+                key.join(", ")
+            ),
+            if seen.is_empty() {
+                "no primary key and no unique index".into()
+            } else {
+                format!("only {}", seen.join(", "))
+            },
+        ));
+    }
+    for (privilege, column, said) in &found.denied {
+        problems.push(problem(
+            column.as_deref(),
+            format!("the database user to have the {privilege} privilege"),
+            said.clone(),
+        ));
+    }
+    problems
+}
+
+/// A key column of text must tell every two keys apart, as Kafka and the batch's collapse do.
+fn key_text_problem(col: &FoundColumn, server: &Server) -> Option<(String, String)> {
+    let padded = match server.backend {
+        DbBackend::Postgres => col.family == "character",
+        DbBackend::MySql => col.family == "char",
+        _ => false,
+    };
+    if padded {
+        return Some((
+            "a key column of variable length (fixed-length text ignores trailing spaces)".into(),
+            col.display.clone(),
+        ));
+    }
+    if server.backend == DbBackend::Postgres && col.family.ends_with("citext") {
+        return Some((
+            "a key column that compares case and bytes (citext does not)".into(),
+            col.display.clone(),
+        ));
+    }
+    if col.collation.is_none() || col.bytewise {
+        return None;
+    }
+    let collation = col.collation.as_deref().unwrap_or_default();
+    let expected = match (server.backend, server.nopad_bin) {
+        (DbBackend::MySql, Some(nopad)) => format!(
+            "a byte-for-byte NO PAD collation such as {nopad}, so that \"k\", \"K\" and \"k \" are three keys (ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4 COLLATE {nopad})"
+        ),
+        (DbBackend::MySql, None) => format!(
+            "a byte-for-byte NO PAD collation, which {} does not have (MySQL 8.0+ or MariaDB 10.2+ do)",
+            server.version
+        ),
+        (DbBackend::Sqlite, _) => "the BINARY collation on the key's unique index".into(),
+        _ => "a deterministic collation".into(),
+    };
+    Some((expected, format!("collation {collation}")))
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text => "text",
+        Kind::Integer => "integer",
+        Kind::Float => "float",
+        Kind::Boolean => "boolean",
+        Kind::Json => "json",
+        Kind::Timestamp => "timestamp",
+    }
+}
+
+/// The type families that hold every value of a kind as msk-sync binds it.
+fn families(kind: Kind, backend: DbBackend) -> &'static [&'static str] {
+    let pg = backend == DbBackend::Postgres;
+    match kind {
+        Kind::Text if pg => &["text", "character varying", "character", "citext"],
+        Kind::Text => &[
+            "varchar",
+            "char",
+            "tinytext",
+            "text",
+            "mediumtext",
+            "longtext",
+        ],
+        Kind::Integer if pg => &["bigint", "integer", "smallint", "numeric"],
+        Kind::Integer => &[
+            "bigint",
+            "int",
+            "mediumint",
+            "smallint",
+            "tinyint",
+            "decimal",
+        ],
+        Kind::Float if pg => &["double precision", "real", "numeric"],
+        Kind::Float => &["double", "float", "decimal"],
+        Kind::Boolean if pg => &["boolean"],
+        Kind::Boolean => &["tinyint", "smallint", "int", "bigint", "bit"],
+        Kind::Json if pg => &["jsonb", "json"],
+        // MariaDB's JSON is LONGTEXT with a check.
+        Kind::Json => &["json", "longtext", "mediumtext", "text"],
+        Kind::Timestamp if pg => &["timestamp with time zone", "timestamp without time zone"],
+        Kind::Timestamp => &["datetime", "timestamp"],
+    }
+}
+
+fn accepts(kind: Kind, backend: DbBackend, family: &str) -> bool {
+    let family = family.rsplit('.').next().unwrap_or(family);
+    families(kind, backend).contains(&family)
+}
+
+/// Reads one table from the catalog; `None` when it does not exist.
+pub async fn inspect(
+    db: &DatabaseConnection,
+    expected: &Expected,
+    server: &Server,
+) -> Result<Option<Found>, DbErr> {
+    match server.backend {
+        DbBackend::Postgres => inspect_postgres(db, expected).await,
+        DbBackend::MySql => inspect_mysql(db, expected).await,
+        _ => inspect_sqlite(db, expected).await,
+    }
+}
+
+async fn query(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<SqlValue>,
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    let backend = db.get_database_backend();
+    db.query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await
+}
+
+fn text(row: &sea_orm::QueryResult, i: usize) -> Result<String, DbErr> {
+    Ok(row
+        .try_get_by_index::<Option<String>>(i)?
+        .unwrap_or_default())
+}
+
+async fn inspect_postgres(
+    db: &DatabaseConnection,
+    expected: &Expected,
+) -> Result<Option<Found>, DbErr> {
+    let name = || vec![SqlValue::from(expected.def.name.clone())];
+    // Resolved like the statements' unqualified names: through the search path.
+    let exists = query(
+        db,
+        "SELECT r IS NOT NULL, COALESCE(has_table_privilege(r, 'DELETE'), false) \
+         FROM (SELECT to_regclass(quote_ident($1)) AS r) s",
+        name(),
+    )
+    .await?;
+    let Some(row) = exists.first() else {
+        return Ok(None);
+    };
+    if !row.try_get_by_index::<bool>(0)? {
+        return Ok(None);
+    }
+    let may_delete: bool = row.try_get_by_index(1)?;
+    let columns = query(
+        db,
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+           (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)::regtype::text, \
+           a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '', \
+           co.collname::text, COALESCE(co.collisdeterministic, true), \
+           has_column_privilege(a.attrelid, a.attnum, 'SELECT'), \
+           has_column_privilege(a.attrelid, a.attnum, 'INSERT'), \
+           has_column_privilege(a.attrelid, a.attnum, 'UPDATE') \
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_collation co ON co.oid = a.attcollation \
+         WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
+        name(),
+    )
+    .await?;
+    let mut found = Found::default();
+    let mut grants = Vec::new();
+    for row in &columns {
+        let collation = row.try_get_by_index::<Option<String>>(4)?;
+        found.columns.push(FoundColumn {
+            name: text(row, 0)?,
+            display: text(row, 1)?,
+            family: text(row, 2)?,
+            required: row.try_get_by_index(3)?,
+            // "default" is the database's collation: deterministic like every libc / ICU one but those
+            // created with deterministic = false.
+            bytewise: row.try_get_by_index(5)?,
+            collation,
+        });
+        let privileges: [bool; 3] = [
+            row.try_get_by_index(6)?,
+            row.try_get_by_index(7)?,
+            row.try_get_by_index(8)?,
+        ];
+        grants.push(privileges);
+    }
+    let granted = |column: &str, which: usize| {
+        found
+            .columns
+            .iter()
+            .position(|c| c.name == column)
+            .is_none_or(|i| grants[i][which])
+    };
+    let mut denied = Vec::new();
+    for (privilege, which, columns) in [
+        ("SELECT", 0, expected.def.key_columns().collect::<Vec<_>>()),
+        (
+            "INSERT",
+            1,
+            expected.def.columns.iter().map(String::as_str).collect(),
+        ),
+        ("UPDATE", 2, expected.updated()),
+    ] {
+        for c in columns.into_iter().filter(|c| !granted(c, which)) {
+            denied.push((
+                privilege.to_string(),
+                Some(c.to_string()),
+                "not granted".to_string(),
+            ));
+        }
+    }
+    if expected.deletes && !may_delete {
+        denied.push(("DELETE".into(), None, "not granted".into()));
+    }
+    found.denied = denied;
+    // Only an immediate, non-partial unique index on plain columns can be ON CONFLICT's arbiter; INCLUDE
+    // columns are not part of what is unique.
+    let indexes = query(
+        db,
+        "SELECT ci.relname::text, \
+           CASE WHEN i.indpred IS NOT NULL THEN 'partial' WHEN i.indexprs IS NOT NULL THEN 'on an expression' \
+                WHEN NOT i.indimmediate THEN 'deferrable' END, \
+           a.attname::text \
+         FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid \
+         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(n, o) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n \
+         WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisunique AND k.o <= i.indnkeyatts \
+         ORDER BY ci.relname, k.o",
+        name(),
+    )
+    .await?;
+    for row in &indexes {
+        add_index_column(
+            &mut found.unique,
+            text(row, 0)?,
+            row.try_get_by_index::<Option<String>>(1)?,
+            text(row, 2)?,
+        );
+    }
+    Ok(Some(found))
+}
+
+fn add_index_column(
+    unique: &mut Vec<FoundIndex>,
+    index: String,
+    unusable: Option<String>,
+    column: String,
+) {
+    match unique.last_mut() {
+        Some(last) if last.name == index => {
+            last.columns.push(column);
+            if last.unusable.is_none() {
+                last.unusable = unusable;
+            }
+        }
+        _ => unique.push(FoundIndex {
+            name: index,
+            columns: vec![column],
+            unusable,
+        }),
+    }
+}
+
+async fn inspect_mysql(
+    db: &DatabaseConnection,
+    expected: &Expected,
+) -> Result<Option<Found>, DbErr> {
+    let name = || vec![SqlValue::from(expected.def.name.clone())];
+    let tables = query(
+        db,
+        "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        name(),
+    )
+    .await?;
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let columns = query(
+        db,
+        "SELECT CAST(COLUMN_NAME AS CHAR), CAST(LOWER(DATA_TYPE) AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
+           CAST(IF(IS_NULLABLE = 'NO' AND COLUMN_DEFAULT IS NULL AND EXTRA NOT LIKE '%auto_increment%' \
+                   AND EXTRA NOT LIKE '%GENERATED%', 'y', 'n') AS CHAR), \
+           CAST(COLLATION_NAME AS CHAR) \
+         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+         ORDER BY ORDINAL_POSITION",
+        name(),
+    )
+    .await?;
+    let mut found = Found::default();
+    for row in &columns {
+        let collation = row.try_get_by_index::<Option<String>>(4)?;
+        found.columns.push(FoundColumn {
+            name: text(row, 0)?,
+            family: text(row, 1)?,
+            display: match &collation {
+                Some(c) => format!("{} collate {c}", text(row, 2)?),
+                None => text(row, 2)?,
+            },
+            required: text(row, 3)? == "y",
+            bytewise: collation.as_deref().is_none_or(mysql_bytewise),
+            collation,
+        });
+    }
+    // ON DUPLICATE KEY fires on any unique index; one on a prefix of the key merges distinct keys.
+    let indexes = query(
+        db,
+        "SELECT CAST(INDEX_NAME AS CHAR), \
+           CAST(CASE WHEN SUB_PART IS NOT NULL THEN 'on a prefix' WHEN COLUMN_NAME IS NULL THEN 'on an expression' END AS CHAR), \
+           CAST(COALESCE(COLUMN_NAME, '') AS CHAR) \
+         FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+         ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        name(),
+    )
+    .await?;
+    for row in &indexes {
+        add_index_column(
+            &mut found.unique,
+            text(row, 0)?,
+            row.try_get_by_index::<Option<String>>(1)?,
+            text(row, 2)?,
+        );
+    }
+    found.denied = probe_mysql_grants(db, expected, &found).await?;
+    Ok(Some(found))
+}
+
+/// MySQL's grant tables do not say what a user may do (roles, wildcard schema grants, anonymous accounts), but
+/// the server checks every statement's privileges before it looks at a row: statements that match no row, in
+/// a transaction rolled back, ask it exactly. Only columns that exist are named, so that a missing column is
+/// reported as such and not as a refused statement.
+async fn probe_mysql_grants(
+    db: &DatabaseConnection,
+    expected: &Expected,
+    found: &Found,
+) -> Result<Vec<(String, Option<String>, String)>, DbErr> {
+    let exists = |c: &&str| found.columns.iter().any(|f| f.name.eq_ignore_ascii_case(c));
+    let q = |c: &str| format!("`{c}`");
+    let table = q(&expected.def.name);
+    let list = |cols: &[&str]| cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+    let key: Vec<&str> = expected.def.key_columns().filter(exists).collect();
+    let all: Vec<&str> = expected
+        .def
+        .columns
+        .iter()
+        .map(String::as_str)
+        .filter(exists)
+        .collect();
+    let updated: Vec<&str> = expected.updated().into_iter().filter(exists).collect();
+    let mut probes = Vec::new();
+    if !key.is_empty() {
+        probes.push((
+            "SELECT",
+            format!("SELECT {} FROM {table} WHERE 1 = 0", list(&key)),
+        ));
+    }
+    if !all.is_empty() {
+        let nulls = vec!["NULL"; all.len()].join(", ");
+        probes.push((
+            "INSERT",
+            format!(
+                "INSERT INTO {table} ({}) SELECT {nulls} FROM DUAL WHERE 1 = 0",
+                list(&all)
+            ),
+        ));
+    }
+    if !updated.is_empty() {
+        let set: Vec<String> = updated.iter().map(|c| format!("{} = NULL", q(c))).collect();
+        probes.push((
+            "UPDATE",
+            format!("UPDATE {table} SET {} WHERE 1 = 0", set.join(", ")),
+        ));
+    }
+    if expected.deletes {
+        probes.push(("DELETE", format!("DELETE FROM {table} WHERE 1 = 0")));
+    }
+    let txn = db.begin().await?;
+    let mut denied = Vec::new();
+    for (privilege, sql) in probes {
+        match txn.execute_unprepared(&sql).await {
+            Ok(_) => {}
+            Err(e) => match mysql_denied(&e) {
+                Some(said) => denied.push((privilege.to_string(), None, said)),
+                None => return Err(e),
+            },
+        }
+    }
+    txn.rollback().await?;
+    Ok(denied)
+}
+
+/// The server's words when it refused a statement for want of a privilege (1142 table, 1143 column, 1044
+/// database); they name the user and the table, never a password.
+fn mysql_denied(err: &DbErr) -> Option<String> {
+    database_error(err, |code, number| {
+        matches!(number, Some(1044 | 1142 | 1143)) || code == "42501"
+    })
+}
+
+fn database_error(err: &DbErr, denied: impl Fn(&str, Option<u16>) -> bool) -> Option<String> {
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    let sqlx::Error::Database(db) = e.as_ref() else {
+        return None;
+    };
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let number = db
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number());
+    denied(&code, number).then(|| db.message().to_string())
+}
+
+async fn inspect_sqlite(
+    db: &DatabaseConnection,
+    expected: &Expected,
+) -> Result<Option<Found>, DbErr> {
+    let name = || vec![SqlValue::from(expected.def.name.clone())];
+    let columns = query(
+        db,
+        "SELECT name, type, \"notnull\" <> 0 AND dflt_value IS NULL AND pk = 0, pk FROM pragma_table_info(?) ORDER BY cid",
+        name(),
+    )
+    .await?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let mut found = Found::default();
+    let mut pk: Vec<(i64, String)> = Vec::new();
+    for row in &columns {
+        let name = text(row, 0)?;
+        let declared = text(row, 1)?;
+        let position: i64 = row.try_get_by_index(3)?;
+        if position > 0 {
+            pk.push((position, name.clone()));
+        }
+        found.columns.push(FoundColumn {
+            name,
+            family: declared.to_ascii_lowercase(),
+            display: declared,
+            required: row.try_get_by_index(2)?,
+            collation: None,
+            bytewise: true,
+        });
+    }
+    // SQLite decides uniqueness with the index's collation (NOCASE, RTRIM merge keys). An INTEGER PRIMARY
+    // KEY is the rowid and has no index of its own.
+    let indexes = query(
+        db,
+        "SELECT il.name, CASE WHEN il.partial THEN 'partial' WHEN ii.cid = -2 THEN 'on an expression' END, \
+           COALESCE(ii.name, ''), ii.coll, il.origin \
+         FROM pragma_index_list(?) AS il, pragma_index_xinfo(il.name) AS ii \
+         WHERE il.\"unique\" AND ii.key ORDER BY il.name, ii.seqno",
+        name(),
+    )
+    .await?;
+    let mut has_pk_index = false;
+    for row in &indexes {
+        let column = text(row, 2)?;
+        let collation = text(row, 3)?;
+        has_pk_index |= text(row, 4)? == "pk";
+        if !collation.eq_ignore_ascii_case("BINARY")
+            && let Some(c) = found.columns.iter_mut().find(|c| c.name == column)
+        {
+            c.collation = Some(collation);
+            c.bytewise = false;
+        }
+        add_index_column(
+            &mut found.unique,
+            text(row, 0)?,
+            row.try_get_by_index::<Option<String>>(1)?,
+            column,
+        );
+    }
+    if !has_pk_index && !pk.is_empty() {
+        pk.sort();
+        found.unique.push(FoundIndex {
+            name: "PRIMARY KEY".into(),
+            columns: pk.into_iter().map(|(_, c)| c).collect(),
+            unusable: None,
+        });
+    }
+    Ok(Some(found))
+}
+
+/// The CREATE TABLE of a missing table; MySQL tables get utf8mb4 (any text a producer sends fits; the server
+/// default may be latin1) and a NO PAD binary collation (keys compare byte for byte, as in Kafka and in the
+/// batch's collapse: "k", "K" and "k " are three keys).
+pub fn create_statement(expected: &Expected, server: &Server) -> String {
+    let mut stmt = expected.create.clone();
+    match server.backend {
+        DbBackend::MySql => {
+            stmt.character_set("utf8mb4")
+                .collate(server.nopad_bin.unwrap_or("utf8mb4_bin"));
+            stmt.to_string(MysqlQueryBuilder)
+        }
+        DbBackend::Postgres => stmt.to_string(PostgresQueryBuilder),
+        _ => stmt.to_string(SqliteQueryBuilder),
+    }
+}
+
+/// Refusals of a CREATE for want of a privilege: the table is missing and the user may not make it.
+pub fn create_denied(err: &DbErr) -> Option<String> {
+    database_error(err, |code, number| {
+        matches!(number, Some(1044 | 1142)) || code == "42501"
+    })
+}
+
+/// The problem of a table that is missing and could not be created.
+pub fn missing(expected: &Expected, said: String) -> Problem {
+    Problem {
+        table: expected.def.name.clone(),
+        column: None,
+        expected: "the table to exist, or the database user to be allowed to create it".into(),
+        found: format!("no such table, and CREATE was refused: {said}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::table::create_table;
+    use sea_orm::sea_query::{Alias, ColumnDef};
+
+    fn expected() -> Expected {
+        let def = TableDef {
+            name: "t".into(),
+            columns: vec!["id".into(), "n".into(), "doc".into()],
+            key: vec![0],
+        };
+        let col = |n: &str| ColumnDef::new(Alias::new(n));
+        let create = create_table(
+            "t",
+            vec![
+                col("id").string().not_null().to_owned(),
+                col("n").big_integer().to_owned(),
+                col("doc").custom(Alias::new("LONGTEXT")).to_owned(),
+            ],
+            &["id"],
+        );
+        Expected::new(def, create, true)
+    }
+
+    fn column(name: &str, family: &str) -> FoundColumn {
+        FoundColumn {
+            name: name.into(),
+            family: family.into(),
+            display: family.into(),
+            bytewise: true,
+            ..FoundColumn::default()
+        }
+    }
+
+    fn mariadb() -> Server {
+        Server {
+            backend: DbBackend::MySql,
+            nopad_bin: nopad_bin_collation("10.11.19-MariaDB-0+deb12u1"),
+            version: "10.11.19-MariaDB-0+deb12u1".into(),
+        }
+    }
+
+    #[test]
+    fn kinds_come_from_the_create_statement() {
+        let e = expected();
+        assert_eq!(
+            e.kinds,
+            vec![Some(Kind::Text), Some(Kind::Integer), Some(Kind::Text)]
+        );
+    }
+
+    #[test]
+    fn the_nopad_collation_follows_the_server() {
+        assert_eq!(
+            nopad_bin_collation("10.11.19-MariaDB-0+deb12u1"),
+            Some("utf8mb4_nopad_bin")
+        );
+        assert_eq!(nopad_bin_collation("8.0.36"), Some("utf8mb4_0900_bin"));
+        assert_eq!(nopad_bin_collation("5.7.44-log"), None);
+        assert!(mysql_bytewise("utf8mb4_nopad_bin"));
+        assert!(mysql_bytewise("utf8mb4_0900_bin"));
+        assert!(!mysql_bytewise("utf8mb4_bin"));
+        assert!(!mysql_bytewise("utf8mb4_general_ci"));
+    }
+
+    #[test]
+    fn a_matching_table_has_no_problem() {
+        let found = Found {
+            columns: vec![
+                column("ID", "varchar"),
+                column("n", "bigint"),
+                column("doc", "longtext"),
+            ],
+            unique: vec![FoundIndex {
+                name: "PRIMARY".into(),
+                columns: vec!["id".into()],
+                unusable: None,
+            }],
+            denied: vec![],
+        };
+        assert_eq!(compare(&expected(), &found, &mariadb()), vec![]);
+    }
+
+    #[test]
+    fn every_difference_is_named() {
+        let mut id = column("id", "varchar");
+        id.collation = Some("utf8mb4_bin".into());
+        id.bytewise = false;
+        let mut extra = column("extra", "int");
+        extra.required = true;
+        let found = Found {
+            columns: vec![id, column("n", "varchar"), extra],
+            unique: vec![FoundIndex {
+                name: "by_id".into(),
+                columns: vec!["id".into()],
+                unusable: Some("on a prefix".into()),
+            }],
+            denied: vec![("INSERT".into(), None, "INSERT command denied".into())],
+        };
+        let problems: Vec<String> = compare(&expected(), &found, &mariadb())
+            .iter()
+            .map(Problem::to_string)
+            .collect();
+        let all = problems.join("\n");
+        for needle in [
+            "table t, column id: expected a byte-for-byte NO PAD collation such as utf8mb4_nopad_bin",
+            "found collation utf8mb4_bin",
+            "table t, column n: expected a column of type integer (bigint, int",
+            "found varchar",
+            "table t, column doc: expected the column to exist; found no such column",
+            "table t, column extra: expected a column msk-sync does not write to be nullable",
+            "table t: expected a primary key or unique index on exactly (id)",
+            "found only by_id on (id) (on a prefix)",
+            "expected the database user to have the INSERT privilege; found INSERT command denied",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        assert_eq!(problems.len(), 6, "{all}");
+    }
+}
