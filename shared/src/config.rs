@@ -229,9 +229,22 @@ impl Config {
         if self.database.max_rows_per_statement == Some(0) {
             problems.push("database.max_rows_per_statement must be at least 1".into());
         }
+        let dead_letters = self
+            .database
+            .dead_letter_table
+            .as_deref()
+            .unwrap_or(crate::sync::dead_letter::DEFAULT_TABLE);
         for (i, sync) in self.syncs.iter().enumerate() {
             if let Err(p) = DeclarativeMapping::compile(sync, &sync_label(i, sync)) {
                 problems.extend(p);
+            }
+            // Case too: MySQL on macOS and Windows, and SQLite, do not tell table names apart by case.
+            if sync.table.eq_ignore_ascii_case(dead_letters) {
+                problems.push(format!(
+                    "{}: table {:?} is the dead-letter table ({dead_letters:?}): choose another table or set database.dead_letter_table",
+                    sync_label(i, sync),
+                    sync.table
+                ));
             }
         }
         if let Err(p) = crate::topics::TopicRouter::new(
@@ -265,6 +278,40 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown field `urll`"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_file_alone_catches_the_dead_letter_table_and_columns_that_differ_by_case() {
+        let cfg = Config::from_toml(
+            r#"
+            [[sync]]
+            topics = ["a"]
+            table = "MSK_Sync_Dead_Letter"
+            key = ["id"]
+            columns = [{ name = "id", path = "$.id" }, { name = "Name", path = "$.n" }, { name = "name", path = "$.m" }]
+            [[sync]]
+            topics = ["b"]
+            table = "fine"
+            key = ["id"]
+            columns = [{ name = "id", path = "$.id" }]
+            "#,
+        )
+        .unwrap();
+        let p = cfg.problems().join("\n");
+        assert!(
+            p.contains("sync 1 (MSK_Sync_Dead_Letter): table \"MSK_Sync_Dead_Letter\" is the dead-letter table"),
+            "{p}"
+        );
+        assert!(
+            p.contains("column 3 (\"name\"): differs from column \"Name\" only by case"),
+            "{p}"
+        );
+        assert_eq!(cfg.problems().len(), 2, "{p}");
+        let cfg = Config::from_toml(
+            "[database]\ndead_letter_table = \"fine\"\n[[sync]]\ntopics = [\"a\"]\ntable = \"fine\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", path = \"$.id\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.problems().len(), 1, "{:?}", cfg.problems());
     }
 
     #[test]

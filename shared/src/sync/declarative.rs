@@ -302,6 +302,15 @@ impl DeclarativeMapping {
             }
             if cfg.columns[..i].iter().any(|o| o.name == c.name) {
                 say(format!("{here}: defined twice"));
+            } else if let Some(o) = cfg.columns[..i]
+                .iter()
+                .find(|o| o.name.eq_ignore_ascii_case(&c.name))
+            {
+                // MySQL and SQLite column names ignore case: the two would be one column there.
+                say(format!(
+                    "{here}: differs from column {:?} only by case, and column names are case-insensitive in MySQL and SQLite",
+                    o.name
+                ));
             }
             let ty = ColumnType::parse(&c.ty);
             if ty.is_none() {
