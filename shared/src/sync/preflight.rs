@@ -290,7 +290,9 @@ pub fn compare(expected: &Expected, found: &Found, server: &Server) -> Vec<Probl
             continue;
         }
         if expected.is_key(i) {
-            problems.extend(key_text_problem(col, server).map(|(e, f)| problem(Some(name), e, f)));
+            problems.extend(
+                key_text_problem(table, col, server).map(|(e, f)| problem(Some(name), e, f)),
+            );
         }
     }
     // A column msk-sync does not write must accept the INSERT leaving it out.
@@ -351,7 +353,7 @@ pub fn compare(expected: &Expected, found: &Found, server: &Server) -> Vec<Probl
 }
 
 /// A key column of text must tell every two keys apart, as Kafka and the batch's collapse do.
-fn key_text_problem(col: &FoundColumn, server: &Server) -> Option<(String, String)> {
+fn key_text_problem(table: &str, col: &FoundColumn, server: &Server) -> Option<(String, String)> {
     let padded = match server.backend {
         DbBackend::Postgres => col.family == "character",
         DbBackend::MySql => col.family == "char",
@@ -375,7 +377,7 @@ fn key_text_problem(col: &FoundColumn, server: &Server) -> Option<(String, Strin
     let collation = col.collation.as_deref().unwrap_or_default();
     let expected = match (server.backend, server.nopad_bin) {
         (DbBackend::MySql, Some(nopad)) => format!(
-            "a byte-for-byte NO PAD collation such as {nopad}, so that \"k\", \"K\" and \"k \" are three keys (ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4 COLLATE {nopad})"
+            "a byte-for-byte NO PAD collation such as {nopad}, so that \"k\", \"K\" and \"k \" are three keys (ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 COLLATE {nopad})"
         ),
         (DbBackend::MySql, None) => format!(
             "a byte-for-byte NO PAD collation, which {} does not have (MySQL 8.0+ or MariaDB 10.2+ do)",
@@ -721,6 +723,9 @@ async fn probe_mysql_grants(
             Ok(_) => {}
             Err(e) => match mysql_denied(&e) {
                 Some(said) => denied.push((privilege.to_string(), None, said)),
+                // Anything else the server refuses (a column without a default, a missing column) is the
+                // catalog comparison's to report; only a lost connection or a timeout stops the preflight.
+                None if database_error(&e, |_, _| true).is_some() => {}
                 None => return Err(e),
             },
         }
