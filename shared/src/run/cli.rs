@@ -222,8 +222,8 @@ async fn check(
         ),
     };
     if problems.is_empty() {
-        let _ = writeln!(out, "{}: ok", file.display());
         let _ = writeln!(out, "{database}");
+        let _ = writeln!(out, "{}: ok", file.display());
         return EXIT_OK;
     }
     for p in &problems {
