@@ -563,3 +563,28 @@ async fn mariadb_config_check_lists_the_databases_problems() {
 async fn sqlite_config_check_lists_the_databases_problems() {
     config_check_lists_the_databases_problems(Backend::Sqlite).await;
 }
+
+// --- typed syncs -----------------------------------------------------------------------------------------
+
+/// A typed sync's table is checked from its sea-orm entity: columns, their types and the primary key.
+#[tokio::test]
+async fn typed_sync_tables_are_checked_from_the_entity() {
+    for backend in [Backend::Postgres, Backend::MariaDb, Backend::Sqlite] {
+        let db = TestDb::new(backend, "pf_typed").await;
+        let key = key_text(backend);
+        sql(
+            &db,
+            &format!("CREATE TABLE servicea_planet (uuid {key}, label TEXT)"),
+        )
+        .await;
+        let run = replay_with(&planet_sync::app(), &db, None, &["mixed-partitions.json"]).await;
+        assert_misconfigured(
+            &run,
+            &[
+                "table servicea_planet, column name: expected the column to exist; found no such column",
+                "table servicea_planet: expected a primary key or unique index on exactly (uuid)",
+            ],
+        );
+        assert_eq!(db.count("servicea_planet").await, 0);
+    }
+}
