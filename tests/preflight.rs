@@ -284,6 +284,47 @@ async fn mariadb_a_key_collation_that_merges_keys_is_misconfigured() {
     }
 }
 
+/// The same on PostgreSQL (a non-deterministic collation, fixed-length `character`) and SQLite (`NOCASE`).
+#[tokio::test]
+async fn postgres_and_sqlite_key_comparisons_that_merge_keys_are_misconfigured() {
+    let db = TestDb::new(Backend::Postgres, "pf_pg_collation").await;
+    sql(
+        &db,
+        "CREATE COLLATION case_blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+    )
+    .await;
+    for (key, found) in [
+        ("TEXT COLLATE case_blind", "found collation case_blind"),
+        ("CHARACTER(40)", "found character(40)"),
+    ] {
+        sql(&db, "DROP TABLE IF EXISTS items").await;
+        sql(
+            &db,
+            &format!("CREATE TABLE items (id {key} PRIMARY KEY, n BIGINT, label TEXT)"),
+        )
+        .await;
+        let run = replay_events(&db, &db.url, &[six_items()]).await;
+        assert_misconfigured(&run, &["table items, column id: expected", found]);
+        assert_eq!(db.count("items").await, 0);
+    }
+
+    let db = TestDb::new(Backend::Sqlite, "pf_sqlite_collation").await;
+    sql(
+        &db,
+        "CREATE TABLE items (id TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER, label TEXT)",
+    )
+    .await;
+    let run = replay_events(&db, &db.url, &[six_items()]).await;
+    assert_misconfigured(
+        &run,
+        &[
+            "table items, column id: expected the BINARY collation on the key's unique index",
+            "found collation NOCASE",
+        ],
+    );
+    assert_eq!(db.count("items").await, 0);
+}
+
 /// Tables msk-sync creates keep "k" and "k " (and "K") apart: two upserts are two rows, and deleting "k "
 /// leaves "k".
 async fn keys_that_differ_by_trailing_spaces_stay_apart(backend: Backend) {

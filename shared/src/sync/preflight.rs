@@ -77,8 +77,8 @@ impl fmt::Display for PreflightError {
 #[derive(Debug, Clone)]
 pub struct Expected {
     pub def: TableDef,
-    /// Creates it when it is missing (without `IF NOT EXISTS` only in spirit: it is issued only for a table
-    /// the catalog did not list, and `IF NOT EXISTS` keeps two instances starting at once from failing).
+    /// Creates it when it is missing. Issued only for a table the catalog did not list; its `IF NOT EXISTS`
+    /// is for two instances that start at once.
     pub create: TableCreateStatement,
     /// The kind of value written to each of `def.columns`, when known; `None`: only its existence is checked.
     pub kinds: Vec<Option<Kind>>,
