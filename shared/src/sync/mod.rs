@@ -248,7 +248,14 @@ impl Sink {
                                     problems.push(preflight::missing(&expected, said));
                                     None
                                 }
-                                None => return Err(e.into()),
+                                // PostgreSQL's IF NOT EXISTS can still fail when another instance creates
+                                // the same table at the same moment: then the table is there now.
+                                None => {
+                                    match preflight::inspect(&self.db, &expected, &server).await {
+                                        Ok(Some(found)) => Some(found),
+                                        _ => return Err(e.into()),
+                                    }
+                                }
                             },
                         },
                     };
