@@ -233,34 +233,11 @@ impl Sink {
                 let server = preflight::Server::detect(&self.db).await?;
                 let mut problems = Vec::new();
                 for expected in self.expected_tables() {
-                    let found = match preflight::inspect(&self.db, &expected, &server).await? {
-                        Some(found) => Some(found),
-                        // Only a table the catalog does not list is created: an existing one needs no CREATE
-                        // grant, and the least-privileged user has none.
-                        None => match self
-                            .db
-                            .execute_unprepared(&preflight::create_statement(&expected, &server))
-                            .await
-                        {
-                            Ok(_) => preflight::inspect(&self.db, &expected, &server).await?,
-                            Err(e) => match preflight::create_denied(&e) {
-                                Some(said) => {
-                                    problems.push(preflight::missing(&expected, said));
-                                    None
-                                }
-                                // PostgreSQL's IF NOT EXISTS can still fail when another instance creates
-                                // the same table at the same moment: then the table is there now.
-                                None => {
-                                    match preflight::inspect(&self.db, &expected, &server).await {
-                                        Ok(Some(found)) => Some(found),
-                                        _ => return Err(e.into()),
-                                    }
-                                }
-                            },
-                        },
-                    };
-                    if let Some(found) = found {
-                        problems.extend(preflight::compare(&expected, &found, &server));
+                    match self.found_or_created(&expected, &server).await? {
+                        Ok(found) => {
+                            problems.extend(preflight::compare(&expected, &found, &server))
+                        }
+                        Err(missing) => problems.push(missing),
                     }
                 }
                 if problems.is_empty() {
@@ -271,6 +248,40 @@ impl Sink {
             })
             .await?;
         Ok(())
+    }
+
+    /// The table as the catalog lists it, after creating it if it was missing. Only a table the catalog does
+    /// not list is created: an existing one needs no CREATE grant, and the least-privileged user has none.
+    /// `Ok(Err(problem))`: missing, and the user may not create it.
+    async fn found_or_created(
+        &self,
+        expected: &preflight::Expected,
+        server: &preflight::Server,
+    ) -> Result<Result<preflight::Found, Problem>, DbErr> {
+        if let Some(found) = preflight::inspect(&self.db, expected, server).await? {
+            return Ok(Ok(found));
+        }
+        let create = preflight::create_statement(expected, server);
+        let refused = match self.db.execute_unprepared(&create).await {
+            Ok(_) => None,
+            Err(e) => match preflight::create_denied(&e) {
+                Some(said) => return Ok(Err(preflight::missing(expected, said))),
+                None => Some(e),
+            },
+        };
+        // PostgreSQL's IF NOT EXISTS can still fail when another instance creates the same table at the same
+        // moment: then the table is there now.
+        match (
+            preflight::inspect(&self.db, expected, server).await,
+            refused,
+        ) {
+            (Ok(Some(found)), _) => Ok(Ok(found)),
+            (_, Some(e)) | (Err(e), None) => Err(e),
+            (Ok(None), None) => Err(DbErr::Custom(format!(
+                "table {} is still missing after CREATE TABLE",
+                expected.def.name
+            ))),
+        }
     }
 
     /// What `config check --database-url` reports: the problems, and the tables that do not exist yet (the
