@@ -514,13 +514,35 @@ async fn a_least_privileged_user_applies_batches(backend: Backend) {
     let run = replay_events(&db, &user.url, &[again]).await;
     assert_misconfigured(
         &run,
-        &[
-            "table items",
-            "expected the database user to have the INSERT privilege",
-        ],
+        &["table items: expected the database user to have the INSERT privilege"],
     );
     assert_eq!(db.count("items").await, 5);
     assert_eq!(db.count(DEAD).await, 1);
+
+    // A table that is missing, for a user who may not create it: misconfigured too, not a retry forever.
+    let config = db.write(
+        "other.toml",
+        &CONFIG.replace("table = \"items\"", "table = \"others\""),
+    );
+    let file = db.write("other.json", &six_items());
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &user.url,
+            "--config",
+            config.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_misconfigured(
+        &run,
+        &[
+            "table others: expected the table to exist, or the database user to be allowed to create it; found no such table, and CREATE was refused",
+        ],
+    );
 }
 
 #[tokio::test]

@@ -542,12 +542,22 @@ async fn inspect_postgres(
         ),
         ("UPDATE", 2, expected.updated()),
     ] {
-        for c in columns.into_iter().filter(|c| !granted(c, which)) {
-            denied.push((
-                privilege.to_string(),
-                Some(c.to_string()),
-                "not granted".to_string(),
-            ));
+        let missing: Vec<&str> = columns
+            .iter()
+            .copied()
+            .filter(|c| !granted(c, which))
+            .collect();
+        // Not granted on any of them is the usual case (a table grant missing): say it once.
+        if !missing.is_empty() && missing.len() == columns.len() {
+            denied.push((privilege.to_string(), None, "not granted".to_string()));
+        } else {
+            for c in missing {
+                denied.push((
+                    privilege.to_string(),
+                    Some(c.to_string()),
+                    "not granted".to_string(),
+                ));
+            }
         }
     }
     if expected.deletes && !may_delete {
