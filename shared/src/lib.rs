@@ -14,7 +14,8 @@
 //! - [`filter`]: the emit filter (aether); [`mask`]: classification masking (aether, plus nested records).
 //! - [`change`]: `changeType` → upsert or delete (bedrock's routing).
 //! - [`topics`]: which sync receives a topic (exact names, globs, `*`).
-//! - [`sync`]: mappings (declarative and typed), collapse per key, bulk apply, dead letters.
+//! - [`sync`]: mappings (declarative and typed), the preflight against the database, collapse per key, bulk
+//!   apply, dead letters.
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
 //! - [`report`]: the batch report, which is also the Lambda response.
 //! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
