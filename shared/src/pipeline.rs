@@ -130,6 +130,38 @@ struct Seen<'s, 'e> {
     message: Option<&'s Message<'s>>,
 }
 
+impl<'e> Seen<'_, 'e> {
+    /// A record's first (or only) message, before anything is known of it.
+    fn new(record: &'e Record<'e>, position: usize) -> Self {
+        Seen {
+            record,
+            at: Origin {
+                record: position,
+                index: 0,
+            },
+            key: None,
+            sync: None,
+            message: None,
+        }
+    }
+}
+
+/// A record opened: its messages for the sync at this index, or its fate as a whole, with the sync it was
+/// routed to when it got that far.
+enum Opened<'m> {
+    Messages(usize, Decoded<'m>),
+    Settled(Option<usize>, Fate),
+}
+
+/// A decoder's answer by failure class: `Err` (transient) fails the batch, `Ok(Err(reason))` dead-letters.
+fn permanent<T>(decoded: Result<T, DecodeError>) -> Result<Result<T, String>, DecodeError> {
+    match decoded {
+        Ok(v) => Ok(Ok(v)),
+        Err(DecodeError::Permanent(reason)) => Ok(Err(reason)),
+        Err(transient) => Err(transient),
+    }
+}
+
 /// The longest reason msk-sync keeps: a reason quotes names (topics, schema fields) that a producer chooses,
 /// and a container file repeats its reason for each of its messages.
 const MAX_REASON_CHARS: usize = 1_000;
@@ -315,123 +347,95 @@ impl Pipeline {
         let order = event.order();
         let mut batch = Batch::new(&self.mappings.items, event.record_count());
         let decoder = self.codec.decoder();
-        let mut buffers = (Vec::new(), Vec::new());
+        let (mut key_buf, mut value_buf) = (Vec::new(), Vec::new());
         for (position, &i) in order.iter().enumerate() {
             let record = &event.records[i];
-            self.plan_record(
-                &decoder,
+            let mut seen = Seen::new(record, position);
+            let key_value =
+                match permanent(decoder.decode_key(record.key.as_deref(), &mut key_buf))? {
+                    Ok(key_value) => key_value,
+                    Err(reason) => {
+                        batch.settle(seen, Fate::DeadLetter(reason), inspect);
+                        continue;
+                    }
+                };
+            let key = key_value.as_ref().map(key_text);
+            seen.key = key.as_deref();
+            let meta = Meta {
                 record,
-                position,
-                &mut buffers,
-                &mut batch,
-                inspect,
-            )?;
+                key: key.as_deref(),
+                key_value: key_value.as_ref(),
+            };
+            let (sync, Decoded { messages, schema }) =
+                match self.open(&decoder, &meta, &mut value_buf)? {
+                    Opened::Messages(sync, decoded) => (sync, decoded),
+                    Opened::Settled(sync, fate) => {
+                        seen.sync = sync.map(|s| self.mappings.items[s].name());
+                        batch.settle(seen, fate, inspect);
+                        continue;
+                    }
+                };
+            seen.sync = Some(self.mappings.items[sync].name());
+            let filter = self.filters.get(&record.topic);
+            let mask = self
+                .masks
+                .get(&record.topic)
+                .map(|rule| rule.mask_for(schema.as_deref()));
+            for (index, mut message) in messages.into_iter().enumerate() {
+                inject(&mut message, record);
+                let fate = self.step(sync, &mut message, filter, mask.as_ref(), &meta);
+                // A message that was filtered out, or could not be masked, is never shown.
+                let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
+                let at = Origin {
+                    record: position,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                };
+                let message = shown.then_some(&message);
+                batch.settle(
+                    Seen {
+                        at,
+                        message,
+                        ..seen
+                    },
+                    fate,
+                    inspect,
+                );
+            }
         }
         Ok(batch.finish(&event.records, order))
     }
 
-    /// One record: its key decoded, its sync chosen, its value decoded into messages, each message through
-    /// [`Self::step`]; every message's fate (or the record's, when it has no message) settled in `batch`.
-    fn plan_record<'e>(
+    /// A record's sync and its value decoded into messages, or the fate of the whole record when it has no
+    /// message to go on with: no sync for its topic, a tombstone, a value that does not decode, or holds none.
+    fn open<'b>(
         &self,
-        decoder: &Decoder<'_>,
-        record: &'e Record<'e>,
-        position: usize,
-        (key_buf, value_buf): &mut (Vec<u8>, Vec<u8>),
-        batch: &mut Batch<'e>,
-        inspect: &mut dyn FnMut(Inspection<'_>),
-    ) -> Result<(), DecodeError> {
-        let at = |index| Origin {
-            record: position,
-            index,
-        };
-        let mut seen = Seen {
-            record,
-            at: at(0),
-            key: None,
-            sync: None,
-            message: None,
-        };
-        let key_value = match decoder.decode_key(record.key.as_deref(), key_buf) {
-            Ok(k) => k,
-            Err(DecodeError::Permanent(reason)) => {
-                batch.settle(seen, Fate::DeadLetter(reason), inspect);
-                return Ok(());
-            }
-            Err(transient) => return Err(transient),
-        };
-        let key: Option<Cow<'_, str>> = key_value.as_ref().map(|v| match v {
-            Message::String(s) => Cow::Borrowed(s.as_ref()),
-            other => Cow::Owned(other.to_json_string()),
-        });
-        seen.key = key.as_deref();
-        let meta = Meta {
-            record,
-            key: key.as_deref(),
-            key_value: key_value.as_ref(),
-        };
+        decoder: &'b Decoder<'_>,
+        meta: &Meta<'_>,
+        value_buf: &'b mut Vec<u8>,
+    ) -> Result<Opened<'b>, DecodeError> {
+        let record = meta.record;
         let Some(sync) = self.mappings.router.route(&record.topic) else {
             let reason = format!("no sync is configured for topic {}", record.topic);
-            batch.settle(seen, Fate::DeadLetter(reason), inspect);
-            return Ok(());
+            return Ok(Opened::Settled(None, Fate::DeadLetter(reason)));
         };
-        let mapping = &self.mappings.items[sync];
         let Some(value) = &record.value else {
             // A tombstone has no message: it can only delete by record key.
-            let fate = match mapping.tombstone_key(&meta) {
+            let fate = match self.mappings.items[sync].tombstone_key(meta) {
                 Ok(key) => Fate::Delete(sync, key),
                 Err(reason) => Fate::DeadLetter(reason),
             };
-            batch.settle(
-                Seen {
-                    sync: Some(mapping.name()),
-                    ..seen
-                },
-                fate,
-                inspect,
-            );
-            return Ok(());
+            return Ok(Opened::Settled(Some(sync), fate));
         };
         let metadata = record.value_schema_metadata.as_deref();
-        let Decoded { messages, schema } = match decoder.decode_base64(value, metadata, value_buf) {
-            Ok(decoded) => decoded,
-            Err(DecodeError::Permanent(reason)) => {
-                batch.settle(seen, Fate::DeadLetter(reason), inspect);
-                return Ok(());
-            }
-            Err(transient) => return Err(transient),
-        };
-        let seen = Seen {
-            sync: Some(mapping.name()),
-            ..seen
-        };
-        if messages.is_empty() {
-            batch.settle(seen, Fate::Empty, inspect);
-            return Ok(());
-        }
-        let filter = self.filters.get(&record.topic);
-        let mask = self
-            .masks
-            .get(&record.topic)
-            .map(|rule| rule.mask_for(schema.as_deref()));
-        for (index, mut message) in messages.into_iter().enumerate() {
-            inject(&mut message, record);
-            let fate = self.step(sync, &mut message, filter, mask.as_ref(), &meta);
-            // A message that was filtered out, or could not be masked, is never shown.
-            let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
-            let at = at(u32::try_from(index).unwrap_or(u32::MAX));
-            let message = shown.then_some(&message);
-            batch.settle(
-                Seen {
-                    at,
-                    message,
-                    ..seen
-                },
-                fate,
-                inspect,
-            );
-        }
-        Ok(())
+        Ok(
+            match permanent(decoder.decode_base64(value, metadata, value_buf))? {
+                Err(reason) => Opened::Settled(None, Fate::DeadLetter(reason)),
+                Ok(decoded) if decoded.messages.is_empty() => {
+                    Opened::Settled(Some(sync), Fate::Empty)
+                }
+                Ok(decoded) => Opened::Messages(sync, decoded),
+            },
+        )
     }
 
     /// One message through the emit filter, the mask, changeType routing and its sync's mapping.
@@ -463,6 +467,14 @@ impl Pipeline {
             Err(reason) => Err(reason),
         };
         fate.unwrap_or_else(Fate::DeadLetter)
+    }
+}
+
+/// The record key as mappings and reports see it: a string as it is, any other key as compact JSON.
+fn key_text<'k>(key: &'k Message<'_>) -> Cow<'k, str> {
+    match key {
+        Message::String(s) => Cow::Borrowed(s.as_ref()),
+        other => Cow::Owned(other.to_json_string()),
     }
 }
 
