@@ -379,3 +379,46 @@ columns = [{ name = "uuid", path = "$.planetUuid" }]
         "{line}"
     );
 }
+
+/// Rows the database refuses are found while the batch is applied, after the plan's dead letters: they still
+/// share their record's raw data (stored once, on the record's lowest dead-lettered message) and the report
+/// lists every message in batch order. PostgreSQL refuses a NUL in text.
+#[tokio::test]
+async fn refused_rows_of_a_container_file_share_its_value_and_keep_batch_order() {
+    let db = TestDb::new(Backend::Postgres, "dl_refused").await;
+    let value = b64(msk_sync_bench::planets_ocf(&[
+        (None, "p1", "one"),
+        (None, "p2", "nul\u{0}inside"),
+        (Some("ARCHIVED"), "p3", "three"),
+        (None, "p4", "nul\u{0}again"),
+    ])
+    .unwrap());
+    let event = event(vec![record("servicea.planet", 1, &value)]);
+    let run = replay_event(&db, &event, &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (report.upserted, report.dead_lettered),
+        (1, 3),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.records.iter().map(|r| r.index).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "batch order, whatever stage found the problem"
+    );
+    let rows: Vec<(String, String, String)> = dump(&db)
+        .await
+        .into_iter()
+        .map(|r| (r[4].clone(), r[8].clone(), r[9].clone()))
+        .collect();
+    let held = |i: &str, v: &str, at: &str| (i.to_string(), v.to_string(), at.to_string());
+    assert_eq!(
+        rows,
+        [
+            held("1", &value, "NULL"),
+            held("2", "NULL", "1"),
+            held("3", "NULL", "1")
+        ]
+    );
+}

@@ -173,6 +173,29 @@ pub fn tiny_records_ocf(records: usize) -> Result<Vec<u8>, apache_avro::Error> {
     writer.into_inner()
 }
 
+/// An Avro container file of planet changes, each `(changeType, planetUuid, planetName)`.
+pub fn planets_ocf(planets: &[(Option<&str>, &str, &str)]) -> Result<Vec<u8>, apache_avro::Error> {
+    let schema = Schema::parse_str(
+        r#"{"type": "record", "name": "PlanetChange", "fields": [
+            {"name": "changeType", "type": ["null", "string"]},
+            {"name": "planetUuid", "type": "string"},
+            {"name": "planetName", "type": "string"}]}"#,
+    )?;
+    let mut writer = apache_avro::Writer::new(&schema, Vec::new())?;
+    for (change, uuid, name) in planets {
+        let change = match change {
+            Some(c) => Avro::Union(1, Box::new(Avro::String(c.to_string()))),
+            None => Avro::Union(0, Box::new(Avro::Null)),
+        };
+        writer.append_value(Avro::Record(vec![
+            ("changeType".into(), change),
+            ("planetUuid".into(), Avro::String(uuid.to_string())),
+            ("planetName".into(), Avro::String(name.to_string())),
+        ]))?;
+    }
+    writer.into_inner()
+}
+
 /// An MSK event of one record on `servicea.planet` whose value is [`tiny_records_ocf`] (40,000 records make
 /// a 54 KB event whose every message is dead-lettered: `gen-event ocf 40000`).
 pub fn tiny_records_event(records: usize) -> Result<Value, apache_avro::Error> {
