@@ -14,8 +14,8 @@ pub struct BatchReport {
     pub status: u16,
     /// Records in the event.
     pub received: usize,
-    /// Messages decoded from them (a record that did not decode counts as one).
-    /// `messages = upserted + deleted + superseded + filtered + deadLettered`.
+    /// Messages decoded from them (a record that did not decode, or holds no message, counts as one).
+    /// `messages = upserted + deleted + superseded + filtered + empty + deadLettered`.
     pub messages: usize,
     /// Rows upserted / deleted, after collapsing the batch to one change per entity key.
     pub upserted: usize,
@@ -24,6 +24,9 @@ pub struct BatchReport {
     pub superseded: usize,
     /// Messages the emit filter dropped; not an error.
     pub filtered: usize,
+    /// Records whose value held no message (an Avro container file with no record): nothing to apply.
+    #[serde(default)]
+    pub empty: usize,
     pub dead_lettered: usize,
     /// Every message that was not applied, in batch order.
     pub records: Vec<RecordResult>,
@@ -42,6 +45,10 @@ pub struct RecordResult {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the record stands in the batch's order, so that results found late (rows the database refused)
+    /// are put in their place by a plain sort.
+    #[serde(skip)]
+    pub(crate) position: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +57,19 @@ pub enum Outcome {
     Upsert,
     Delete,
     Filtered,
+    /// The record's value held no message (an Avro container file with no record).
+    Empty,
     DeadLetter,
+}
+
+impl Outcome {
+    /// The status of a message with this outcome (bedrock gives a dead-lettered one 400).
+    pub fn status(self) -> u16 {
+        match self {
+            Outcome::DeadLetter => STATUS_DEAD_LETTER,
+            _ => STATUS_OK,
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -58,13 +77,21 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl BatchReport {
+    /// Counts a message that was not applied and lists it. Applied messages are counted from what the
+    /// database wrote, after collapsing.
     pub(crate) fn note(&mut self, result: RecordResult) {
         self.status = self.status.max(result.status);
         match result.outcome {
             Outcome::Filtered => self.filtered += 1,
+            Outcome::Empty => self.empty += 1,
             Outcome::DeadLetter => self.dead_lettered += 1,
             Outcome::Upsert | Outcome::Delete => return,
         }
         self.records.push(result);
+    }
+
+    /// Puts the listed messages in batch order (message order within a record).
+    pub(crate) fn sort(&mut self) {
+        self.records.sort_by_key(|r| (r.position, r.index));
     }
 }
