@@ -140,6 +140,14 @@ async fn a_container_file_s_value_is_stored_once_however_many_messages_fail(back
             (report.received, report.messages, report.dead_lettered),
             (1, N as usize, N as usize)
         );
+        // The report (the Lambda response) lists a bounded number of them, and counts the rest.
+        assert_eq!(report.records.len(), msk_sync::report::MAX_LISTED);
+        assert_eq!(report.unlisted, N as usize - msk_sync::report::MAX_LISTED);
+        assert!(
+            run.stdout.len() < 1_000_000,
+            "report of {} bytes",
+            run.stdout.len()
+        );
         assert_eq!(db.count(TABLE).await, N, "round {round}");
         assert_eq!(
             scalar(
@@ -421,4 +429,38 @@ async fn refused_rows_of_a_container_file_share_its_value_and_keep_batch_order()
             held("3", "NULL", "1")
         ]
     );
+}
+
+/// The binary's log of such a batch: one line per dead letter up to a bound, then one line with the rest's
+/// count (40,000 lines for one record before).
+#[tokio::test]
+async fn a_batch_of_many_dead_letters_logs_a_bounded_number_of_lines() {
+    let db = TestDb::new(Backend::Sqlite, "dl_log").await;
+    let event = msk_sync_bench::tiny_records_event(5_000).unwrap();
+    let file = db.write("event.json", &event.to_string());
+    let out = tokio::process::Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "entity-sync",
+            "--",
+            "replay",
+            "--config",
+        ])
+        .arg(default_config())
+        .arg("--database-url")
+        .arg(&db.url)
+        .arg(&file)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("cargo run entity-sync");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let logged = stderr.matches("record dead-lettered").count();
+    assert_eq!(logged, 100, "{stderr}");
+    assert!(stderr.contains("4900"), "the rest are counted: {stderr}");
+    assert_eq!(db.count(TABLE).await, 5_000);
 }

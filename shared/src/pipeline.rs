@@ -487,6 +487,9 @@ fn inject<'a>(message: &mut Message<'a>, record: &'a Record<'_>) {
     }
 }
 
+/// The most dead letters of one batch logged one line each; the rest are counted in one line.
+const MAX_LOGGED_DEAD_LETTERS: usize = 100;
+
 /// Why a batch was not processed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -600,12 +603,27 @@ impl Handler {
             status = report.status,
             "batch applied"
         );
-        for r in &report.records {
-            if r.outcome == Outcome::DeadLetter {
-                // Coordinates and reason only: a reason quotes no message value but a changeType (see README).
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, index = r.index,
-                    reason = r.reason.as_deref().unwrap_or_default(), "record dead-lettered");
-            }
+        // One line per dead letter, up to a bound: a container file of 40,000 failing messages would otherwise
+        // write 40,000 lines for one record. The dead-letter table has them all.
+        let dead = report
+            .records
+            .iter()
+            .filter(|r| r.outcome == Outcome::DeadLetter)
+            .take(MAX_LOGGED_DEAD_LETTERS);
+        let mut logged = 0;
+        for r in dead {
+            // Coordinates and reason only: a reason quotes no message value but a changeType (see README).
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, index = r.index,
+                reason = r.reason.as_deref().unwrap_or_default(), "record dead-lettered");
+            logged += 1;
+        }
+        let not_logged = report.dead_lettered.saturating_sub(logged);
+        if not_logged > 0 {
+            tracing::warn!(
+                event_source = %source,
+                dead_letters_not_logged = not_logged,
+                "more records dead-lettered in this batch: see the dead-letter table"
+            );
         }
         Ok(report)
     }

@@ -28,9 +28,19 @@ pub struct BatchReport {
     #[serde(default)]
     pub empty: usize,
     pub dead_lettered: usize,
-    /// Every message that was not applied, in batch order.
+    /// The messages that were not applied, in batch order: the first [`MAX_LISTED`] of them.
     pub records: Vec<RecordResult>,
+    /// Messages not applied beyond the first [`MAX_LISTED`]: counted above, kept in the dead-letter table,
+    /// but not listed here.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub unlisted: usize,
 }
+
+/// The most messages a report lists. One container file can hold tens of thousands of messages that all
+/// fail; listing each would make the report (the Lambda response, at most 6 MB) grow past what Lambda
+/// accepts, and a response Lambda refuses fails the batch on every retry: a blocked partition. The
+/// dead-letter table holds every one of them.
+pub const MAX_LISTED: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -76,6 +86,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
 impl BatchReport {
     /// Counts a message that was not applied and lists it. Applied messages are counted from what the
     /// database wrote, after collapsing.
@@ -87,11 +101,20 @@ impl BatchReport {
             Outcome::DeadLetter => self.dead_lettered += 1,
             Outcome::Upsert | Outcome::Delete => return,
         }
-        self.records.push(result);
+        if self.records.len() < MAX_LISTED {
+            self.records.push(result);
+        } else {
+            self.unlisted += 1;
+        }
     }
 
-    /// Puts the listed messages in batch order (message order within a record).
+    /// Puts the listed messages in batch order (message order within a record), keeping the first
+    /// [`MAX_LISTED`] (rows the database refused are noted after the others, past the limit too).
     pub(crate) fn sort(&mut self) {
         self.records.sort_by_key(|r| (r.position, r.index));
+        if self.records.len() > MAX_LISTED {
+            self.unlisted += self.records.len() - MAX_LISTED;
+            self.records.truncate(MAX_LISTED);
+        }
     }
 }
