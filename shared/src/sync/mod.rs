@@ -130,7 +130,11 @@ impl Changes {
         self.superseded
     }
 
-    /// (rows to upsert, keys to delete), in batch order, with where each came from.
+    /// (rows to upsert, keys to delete), each in key order, with where each came from.
+    ///
+    /// Key order, not batch order: two writers whose batches share keys then lock those rows in the same
+    /// order, so neither can hold a row the other waits for while waiting for one the other holds (a
+    /// deadlock). The order is [`cmp_values`], the same in every writer whatever the backend.
     fn split(&self) -> (Vec<Values<'_>>, Vec<Values<'_>>) {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
@@ -140,7 +144,96 @@ impl Changes {
                 Op::Delete(key) => deletes.push((key.as_slice(), *origin)),
             }
         }
+        let key = self.key.as_slice();
+        upserts.sort_by(|(a, _), (b, _)| {
+            cmp_keys(
+                key.iter().filter_map(|&i| a.get(i)),
+                key.iter().filter_map(|&i| b.get(i)),
+            )
+        });
+        deletes.sort_by(|(a, _), (b, _)| cmp_keys(a.iter(), b.iter()));
         (upserts, deletes)
+    }
+}
+
+/// Lexicographic [`cmp_values`] over two keys' values.
+fn cmp_keys<'v>(
+    a: impl Iterator<Item = &'v SqlValue>,
+    b: impl Iterator<Item = &'v SqlValue>,
+) -> std::cmp::Ordering {
+    let mut b = b;
+    for x in a {
+        let Some(y) = b.next() else {
+            return std::cmp::Ordering::Greater;
+        };
+        match cmp_values(x, y) {
+            std::cmp::Ordering::Equal => {}
+            other => return other,
+        }
+    }
+    if b.next().is_some() {
+        std::cmp::Ordering::Less
+    } else {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// A total order over key values that every writer computes alike: first by kind (boolean, integer, float,
+/// text, bytes, anything else), NULL first within a kind, then by value (integers by number whatever their
+/// width, text by its UTF-8 bytes, floats by [`f64::total_cmp`]). It need not be the database's collation:
+/// lock order only has to be the same in every writer.
+fn cmp_values(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
+    use SqlValue as V;
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Kind<'v> {
+        Bool(Option<bool>),
+        Int(Option<i128>),
+        Float(Option<FloatOrd>),
+        Text(Option<&'v [u8]>),
+        Bytes(Option<&'v [u8]>),
+        /// Dates, UUIDs, JSON, decimals…: their Debug text, which names the variant and renders the value
+        /// the same way in every writer. Rare as keys, so the allocation does not matter.
+        Other(String),
+    }
+    fn kind(v: &SqlValue) -> Kind<'_> {
+        match v {
+            V::Bool(x) => Kind::Bool(*x),
+            V::TinyInt(x) => Kind::Int(x.map(i128::from)),
+            V::SmallInt(x) => Kind::Int(x.map(i128::from)),
+            V::Int(x) => Kind::Int(x.map(i128::from)),
+            V::BigInt(x) => Kind::Int(x.map(i128::from)),
+            V::TinyUnsigned(x) => Kind::Int(x.map(i128::from)),
+            V::SmallUnsigned(x) => Kind::Int(x.map(i128::from)),
+            V::Unsigned(x) => Kind::Int(x.map(i128::from)),
+            V::BigUnsigned(x) => Kind::Int(x.map(i128::from)),
+            V::Float(x) => Kind::Float(x.map(|f| FloatOrd(f64::from(f)))),
+            V::Double(x) => Kind::Float(x.map(FloatOrd)),
+            V::String(x) => Kind::Text(x.as_deref().map(str::as_bytes)),
+            V::Bytes(x) => Kind::Bytes(x.as_deref()),
+            other => Kind::Other(format!("{other:?}")),
+        }
+    }
+    kind(a).cmp(&kind(b))
+}
+
+/// An f64 ordered by [`f64::total_cmp`].
+#[derive(Clone, Copy)]
+struct FloatOrd(f64);
+
+impl PartialEq for FloatOrd {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0).is_eq()
+    }
+}
+impl Eq for FloatOrd {}
+impl PartialOrd for FloatOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for FloatOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 
@@ -187,6 +280,7 @@ pub struct Sink {
     mappings: Vec<Arc<dyn Mapping>>,
     options: SinkOptions,
     ready: OnceCell<()>,
+    lock_conflicts: std::sync::atomic::AtomicUsize,
 }
 
 impl Sink {
@@ -212,6 +306,7 @@ impl Sink {
             mappings,
             options,
             ready: OnceCell::new(),
+            lock_conflicts: Default::default(),
         })
     }
 
@@ -258,13 +353,37 @@ impl Sink {
         reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
     ) -> Result<Applied, DbErr> {
         self.ensure_tables().await?;
-        match self.apply_bulk(changes, dead_letters).await {
-            Err(e) if data_error(&e).is_some() => {
-                tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
-                self.apply_row_by_row(changes, dead_letters, reject).await
+        let mut retries = 0;
+        loop {
+            let done = match self.apply_bulk(changes, dead_letters).await {
+                Err(e) if data_error(&e).is_some() => {
+                    tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
+                    self.apply_row_by_row(changes, dead_letters, reject).await
+                }
+                other => other,
+            };
+            match done {
+                // Key order makes lock cycles between writers of one table rare, not impossible (gap locks,
+                // an upsert of a key another writer deletes): the database picked this batch as the victim
+                // and rolled it back, and running it again at once usually succeeds.
+                Err(e) if lock_conflict(&e) && retries < LOCK_CONFLICT_RETRIES => {
+                    retries += 1;
+                    self.lock_conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let wait = jittered_backoff(retries);
+                    tracing::warn!(retry = retries, retry_in_ms = wait.as_millis() as u64, error = %redact_quoted(&e.to_string()),
+                        "lock conflict with another writer: batch rolled back, applying it again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
             }
-            other => other,
         }
+    }
+
+    /// Batches rolled back by a deadlock or serialization failure and applied again, since the sink opened.
+    pub fn lock_conflicts(&self) -> usize {
+        self.lock_conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn apply_bulk(
@@ -426,20 +545,64 @@ fn delete_statement(table: &TableDef, keys: &[&[SqlValue]]) -> sea_orm::sea_quer
     stmt
 }
 
+/// How often [`Sink::apply`] runs a batch again after a deadlock or serialization failure before it fails
+/// the batch as transient.
+const LOCK_CONFLICT_RETRIES: u32 = 4;
+
+/// 50 ms, 100 ms, 200 ms… plus up to as much again at random, so that two writers that collided do not
+/// collide again in step.
+fn jittered_backoff(retry: u32) -> Duration {
+    let base = 50u64 << Ord::min(retry.saturating_sub(1), 6);
+    // A randomly keyed hasher is randomness enough for a jitter, without a crate for it.
+    let noise = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(base + noise % (base + 1))
+}
+
+/// The database's own error behind a [`DbErr`], if the database answered with one.
+fn database_error(err: &DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sqlx::Error::Database(db) => Some(db.as_ref()),
+        _ => None,
+    }
+}
+
+/// A deadlock or serialization failure: the database rolled the transaction back to let another writer
+/// through, and the same batch applied again will most likely succeed. PostgreSQL 40P01 / 40001, MySQL and
+/// MariaDB 1213 (deadlock) / 1205 (lock wait timeout), SQLite BUSY / LOCKED (after the pool's busy timeout).
+fn lock_conflict(err: &DbErr) -> bool {
+    let Some(db) = database_error(err) else {
+        return false;
+    };
+    let code = db.code().unwrap_or_default();
+    if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        matches!(my.number(), 1205 | 1213)
+    } else if db
+        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+    } else {
+        code == "40P01" || code == "40001"
+    }
+}
+
 /// Why the database refused a statement, when the refusal is about the data (SQLSTATE class 22 "data
 /// exception" or 23 "integrity constraint", MySQL's data errors, SQLite's constraint / mismatch / too big):
 /// retrying cannot help, but the row can be dead-lettered. `None` for everything else.
 ///
 /// The reason keeps the database's words but not what it quotes, which may be the value.
 fn data_error(err: &DbErr) -> Option<String> {
-    use sea_orm::{RuntimeErr, sqlx};
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
-    else {
-        return None;
-    };
-    let sqlx::Error::Database(db) = e.as_ref() else {
-        return None;
-    };
+    use sea_orm::sqlx;
+    let db = database_error(err)?;
     let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
     let is_data = if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
         // 1292 incorrect value, 1264 out of range, 1366 incorrect string value, 1406 data too long,
@@ -541,6 +704,53 @@ mod tests {
                 .iter()
                 .all(|(row, _)| (&row[0], &row[2]) != (&s("a3"), &s("b3")))
         );
+    }
+
+    #[test]
+    fn rows_and_keys_are_written_in_key_order_not_batch_order() {
+        let at = |record| Origin { record, index: 0 };
+        // Key column 1 of the row: every writer must lock the same keys in the same order.
+        let mut c = Changes::new(vec![1]);
+        for (i, k) in ["m", "b", "z", "a"].into_iter().enumerate() {
+            c.upsert(vec![s("v"), s(k)], at(i));
+        }
+        c.delete(vec![s("y")], at(4));
+        c.delete(vec![s("c")], at(5));
+        let (upserts, deletes) = c.split();
+        let keys: Vec<&SqlValue> = upserts.iter().map(|(row, _)| &row[1]).collect();
+        assert_eq!(keys, [&s("a"), &s("b"), &s("m"), &s("z")]);
+        assert_eq!(deletes[0].0, &[s("c")][..]);
+
+        // One total order over every kind of value: integers by number whatever their width, text by bytes
+        // (not by a collation), NULL first, and kinds never interleaved.
+        let mut values = vec![
+            SqlValue::BigInt(Some(10)),
+            s("b"),
+            SqlValue::Int(Some(-3)),
+            SqlValue::String(None),
+            s("B"),
+            SqlValue::TinyUnsigned(Some(7)),
+            SqlValue::Double(Some(0.5)),
+            SqlValue::Bool(Some(true)),
+            SqlValue::Int(None),
+        ];
+        values.sort_by(cmp_values);
+        assert_eq!(
+            values,
+            vec![
+                SqlValue::Bool(Some(true)),
+                SqlValue::Int(None),
+                SqlValue::Int(Some(-3)),
+                SqlValue::TinyUnsigned(Some(7)),
+                SqlValue::BigInt(Some(10)),
+                SqlValue::Double(Some(0.5)),
+                SqlValue::String(None),
+                s("B"),
+                s("b"),
+            ]
+        );
+        // Composite keys compare column by column.
+        assert!(cmp_keys([s("a"), s("z")].iter(), [s("b"), s("a")].iter()).is_lt());
     }
 
     #[test]
