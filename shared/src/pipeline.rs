@@ -376,8 +376,9 @@ pub enum HandlerError {
     /// The invocation itself is wrong (not an MSK event): retrying will not help.
     #[error("{0}")]
     Invalid(String),
-    /// Database or schema registry trouble: nothing was written; retry the whole batch.
-    #[error("transient failure, batch not applied (retry it): {0}")]
+    /// Database or schema registry trouble: retry the whole batch. The text says whether nothing was
+    /// written ("batch not applied") or the commit's outcome is unknown.
+    #[error("transient failure, {0}")]
     Transient(String),
 }
 
@@ -412,7 +413,7 @@ impl Handler {
         let source = event.event_source.as_ref();
         self.pipeline.prepare(event).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
-            HandlerError::Transient(e.to_string())
+            HandlerError::Transient(format!("batch not applied (retry it): {e}"))
         })?;
         let Plan {
             changes,
@@ -422,13 +423,13 @@ impl Handler {
         } = self
             .pipeline
             .plan(event, &mut |_| {})
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            .map_err(|e| HandlerError::Transient(format!("batch not applied (retry it): {e}")))?;
         let records = &event.records;
         let reject = |origin: Origin, reason: &str| {
             dead_letter(&records[origin.record], origin.index, reason.to_string())
         };
         let applied = self.sink.apply(&changes, &dead_letters, &reject).await.map_err(|e| {
-            tracing::warn!(event_source = %source, records = report.received, error = %e, "batch rolled back");
+            tracing::warn!(event_source = %source, records = report.received, error = %e, "batch failed");
             HandlerError::Transient(e.to_string())
         })?;
         report.upserted = applied.upserted;

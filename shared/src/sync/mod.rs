@@ -19,8 +19,8 @@ use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, OnConflict, Query, Value as SqlValue, ValueTuple,
 };
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
 };
 use tokio::sync::OnceCell;
 
@@ -251,6 +251,30 @@ pub struct Applied {
     pub rejected: Vec<(Origin, String)>,
 }
 
+/// Why [`Sink::apply`] did not apply a batch, or cannot tell whether it did. Both are transient: applying a
+/// batch twice gives the same tables, so a retry is always safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Rolled back (or never begun): nothing of the batch was written.
+    #[error("batch not applied (retry it): {0}")]
+    NotApplied(#[from] DbErr),
+    /// COMMIT was sent and the connection failed before its answer came: the server may have committed
+    /// the batch or not, and reporting "not applied" would be a lie half the time.
+    #[error("commit outcome unknown — the batch may have been applied; retrying is safe: {0}")]
+    CommitUnknown(DbErr),
+}
+
+/// Commits `txn`, telling a refusal (the server answered: rolled back) from a lost answer.
+async fn commit(txn: DatabaseTransaction) -> Result<(), ApplyError> {
+    txn.commit().await.map_err(|e| {
+        if database_error(&e).is_some() {
+            ApplyError::NotApplied(e)
+        } else {
+            ApplyError::CommitUnknown(e)
+        }
+    })
+}
+
 /// Database settings that do not come from the URL.
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -351,12 +375,12 @@ impl Sink {
         changes: &[Changes],
         dead_letters: &[DeadLetter],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
-    ) -> Result<Applied, DbErr> {
+    ) -> Result<Applied, ApplyError> {
         self.ensure_tables().await?;
         let mut retries = 0;
         loop {
             let done = match self.apply_bulk(changes, dead_letters).await {
-                Err(e) if data_error(&e).is_some() => {
+                Err(ApplyError::NotApplied(e)) if data_error(&e).is_some() => {
                     tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
                     self.apply_row_by_row(changes, dead_letters, reject).await
                 }
@@ -366,7 +390,9 @@ impl Sink {
                 // Key order makes lock cycles between writers of one table rare, not impossible (gap locks,
                 // an upsert of a key another writer deletes): the database picked this batch as the victim
                 // and rolled it back, and running it again at once usually succeeds.
-                Err(e) if lock_conflict(&e) && retries < LOCK_CONFLICT_RETRIES => {
+                Err(ApplyError::NotApplied(e))
+                    if lock_conflict(&e) && retries < LOCK_CONFLICT_RETRIES =>
+                {
                     retries += 1;
                     self.lock_conflicts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -390,7 +416,7 @@ impl Sink {
         &self,
         changes: &[Changes],
         dead_letters: &[DeadLetter],
-    ) -> Result<Applied, DbErr> {
+    ) -> Result<Applied, ApplyError> {
         let backend = self.backend();
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
@@ -412,7 +438,7 @@ impl Sink {
         }
         self.write_dead_letters(&txn, dead_letters).await?;
         applied.dead_lettered = dead_letters.len();
-        txn.commit().await?;
+        commit(txn).await?;
         Ok(applied)
     }
 
@@ -421,7 +447,7 @@ impl Sink {
         changes: &[Changes],
         dead_letters: &[DeadLetter],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
-    ) -> Result<Applied, DbErr> {
+    ) -> Result<Applied, ApplyError> {
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
         for (mapping, changes) in self.mappings.iter().zip(changes) {
@@ -455,7 +481,7 @@ impl Sink {
                                 .rejected
                                 .push((origin, format!("{}: {reason}", table.name)));
                         }
-                        None => return Err(e),
+                        None => return Err(e.into()),
                     },
                 }
             }
@@ -469,7 +495,7 @@ impl Sink {
         );
         self.write_dead_letters(&txn, &all).await?;
         applied.dead_lettered = all.len();
-        txn.commit().await?;
+        commit(txn).await?;
         Ok(applied)
     }
 
