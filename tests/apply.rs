@@ -2,6 +2,7 @@
 //! database refuses for its size (item 12).
 
 use msk_sync_tests::*;
+use sea_orm::ConnectionTrait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,4 +92,115 @@ async fn postgres_a_lost_commit_answer_is_an_unknown_outcome() {
 #[tokio::test]
 async fn mariadb_a_lost_commit_answer_is_an_unknown_outcome() {
     a_lost_commit_answer_is_an_unknown_outcome(Backend::MariaDb).await
+}
+
+/// An MSK event of `servicea.planet` records (partition 0, offsets from 0) with these messages.
+fn planet_event(messages: &[serde_json::Value]) -> String {
+    use base64::Engine;
+    let records: Vec<serde_json::Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(offset, message)| {
+            let value = base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(message).unwrap());
+            serde_json::json!({
+                "topic": "servicea.planet", "partition": 0, "offset": offset,
+                "timestamp": 1764000000000_i64 + offset as i64, "timestampType": "CREATE_TIME",
+                "value": value, "headers": []
+            })
+        })
+        .collect();
+    serde_json::json!({"eventSource": "aws:kafka", "records": {"servicea.planet-0": records}})
+        .to_string()
+}
+
+/// 3,000 bytes that do not compress (PostgreSQL would store a compressible key in a small index row).
+fn big_key() -> String {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    (0..3000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [(seed % 62) as usize],
+            )
+        })
+        .collect()
+}
+
+/// A key too big for the table's primary key among good records: the good ones are applied, the big one is
+/// dead-lettered with the table and the database's reason (not its value), and the replay exits 0. Through
+/// the typed planet-sync, whose key is a String of any length (entity-sync refuses key text over 255
+/// characters itself).
+async fn a_row_refused_for_its_size_is_dead_lettered(backend: Backend, reason: &str) {
+    let db = TestDb::new(backend, "refused_size").await;
+    if backend == Backend::Sqlite {
+        // SQLite stores a key of any size: a CHECK on its length is how a table refuses it there.
+        db.conn
+            .execute_unprepared(
+                "CREATE TABLE servicea_planet (uuid TEXT NOT NULL PRIMARY KEY CHECK (length(uuid) <= 2000), name TEXT)",
+            )
+            .await
+            .unwrap();
+    }
+    let big = big_key();
+    let event = planet_event(&[
+        serde_json::json!({"planetUuid": "p-1", "planetName": "one"}),
+        serde_json::json!({"planetUuid": big, "planetName": "big"}),
+        serde_json::json!({"planetUuid": "p-2", "planetName": "two"}),
+        serde_json::json!({"planetUuid": "p-3", "planetName": "three", "changeType": "CREATED"}),
+    ]);
+    let file = db.write("big-key.json", &event);
+    let run = replay_with(&planet_sync::app(), &db, None, &[file.to_str().unwrap()]).await;
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(
+        db.planets().await,
+        vec![
+            ("p-1".to_string(), "one".to_string()),
+            ("p-2".to_string(), "two".to_string()),
+            ("p-3".to_string(), "three".to_string()),
+        ]
+    );
+    let dead = db.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (offset, error) = &dead[0];
+    assert_eq!(*offset, 1);
+    assert!(
+        error.starts_with("servicea_planet: the database refused the row"),
+        "{error}"
+    );
+    assert!(error.contains(reason), "{error}");
+    assert!(
+        !error.contains(&big[..40]),
+        "the key leaked into the reason: {error}"
+    );
+    assert!(
+        !run.stderr.contains(&big[..40]),
+        "the key leaked into a log line"
+    );
+    let report = &run.reports()[0];
+    assert_eq!((report.upserted, report.dead_lettered), (3, 1));
+}
+
+#[tokio::test]
+async fn postgres_a_row_refused_for_its_size_is_dead_lettered() {
+    // index row size … exceeds btree version 4 maximum 2704 for index "servicea_planet_pkey"
+    a_row_refused_for_its_size_is_dead_lettered(Backend::Postgres, "(54000)").await
+}
+
+#[tokio::test]
+async fn mariadb_a_row_refused_for_its_size_is_dead_lettered() {
+    a_row_refused_for_its_size_is_dead_lettered(Backend::MariaDb, "(22001)").await
+}
+
+#[tokio::test]
+async fn sqlite_a_row_refused_for_its_size_is_dead_lettered() {
+    // CHECK constraint failed: SQLITE_CONSTRAINT_CHECK (275)
+    a_row_refused_for_its_size_is_dead_lettered(Backend::Sqlite, "(275)").await
 }

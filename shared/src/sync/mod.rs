@@ -621,27 +621,51 @@ fn lock_conflict(err: &DbErr) -> bool {
     }
 }
 
-/// Why the database refused a statement, when the refusal is about the data (SQLSTATE class 22 "data
-/// exception" or 23 "integrity constraint", MySQL's data errors, SQLite's constraint / mismatch / too big):
-/// retrying cannot help, but the row can be dead-lettered. `None` for everything else.
+/// What the database may refuse a row for — its content or its size — on every backend, in one place. Such a
+/// refusal comes back on every retry, so the row is dead-lettered instead of blocking its partitions.
+mod refused {
+    /// SQLSTATE classes: 22 data exception (a value out of range, invalid text, too long), 23 integrity
+    /// constraint violation, 54 program limit exceeded (PostgreSQL 54000: an index row larger than a
+    /// btree page allows, as a key of more than about 2,700 bytes is). MySQL and MariaDB report SQLSTATE
+    /// too, but not always a telling one.
+    pub const SQLSTATE_CLASSES: [&str; 3] = ["22", "23", "54"];
+
+    /// MySQL / MariaDB error numbers about a row, several of which report SQLSTATE HY000 or 42000:
+    /// 1048 column cannot be null, 1062 duplicate entry (another unique index), 1118 row size too large,
+    /// 1216 / 1217 / 1451 / 1452 foreign keys, 1264 out of range, 1265 data truncated, 1292 incorrect
+    /// value, 1300 invalid character string, 1366 incorrect string value, 1367 illegal value, 1406 data too
+    /// long, 1411 incorrect datetime, 1690 value out of range, 3140 invalid JSON, 3819 (MySQL) / 4025
+    /// (MariaDB) check constraint failed.
+    pub const MYSQL: [u16; 19] = [
+        1048, 1062, 1118, 1216, 1217, 1264, 1265, 1292, 1300, 1366, 1367, 1406, 1411, 1451, 1452,
+        1690, 3140, 3819, 4025,
+    ];
+
+    /// SQLite primary result codes (extended codes keep them in their low byte): 18 too big, 19
+    /// constraint, 20 datatype mismatch.
+    pub const SQLITE: [i32; 3] = [18, 19, 20];
+}
+
+/// Why the database refused a statement, when the refusal is about the row ([`refused`]): retrying cannot
+/// help, but the row can be dead-lettered. `None` for everything else.
 ///
-/// The reason keeps the database's words but not what it quotes, which may be the value.
+/// The reason keeps the database's words, with every value it quotes redacted ([`redact_quoted`]).
 fn data_error(err: &DbErr) -> Option<String> {
     use sea_orm::sqlx;
     let db = database_error(err)?;
     let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let sqlstate = || {
+        refused::SQLSTATE_CLASSES
+            .iter()
+            .any(|c| code.starts_with(c))
+    };
     let is_data = if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // 1292 incorrect value, 1264 out of range, 1366 incorrect string value, 1406 data too long,
-        // 1048 column cannot be null, 1452 / 1451 foreign keys; several of these report SQLSTATE HY000.
-        code.starts_with("22")
-            || code.starts_with("23")
-            || [1048, 1264, 1292, 1366, 1406, 1451, 1452].contains(&my.number())
+        sqlstate() || refused::MYSQL.contains(&my.number())
     } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // Primary result codes 18 (too big), 19 (constraint), 20 (mismatch); extended codes keep them in the low byte.
         code.parse::<i32>()
-            .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+            .is_ok_and(|c| refused::SQLITE.contains(&(c & 0xff)))
     } else {
-        code.starts_with("22") || code.starts_with("23")
+        sqlstate()
     };
     is_data.then(|| {
         format!(
