@@ -204,3 +204,68 @@ async fn sqlite_a_row_refused_for_its_size_is_dead_lettered() {
     // CHECK constraint failed: SQLITE_CONSTRAINT_CHECK (275)
     a_row_refused_for_its_size_is_dead_lettered(Backend::Sqlite, "(275)").await
 }
+
+/// A value the database refuses: its reason names the column / encoding the database named, and never
+/// quotes the value (issue 14, item 17).
+async fn a_refused_value_is_redacted_and_its_column_named(
+    backend: Backend,
+    name: &str,
+    reason: &str,
+) {
+    let db = TestDb::new(backend, "refused_value").await;
+    if backend == Backend::Sqlite {
+        db.conn
+            .execute_unprepared(
+                "CREATE TABLE servicea_planet (uuid TEXT NOT NULL PRIMARY KEY, name TEXT CHECK (length(name) < 5))",
+            )
+            .await
+            .unwrap();
+    }
+    let event = planet_event(&[
+        serde_json::json!({"planetUuid": "p-1", "planetName": "one"}),
+        serde_json::json!({"planetUuid": "p-2", "planetName": name}),
+    ]);
+    let file = db.write("bad-value.json", &event);
+    let run = replay_with(&planet_sync::app(), &db, None, &[file.to_str().unwrap()]).await;
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(db.planets().await.len(), 1);
+    let dead = db.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.contains(reason), "{}", dead[0].1);
+    assert!(!dead[0].1.contains("SECRET"), "{}", dead[0].1);
+    assert!(!run.stderr.contains("SECRET"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn postgres_a_refused_value_is_redacted_and_its_column_named() {
+    a_refused_value_is_redacted_and_its_column_named(
+        Backend::Postgres,
+        "SECRET\u{0}SECRET",
+        r#"invalid byte sequence for encoding "UTF8": 0x00"#,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn mariadb_a_refused_value_is_redacted_and_its_column_named() {
+    a_refused_value_is_redacted_and_its_column_named(
+        Backend::MariaDb,
+        &"SECRET".repeat(50),
+        "Data too long for column 'name' at row 1",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sqlite_a_refused_value_is_redacted_and_its_column_named() {
+    a_refused_value_is_redacted_and_its_column_named(
+        Backend::Sqlite,
+        "SECRET",
+        "CHECK constraint failed: length(name) < 5",
+    )
+    .await
+}

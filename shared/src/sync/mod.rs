@@ -675,29 +675,80 @@ fn data_error(err: &DbErr) -> Option<String> {
     })
 }
 
-/// `invalid input syntax for type integer: "abc"` → `invalid input syntax for type integer: "..."`.
+/// A database message with the values it quotes replaced by `...`, and the names it quotes kept: the names
+/// of columns, tables, constraints, indexes, encodings and types are the database's, and an operator needs
+/// them; a value is the message's.
+///
+/// A quoted text is a name when the word before it says so (`column "x"`, `relation "t"`, `constraint
+/// "t_pkey"`, `encoding "UTF8"`, `for key 'PRIMARY'`) or when it is in backquotes (MySQL); anything else
+/// quoted is a value (`…: "abc"`, `value "99999999999" is out of range`, `Duplicate entry 'k' for key`).
+/// A value may hold its own quote character, so it ends at the last quote followed by ` for ` (MySQL's
+/// `'…' for column`), else at the last quote of the message: a mistake redacts too much, never too little.
 fn redact_quoted(message: &str) -> String {
+    /// Words before a quoted name, lower case.
+    const NAMES: [&str; 17] = [
+        "column",
+        "relation",
+        "table",
+        "constraint",
+        "index",
+        "key",
+        "encoding",
+        "type",
+        "schema",
+        "database",
+        "sequence",
+        "domain",
+        "collation",
+        "function",
+        "trigger",
+        "view",
+        "field",
+    ];
     let mut out = String::with_capacity(message.len());
-    let mut quote: Option<char> = None;
-    for c in message.chars() {
-        match quote {
-            Some(q) if c == q => {
-                out.push_str("...");
-                out.push(c);
-                quote = None;
-            }
-            Some(_) => {}
-            None => {
-                out.push(c);
-                if c == '\'' || c == '"' {
-                    quote = Some(c);
+    let mut rest = message;
+    while let Some(open) = rest.find(['\'', '"', '`']) {
+        let (before, from) = rest.split_at(open);
+        out.push_str(before);
+        let q = from.as_bytes()[0] as char;
+        let inside = &from[1..];
+        let word = out
+            .trim_end_matches(' ')
+            .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        out.push(q);
+        if q == '`' || NAMES.contains(&word.as_str()) {
+            // A name: kept, up to its closing quote.
+            match inside.find(q) {
+                Some(close) => {
+                    out.push_str(&inside[..=close]);
+                    rest = &inside[close + 1..];
                 }
+                None => {
+                    out.push_str(inside);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push_str("...");
+            let closes = inside.match_indices(q).map(|(i, _)| i);
+            let close = closes
+                .clone()
+                .filter(|&i| inside[i + 1..].starts_with(" for "))
+                .last()
+                .or_else(|| closes.last());
+            match close {
+                Some(close) => {
+                    out.push(q);
+                    rest = &inside[close + 1..];
+                }
+                None => rest = "",
             }
         }
     }
-    if quote.is_some() {
-        out.push_str("...");
-    }
+    out.push_str(rest);
     out
 }
 
@@ -837,15 +888,76 @@ mod tests {
     }
 
     #[test]
-    fn quoted_values_never_reach_a_reason() {
-        assert_eq!(
-            redact_quoted(r#"invalid input syntax for type integer: "abc""#),
-            r#"invalid input syntax for type integer: "...""#
-        );
-        assert_eq!(
-            redact_quoted("Incorrect string value: '\\xF0\\x9F' for column `name` at row 1"),
-            "Incorrect string value: '...' for column `name` at row 1"
-        );
-        assert_eq!(redact_quoted("unterminated 'sec"), "unterminated '...");
+    fn quoted_values_never_reach_a_reason_and_names_do() {
+        let cases = [
+            // PostgreSQL
+            (
+                r#"invalid input syntax for type integer: "abc""#,
+                r#"invalid input syntax for type integer: "...""#,
+            ),
+            (
+                "value too long for type character varying(5)",
+                "value too long for type character varying(5)",
+            ),
+            (
+                r#"null value in column "x" of relation "t" violates not-null constraint"#,
+                r#"null value in column "x" of relation "t" violates not-null constraint"#,
+            ),
+            (
+                r#"invalid byte sequence for encoding "UTF8": 0x00"#,
+                r#"invalid byte sequence for encoding "UTF8": 0x00"#,
+            ),
+            (
+                r#"duplicate key value violates unique constraint "t_pkey""#,
+                r#"duplicate key value violates unique constraint "t_pkey""#,
+            ),
+            (
+                r#"index row size 3016 exceeds btree version 4 maximum 2704 for index "servicea_planet_pkey""#,
+                r#"index row size 3016 exceeds btree version 4 maximum 2704 for index "servicea_planet_pkey""#,
+            ),
+            (
+                r#"value "99999999999" is out of range for type integer"#,
+                r#"value "..." is out of range for type integer"#,
+            ),
+            (
+                r#"invalid input syntax for type json: "a "quoted" b""#,
+                r#"invalid input syntax for type json: "...""#,
+            ),
+            // MariaDB / MySQL
+            (
+                "Incorrect integer value: 'abc' for column `t`.`x` at row 1",
+                "Incorrect integer value: '...' for column `t`.`x` at row 1",
+            ),
+            (
+                "Data too long for column 'name' at row 1",
+                "Data too long for column 'name' at row 1",
+            ),
+            (
+                "Incorrect string value: '\\xF0\\x9F\\x98\\x80' for column `test`.`t`.`name` at row 1",
+                "Incorrect string value: '...' for column `test`.`t`.`name` at row 1",
+            ),
+            (
+                "Incorrect integer value: 'it's' for column 'x' at row 1",
+                "Incorrect integer value: '...' for column 'x' at row 1",
+            ),
+            (
+                "Duplicate entry 'k' for key 'PRIMARY'",
+                "Duplicate entry '...' for key 'PRIMARY'",
+            ),
+            // SQLite
+            (
+                "NOT NULL constraint failed: t.x",
+                "NOT NULL constraint failed: t.x",
+            ),
+            (
+                "CHECK constraint failed: length(uuid) <= 2000",
+                "CHECK constraint failed: length(uuid) <= 2000",
+            ),
+            // A quote left open hides the rest.
+            ("unterminated 'sec", "unterminated '..."),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(redact_quoted(message), expected, "{message}");
+        }
     }
 }
