@@ -22,8 +22,7 @@ use crate::report::BatchReport;
 pub const PARTIAL_BATCH_ENV: &str = "MSK_SYNC_PARTIAL_BATCH_RESPONSE";
 
 pub async fn run(app: App) -> ExitCode {
-    // Honours AWS_LAMBDA_LOG_LEVEL and AWS_LAMBDA_LOG_FORMAT (JSON when the function's LoggingConfig says so).
-    lambda_runtime::tracing::init_default_subscriber();
+    init_logging();
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let handler = match app.load_config(None) {
         Ok(config) => app.handler(&config, None).await,
@@ -52,6 +51,36 @@ pub async fn run(app: App) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// lambda_runtime's default subscriber (`AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else info; JSON when
+/// `AWS_LAMBDA_LOG_FORMAT` says so, as the function's LoggingConfig sets it), plus the directives that keep
+/// dependencies from logging the database password ([`super::QUIET_DEPENDENCIES`]).
+fn init_logging() {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let mut filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy();
+    for directive in super::QUIET_DEPENDENCIES {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let collector = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_env_filter(filter);
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        collector.json().try_init()
+    } else {
+        collector.try_init()
+    };
 }
 
 /// The response body: the report, plus `batchItemFailures` in partial-batch mode.
