@@ -269,3 +269,32 @@ async fn sqlite_a_refused_value_is_redacted_and_its_column_named() {
     )
     .await
 }
+
+/// A closed database port: the error names host:port and the cause, not just "pool timed out" (issue 14,
+/// item 16), and never the password.
+#[tokio::test]
+async fn a_connection_failure_names_the_server_and_the_cause() {
+    let port = free_port();
+    let url = format!("postgres://app:S3ntinelPW9@127.0.0.1:{port}/db");
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &url,
+            "--config",
+            &default_config(),
+            event_file("mixed-partitions.json").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "batch not applied (retry it): Connection Error: database at 127.0.0.1:{port}: Connection refused"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("S3ntinelPW9"), "{}", run.stderr);
+}

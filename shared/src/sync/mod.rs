@@ -305,6 +305,8 @@ pub struct Sink {
     options: SinkOptions,
     ready: OnceCell<()>,
     lock_conflicts: std::sync::atomic::AtomicUsize,
+    /// host:port of a database server (never the URL: it may hold a password), for connection errors.
+    address: Option<String>,
 }
 
 impl Sink {
@@ -331,6 +333,7 @@ impl Sink {
             options,
             ready: OnceCell::new(),
             lock_conflicts: Default::default(),
+            address: server_address(url),
         })
     }
 
@@ -376,6 +379,21 @@ impl Sink {
         dead_letters: &[DeadLetter],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
     ) -> Result<Applied, ApplyError> {
+        match self.apply_retrying(changes, dead_letters, reject).await {
+            Err(ApplyError::NotApplied(e)) if connection_failure(&e) => {
+                Err(ApplyError::NotApplied(self.unreachable(e).await))
+            }
+            other => other,
+        }
+    }
+
+    /// [`Sink::apply`] but for naming the server of a connection failure.
+    async fn apply_retrying(
+        &self,
+        changes: &[Changes],
+        dead_letters: &[DeadLetter],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
+    ) -> Result<Applied, ApplyError> {
         self.ensure_tables().await?;
         let mut retries = 0;
         loop {
@@ -404,6 +422,31 @@ impl Sink {
                 other => return other,
             }
         }
+    }
+
+    /// A connection failure that names the server and the cause. The pool hides the cause: it retries a
+    /// refused connection until its timeout and then reports only "pool timed out", so one plain TCP
+    /// connection attempt finds it out.
+    async fn unreachable(&self, e: DbErr) -> DbErr {
+        let Some(address) = &self.address else {
+            return e;
+        };
+        let probe = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(address.as_str()),
+        )
+        .await;
+        let cause = match probe {
+            Ok(Ok(_)) => format!(
+                "it accepts TCP connections, but no database session was established within {} s",
+                self.options.connect_timeout.as_secs()
+            ),
+            Ok(Err(io)) => io.to_string(),
+            Err(_) => "TCP connection attempt timed out after 3 s".to_string(),
+        };
+        DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
+            "database at {address}: {cause} ({e})"
+        )))
     }
 
     /// Batches rolled back by a deadlock or serialization failure and applied again, since the sink opened.
@@ -584,6 +627,45 @@ fn jittered_backoff(retry: u32) -> Duration {
         .build_hasher()
         .finish();
     Duration::from_millis(base + noise % (base + 1))
+}
+
+/// The host:port of a PostgreSQL or MySQL URL (default ports filled in), `None` for SQLite. Only the part
+/// after the user info's last `@` is read, so a password never ends up in it.
+fn server_address(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let port = match scheme {
+        "postgres" | "postgresql" => 5432,
+        "mysql" | "mariadb" => 3306,
+        _ => return None,
+    };
+    let authority = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = authority.split(['/', '?', '#']).next()?;
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    Some(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// The connection could not be made or was lost before a statement's answer: nothing the database said.
+fn connection_failure(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
+            e.as_ref(),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut
+        ),
+        _ => false,
+    }
 }
 
 /// The database's own error behind a [`DbErr`], if the database answered with one.
@@ -852,6 +934,23 @@ mod tests {
         );
         // Composite keys compare column by column.
         assert!(cmp_keys([s("a"), s("z")].iter(), [s("b"), s("a")].iter()).is_lt());
+    }
+
+    #[test]
+    fn server_addresses_never_hold_the_password() {
+        assert_eq!(
+            server_address("postgres://u:p@ss@db.example:6543/x?sslmode=require").as_deref(),
+            Some("db.example:6543")
+        );
+        assert_eq!(
+            server_address("mysql://root@127.0.0.1/test").as_deref(),
+            Some("127.0.0.1:3306")
+        );
+        assert_eq!(
+            server_address("postgres://u:pw@[::1]/db").as_deref(),
+            Some("[::1]:5432")
+        );
+        assert_eq!(server_address("sqlite://x.db?mode=rwc"), None);
     }
 
     #[test]
