@@ -380,6 +380,10 @@ pub enum HandlerError {
     /// written ("batch not applied") or the commit's outcome is unknown.
     #[error("transient failure, {0}")]
     Transient(String),
+    /// The database does not match the config (found by the preflight): nothing was written, and no retry
+    /// cures it.
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 /// The pipeline plus the database: the one handler behind every way in.

@@ -258,7 +258,7 @@ async fn replay(
                     return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
                 }
             }
-            Err(HandlerError::Invalid(e)) => {
+            Err(HandlerError::Invalid(e) | HandlerError::Misconfigured(e)) => {
                 return fail(err, EXIT_INVALID, &format!("{}: {e}", file.display()));
             }
             Err(e @ HandlerError::Transient(_)) => {

@@ -486,7 +486,9 @@ impl<H: BatchHandler> Runner<H> {
                     );
                     return Ok(());
                 }
-                Err(HandlerError::Invalid(e)) => return Err(ConsumeError::Invalid(e)),
+                Err(HandlerError::Invalid(e) | HandlerError::Misconfigured(e)) => {
+                    return Err(ConsumeError::Invalid(e));
+                }
                 Err(HandlerError::Transient(e)) => e,
             };
             self.summary.retries += 1;
