@@ -17,7 +17,7 @@ fn key(k: usize) -> String {
 
 /// Whether writer `w` deletes key `k` in round `r` (it upserts every other key).
 fn deletes(r: usize, w: usize, k: usize) -> bool {
-    (k + w + r) % 5 == 0
+    (k + w + r).is_multiple_of(5)
 }
 
 fn name(r: usize, w: usize) -> String {

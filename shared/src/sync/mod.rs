@@ -815,12 +815,11 @@ fn redact_quoted(message: &str) -> String {
             }
         } else {
             out.push_str("...");
-            let closes = inside.match_indices(q).map(|(i, _)| i);
+            let mut closes = inside.rmatch_indices(q).map(|(i, _)| i);
             let close = closes
                 .clone()
-                .filter(|&i| inside[i + 1..].starts_with(" for "))
-                .last()
-                .or_else(|| closes.last());
+                .find(|&i| inside[i + 1..].starts_with(" for "))
+                .or_else(|| closes.next());
             match close {
                 Some(close) => {
                     out.push(q);
