@@ -496,8 +496,9 @@ pub enum HandlerError {
     /// The invocation itself is wrong (not an MSK event): retrying will not help.
     #[error("{0}")]
     Invalid(String),
-    /// Database or schema registry trouble: nothing was written; retry the whole batch.
-    #[error("transient failure, batch not applied (retry it): {0}")]
+    /// Database or schema registry trouble: retry the whole batch. The text says whether nothing was
+    /// written ("batch not applied") or the commit's outcome is unknown.
+    #[error("transient failure, {0}")]
     Transient(String),
     /// The database does not match the config (found by the preflight): nothing was applied or
     /// dead-lettered; retrying cannot help until a person fixes the table or the config.
@@ -541,12 +542,12 @@ impl Handler {
             }
             PreflightError::Database(_) => {
                 tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "preflight failed");
-                HandlerError::Transient(e.to_string())
+                HandlerError::Transient(format!("batch not applied (retry it): {e}"))
             }
         })?;
         self.pipeline.prepare(event).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
-            HandlerError::Transient(e.to_string())
+            HandlerError::Transient(format!("batch not applied (retry it): {e}"))
         })?;
         let Plan {
             changes,
@@ -556,7 +557,7 @@ impl Handler {
         } = self
             .pipeline
             .plan(event, &mut |_| {})
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            .map_err(|e| HandlerError::Transient(format!("batch not applied (retry it): {e}")))?;
         let records = &event.records;
         // Rows the database refuses are dead-lettered while the batch is applied, with the same coordinates
         // (and occurrence) as the plan would have given them.
@@ -572,7 +573,7 @@ impl Handler {
             )
         };
         let applied = self.sink.apply(&changes, &dead_letters, &reject).await.map_err(|e| {
-            tracing::warn!(event_source = %source, records = report.received, error = %e, "batch rolled back");
+            tracing::warn!(event_source = %source, records = report.received, error = %e, "batch failed");
             HandlerError::Transient(e.to_string())
         })?;
         report.upserted = applied.upserted;

@@ -459,10 +459,8 @@ fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {
 
 /// Logs go to stderr, at `warn` unless `RUST_LOG` says otherwise, so stdout carries only reports.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(super::log_filter("warn"))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -22,8 +22,7 @@ use crate::report::BatchReport;
 pub const PARTIAL_BATCH_ENV: &str = "MSK_SYNC_PARTIAL_BATCH_RESPONSE";
 
 pub async fn run(app: App) -> ExitCode {
-    // Honours AWS_LAMBDA_LOG_LEVEL and AWS_LAMBDA_LOG_FORMAT (JSON when the function's LoggingConfig says so).
-    lambda_runtime::tracing::init_default_subscriber();
+    init_logging();
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let handler = match app.load_config(None) {
         Ok(config) => app.handler(&config, None).await,
@@ -32,19 +31,35 @@ pub async fn run(app: App) -> ExitCode {
     let handler = match handler {
         Ok(h) => Arc::new(h),
         Err(e) => {
-            // Exiting before the first poll makes Lambda report a failed init.
             tracing::error!(function = app.name, error = %e, "cannot start");
+            // Lambda would only see the process exit: tell it why, under an error type an alarm can match.
+            if let Err(post) = post_init_error(MISCONFIGURED, &format!("{}: {e}", app.name)).await {
+                tracing::error!(error = %post, "could not report the init error to the runtime API");
+            }
             return ExitCode::from(super::cli::EXIT_INVALID);
         }
     };
     // The payload as raw JSON text, parsed once by MskEvent itself: a `Value` first would build a tree of the
     // whole 6 MB batch only to take it apart again, and the error for a payload that is not an MSK event
     // stays ours.
-    let served = lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| {
+    let service = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
         let handler = Arc::clone(&handler);
-        async move { invoke_raw(&handler, &event.payload, partial).await }
-    }))
-    .await;
+        async move {
+            if let Some(reason) = not_json_reason(event.payload.get()) {
+                return Err(HandlerError::Invalid(format!(
+                    "the payload is not JSON ({reason}): expected an MSK event"
+                ))
+                .into());
+            }
+            invoke_raw(&handler, &event.payload, partial).await
+        }
+    });
+    // What lambda_runtime::run does, plus NotJsonLayer (added last, so it sees each invocation first).
+    let served = lambda_runtime::Runtime::new(service)
+        .layer(lambda_runtime::layers::TracingLayer::new())
+        .layer(NotJsonLayer)
+        .run()
+        .await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -52,6 +67,132 @@ pub async fn run(app: App) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error types a function reports, stable so that alarms and retries can match them: a payload that is
+/// not an MSK event; a batch to retry; a function whose setup or database does not match its config
+/// (an init error, or an invocation error from the preflight), which no retry cures.
+pub const INVALID_EVENT: &str = "InvalidEvent";
+pub const TRANSIENT_FAILURE: &str = "TransientFailure";
+pub const MISCONFIGURED: &str = "Misconfigured";
+
+/// Posts an init error to the runtime API (`POST /2018-06-01/runtime/init/error`), which lambda_runtime 1.5
+/// offers only to its SnapStart hooks. Plain HTTP to `AWS_LAMBDA_RUNTIME_API`, as the runtime itself talks.
+async fn post_init_error(error_type: &str, message: &str) -> Result<(), String> {
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|_| "AWS_LAMBDA_RUNTIME_API is not set".to_string())?;
+    let body = serde_json::to_vec(&Diagnostic {
+        error_type: error_type.to_string(),
+        error_message: message.to_string(),
+    })
+    .map_err(|e| e.to_string())?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", error_type)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("runtime API answered {}", response.status()))
+    }
+}
+
+/// Key of the JSON object that stands in for a payload that is not JSON (see [`NotJsonLayer`]).
+const NOT_JSON: &str = "mskSyncPayloadNotJson";
+
+/// Why the payload is not JSON, if [`NotJsonLayer`] replaced it.
+fn not_json_reason(payload: &str) -> Option<String> {
+    if !payload.starts_with(&format!("{{\"{NOT_JSON}\":")) {
+        return None;
+    }
+    let marker: std::collections::HashMap<String, String> = serde_json::from_str(payload).ok()?;
+    marker.get(NOT_JSON).cloned()
+}
+
+/// lambda_runtime deserializes the payload before the handler runs and reports a payload that is not JSON
+/// with its deserializer's Rust type name as the error type. This layer sees the invocation first and
+/// replaces such a payload by a small JSON object saying why (a position, never the bytes), so the handler
+/// reports it as [`INVALID_EVENT`] like any other payload that is not an MSK event.
+#[derive(Clone, Copy)]
+struct NotJsonLayer;
+
+impl<S> lambda_runtime::tower::Layer<S> for NotJsonLayer {
+    type Service = NotJson<S>;
+    fn layer(&self, inner: S) -> NotJson<S> {
+        NotJson(inner)
+    }
+}
+
+struct NotJson<S>(S);
+
+impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for NotJson<S>
+where
+    S: lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut invocation: lambda_runtime::LambdaInvocation) -> Self::Future {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&invocation.body) {
+            let marker = serde_json::json!({ NOT_JSON: e.to_string() });
+            invocation.body = marker.to_string().into_bytes().into();
+        }
+        self.0.call(invocation)
+    }
+}
+
+/// lambda_runtime's default subscriber (`AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else info; JSON when
+/// `AWS_LAMBDA_LOG_FORMAT` says so, as the function's LoggingConfig sets it), plus the directives that keep
+/// dependencies from logging the database password ([`super::QUIET_DEPENDENCIES`]).
+fn init_logging() {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let mut filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy();
+    for directive in super::QUIET_DEPENDENCIES {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let collector = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_env_filter(filter);
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        collector.json().try_init()
+    } else {
+        collector.try_init()
+    };
 }
 
 /// The response body: the report, plus `batchItemFailures` in partial-batch mode.
@@ -137,9 +278,9 @@ async fn respond(
 impl From<HandlerError> for Diagnostic {
     fn from(e: HandlerError) -> Self {
         let error_type = match e {
-            HandlerError::Invalid(_) => "InvalidEvent",
-            HandlerError::Transient(_) => "TransientFailure",
-            HandlerError::Misconfigured(_) => "Misconfigured",
+            HandlerError::Invalid(_) => INVALID_EVENT,
+            HandlerError::Transient(_) => TRANSIENT_FAILURE,
+            HandlerError::Misconfigured(_) => MISCONFIGURED,
         };
         Diagnostic {
             error_type: error_type.into(),

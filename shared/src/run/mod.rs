@@ -163,23 +163,138 @@ impl App {
         }
         let sink = Sink::open(&url, pipeline.mappings().to_vec(), options)
             .await
-            .map_err(|e| SetupError(format!("database URL {}: {e}", redact(&url))))?;
+            .map_err(|e| {
+                SetupError(format!(
+                    "database URL {}: {}",
+                    redact_url(&url),
+                    scrub(&e.to_string(), &url)
+                ))
+            })?;
         Ok(Handler::new(pipeline, sink))
     }
 }
 
-/// A URL fit for a message: the password replaced.
+/// A database URL fit for a message or a log line: the password of its user info and the value of every
+/// query parameter that may hold a secret (`password`, `sslpassword`, `…token…`, `…secret…`) replaced by
+/// `***`. Works on text that is not a valid URL too (an unknown scheme, an unparsable port), since those
+/// are exactly the URLs that end up in error messages.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    // Longest first, so that a secret containing another is replaced whole.
+    let mut spans = secret_spans(url);
+    spans.sort_by_key(|&(start, _)| std::cmp::Reverse(start));
+    for (start, end) in spans {
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// Kept for callers that predate [`redact_url`].
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
-                None => url.to_string(),
+    redact_url(url)
+}
+
+/// `text` (an error message, a log line) with every secret of `url` in it replaced by `***`: the secrets as
+/// written in the URL and percent-decoded, as a driver may quote either.
+pub fn scrub(text: &str, url: &str) -> String {
+    let mut secrets: Vec<String> = secret_spans(url)
+        .into_iter()
+        .flat_map(|(start, end)| {
+            let raw = &url[start..end];
+            [raw.to_string(), percent_decode(raw)]
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for secret in secrets {
+        out = out.replace(&secret, "***");
+    }
+    out
+}
+
+/// Byte ranges of `url` that hold secrets: the password of the user info (between the first `:` after
+/// `scheme://` and the last `@`, so that a password with an unescaped `@` or `/` is still covered whole),
+/// and the values of secret query parameters.
+fn secret_spans(url: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let after_scheme = url.find("://").map_or(0, |s| s + 3);
+    if let Some(at) = url.rfind('@').filter(|&at| at >= after_scheme)
+        && let Some(colon) = url[after_scheme..at].find(':')
+    {
+        spans.push((after_scheme + colon + 1, at));
+    }
+    if let Some(q) = url[after_scheme..].find('?').map(|q| after_scheme + q) {
+        let mut start = q + 1;
+        for pair in url[q + 1..].split(['&', ';']) {
+            if let Some((name, value)) = pair.split_once('=') {
+                let name = percent_decode(name).to_ascii_lowercase();
+                let secret = ["pass", "pwd", "secret", "token", "credential"]
+                    .iter()
+                    .any(|s| name.contains(s));
+                if secret && !value.is_empty() {
+                    let value_start = start + name_len(pair);
+                    spans.push((value_start, value_start + value.len()));
+                }
+            }
+            start += pair.len() + 1;
+        }
+    }
+    // A password span and a query span may overlap when the password holds a `?`: keep the outer one.
+    spans.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (s, e) in spans {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
+/// Length of `name=` in a query pair.
+fn name_len(pair: &str) -> usize {
+    pair.find('=').map_or(pair.len(), |i| i + 1)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
             }
         }
-        _ => url.to_string(),
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Directives every log filter gets, whatever `RUST_LOG` says: sea-orm's trace-level spans around
+/// connecting record the whole `ConnectOptions`, URL and password included.
+pub(crate) const QUIET_DEPENDENCIES: [&str; 1] = ["sea_orm::driver=debug"];
+
+/// A log filter from `RUST_LOG` (else `default`), with [`QUIET_DEPENDENCIES`].
+pub(crate) fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    for directive in QUIET_DEPENDENCIES {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
 }
 
 /// The `main` of every function binary: Lambda mode when the Lambda runtime started us, else the CLI.
@@ -196,15 +311,59 @@ pub async fn main(app: App) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact_url, scrub};
 
     #[test]
     fn redact_hides_only_the_password() {
         assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
+            redact_url("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn redact_hides_passwords_in_urls_that_do_not_parse_and_in_the_query() {
+        let cases = [
+            (
+                "postgresx://app:S3cret@h:5432/db",
+                "postgresx://app:***@h:5432/db",
+            ),
+            (
+                "postgres://app:S3cret@h:notaport/db",
+                "postgres://app:***@h:notaport/db",
+            ),
+            ("postgres://app:S3c@r/et@h/db", "postgres://app:***@h/db"),
+            ("app:S3cret@h/db", "app:***@h/db"),
+            (
+                "sqlite://x.db?mode=rwc&password=S3cret",
+                "sqlite://x.db?mode=rwc&password=***",
+            ),
+            (
+                "postgres://h/db?user=app&password=S3cret&sslmode=disable",
+                "postgres://h/db?user=app&password=***&sslmode=disable",
+            ),
+            (
+                "mysql://h/db?sslpassword=S3cret;auth_token=T0k",
+                "mysql://h/db?sslpassword=***;auth_token=***",
+            ),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn scrub_removes_the_secrets_of_a_url_from_any_text() {
+        let url = "postgres://app:S3c%40ret@h/db?password=Other";
+        let text = "cannot connect to 'postgres://app:S3c%40ret@h/db' as app with S3c@ret or Other";
+        assert_eq!(
+            scrub(text, url),
+            "cannot connect to 'postgres://app:***@h/db' as app with *** or ***"
+        );
     }
 }

@@ -21,8 +21,8 @@ use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, OnConflict, Query, Value as SqlValue, ValueTuple,
 };
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
 };
 use tokio::sync::OnceCell;
 
@@ -133,7 +133,11 @@ impl Changes {
         self.superseded
     }
 
-    /// (rows to upsert, keys to delete), in batch order, with where each came from.
+    /// (rows to upsert, keys to delete), each in key order, with where each came from.
+    ///
+    /// Key order, not batch order: two writers whose batches share keys then lock those rows in the same
+    /// order, so neither can hold a row the other waits for while waiting for one the other holds (a
+    /// deadlock). The order is [`cmp_values`], the same in every writer whatever the backend.
     fn split(&self) -> (Vec<Values<'_>>, Vec<Values<'_>>) {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
@@ -143,7 +147,96 @@ impl Changes {
                 Op::Delete(key) => deletes.push((key.as_slice(), *origin)),
             }
         }
+        let key = self.key.as_slice();
+        upserts.sort_by(|(a, _), (b, _)| {
+            cmp_keys(
+                key.iter().filter_map(|&i| a.get(i)),
+                key.iter().filter_map(|&i| b.get(i)),
+            )
+        });
+        deletes.sort_by(|(a, _), (b, _)| cmp_keys(a.iter(), b.iter()));
         (upserts, deletes)
+    }
+}
+
+/// Lexicographic [`cmp_values`] over two keys' values.
+fn cmp_keys<'v>(
+    a: impl Iterator<Item = &'v SqlValue>,
+    b: impl Iterator<Item = &'v SqlValue>,
+) -> std::cmp::Ordering {
+    let mut b = b;
+    for x in a {
+        let Some(y) = b.next() else {
+            return std::cmp::Ordering::Greater;
+        };
+        match cmp_values(x, y) {
+            std::cmp::Ordering::Equal => {}
+            other => return other,
+        }
+    }
+    if b.next().is_some() {
+        std::cmp::Ordering::Less
+    } else {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// A total order over key values that every writer computes alike: first by kind (boolean, integer, float,
+/// text, bytes, anything else), NULL first within a kind, then by value (integers by number whatever their
+/// width, text by its UTF-8 bytes, floats by [`f64::total_cmp`]). It need not be the database's collation:
+/// lock order only has to be the same in every writer.
+fn cmp_values(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
+    use SqlValue as V;
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Kind<'v> {
+        Bool(Option<bool>),
+        Int(Option<i128>),
+        Float(Option<FloatOrd>),
+        Text(Option<&'v [u8]>),
+        Bytes(Option<&'v [u8]>),
+        /// Dates, UUIDs, JSON, decimals…: their Debug text, which names the variant and renders the value
+        /// the same way in every writer. Rare as keys, so the allocation does not matter.
+        Other(String),
+    }
+    fn kind(v: &SqlValue) -> Kind<'_> {
+        match v {
+            V::Bool(x) => Kind::Bool(*x),
+            V::TinyInt(x) => Kind::Int(x.map(i128::from)),
+            V::SmallInt(x) => Kind::Int(x.map(i128::from)),
+            V::Int(x) => Kind::Int(x.map(i128::from)),
+            V::BigInt(x) => Kind::Int(x.map(i128::from)),
+            V::TinyUnsigned(x) => Kind::Int(x.map(i128::from)),
+            V::SmallUnsigned(x) => Kind::Int(x.map(i128::from)),
+            V::Unsigned(x) => Kind::Int(x.map(i128::from)),
+            V::BigUnsigned(x) => Kind::Int(x.map(i128::from)),
+            V::Float(x) => Kind::Float(x.map(|f| FloatOrd(f64::from(f)))),
+            V::Double(x) => Kind::Float(x.map(FloatOrd)),
+            V::String(x) => Kind::Text(x.as_deref().map(str::as_bytes)),
+            V::Bytes(x) => Kind::Bytes(x.as_deref()),
+            other => Kind::Other(format!("{other:?}")),
+        }
+    }
+    kind(a).cmp(&kind(b))
+}
+
+/// An f64 ordered by [`f64::total_cmp`].
+#[derive(Clone, Copy)]
+struct FloatOrd(f64);
+
+impl PartialEq for FloatOrd {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0).is_eq()
+    }
+}
+impl Eq for FloatOrd {}
+impl PartialOrd for FloatOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for FloatOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 
@@ -159,6 +252,30 @@ pub struct Applied {
     /// Changes the database refused as data (a value out of its column's range, an invalid byte sequence…),
     /// with the reason: they were dead-lettered instead of failing the batch forever.
     pub rejected: Vec<(Origin, String)>,
+}
+
+/// Why [`Sink::apply`] did not apply a batch, or cannot tell whether it did. Both are transient: applying a
+/// batch twice gives the same tables, so a retry is always safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Rolled back (or never begun): nothing of the batch was written.
+    #[error("batch not applied (retry it): {0}")]
+    NotApplied(#[from] DbErr),
+    /// COMMIT was sent and the connection failed before its answer came: the server may have committed
+    /// the batch or not, and reporting "not applied" would be a lie half the time.
+    #[error("commit outcome unknown — the batch may have been applied; retrying is safe: {0}")]
+    CommitUnknown(DbErr),
+}
+
+/// Commits `txn`, telling a refusal (the server answered: rolled back) from a lost answer.
+async fn commit(txn: DatabaseTransaction) -> Result<(), ApplyError> {
+    txn.commit().await.map_err(|e| {
+        if database_error(&e).is_some() {
+            ApplyError::NotApplied(e)
+        } else {
+            ApplyError::CommitUnknown(e)
+        }
+    })
 }
 
 /// Database settings that do not come from the URL.
@@ -190,6 +307,9 @@ pub struct Sink {
     mappings: Vec<Arc<dyn Mapping>>,
     options: SinkOptions,
     ready: OnceCell<()>,
+    lock_conflicts: std::sync::atomic::AtomicUsize,
+    /// host:port of a database server (never the URL: it may hold a password), for connection errors.
+    address: Option<String>,
 }
 
 impl Sink {
@@ -215,6 +335,8 @@ impl Sink {
             mappings,
             options,
             ready: OnceCell::new(),
+            lock_conflicts: Default::default(),
+            address: server_address(url),
         })
     }
 
@@ -229,7 +351,8 @@ impl Sink {
     /// The preflight, once per instance before the first batch (asked again on the next batch if it did not
     /// pass): every table is created if missing, then compared with the config ([`preflight`]).
     pub async fn preflight(&self) -> Result<(), PreflightError> {
-        self.ready
+        match self
+            .ready
             .get_or_try_init(|| async {
                 let server = preflight::Server::detect(&self.db).await?;
                 let mut problems = Vec::new();
@@ -247,8 +370,15 @@ impl Sink {
                     Err(PreflightError::Misconfigured(problems))
                 }
             })
-            .await?;
-        Ok(())
+            .await
+            .map(|_| ())
+        {
+            // The preflight is the first thing a batch asks of the database: a connection failure shows here.
+            Err(PreflightError::Database(e)) if connection_failure(&e) => {
+                Err(PreflightError::Database(self.unreachable(e).await))
+            }
+            other => other,
+        }
     }
 
     /// The table as the catalog lists it, after creating it if it was missing. Only a table the catalog does
@@ -336,22 +466,88 @@ impl Sink {
         changes: &[Changes],
         dead_letters: &[DeadLetter<'e>],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
-    ) -> Result<Applied, DbErr> {
-        self.ensure_tables().await?;
-        match self.apply_bulk(changes, dead_letters).await {
-            Err(e) if data_error(&e).is_some() => {
-                tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
-                self.apply_row_by_row(changes, dead_letters, reject).await
+    ) -> Result<Applied, ApplyError> {
+        match self.apply_retrying(changes, dead_letters, reject).await {
+            Err(ApplyError::NotApplied(e)) if connection_failure(&e) => {
+                Err(ApplyError::NotApplied(self.unreachable(e).await))
             }
             other => other,
         }
+    }
+
+    /// [`Sink::apply`] but for naming the server of a connection failure.
+    async fn apply_retrying<'e>(
+        &self,
+        changes: &[Changes],
+        dead_letters: &[DeadLetter<'e>],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
+    ) -> Result<Applied, ApplyError> {
+        self.ensure_tables().await?;
+        let mut retries = 0;
+        loop {
+            let done = match self.apply_bulk(changes, dead_letters).await {
+                Err(ApplyError::NotApplied(e)) if data_error(&e).is_some() => {
+                    tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
+                    self.apply_row_by_row(changes, dead_letters, reject).await
+                }
+                other => other,
+            };
+            match done {
+                // Key order makes lock cycles between writers of one table rare, not impossible (gap locks,
+                // an upsert of a key another writer deletes): the database picked this batch as the victim
+                // and rolled it back, and running it again at once usually succeeds.
+                Err(ApplyError::NotApplied(e))
+                    if lock_conflict(&e) && retries < LOCK_CONFLICT_RETRIES =>
+                {
+                    retries += 1;
+                    self.lock_conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let wait = jittered_backoff(retries);
+                    tracing::warn!(retry = retries, retry_in_ms = wait.as_millis() as u64, error = %redact_quoted(&e.to_string()),
+                        "lock conflict with another writer: batch rolled back, applying it again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A connection failure that names the server and the cause. The pool hides the cause: it retries a
+    /// refused connection until its timeout and then reports only "pool timed out", so one plain TCP
+    /// connection attempt finds it out.
+    async fn unreachable(&self, e: DbErr) -> DbErr {
+        let Some(address) = &self.address else {
+            return e;
+        };
+        let probe = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(address.as_str()),
+        )
+        .await;
+        let cause = match probe {
+            Ok(Ok(_)) => format!(
+                "it accepts TCP connections, but no database session was established within {} s",
+                self.options.connect_timeout.as_secs()
+            ),
+            Ok(Err(io)) => io.to_string(),
+            Err(_) => "TCP connection attempt timed out after 3 s".to_string(),
+        };
+        DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
+            "database at {address}: {cause} ({e})"
+        )))
+    }
+
+    /// Batches rolled back by a deadlock or serialization failure and applied again, since the sink opened.
+    pub fn lock_conflicts(&self) -> usize {
+        self.lock_conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn apply_bulk(
         &self,
         changes: &[Changes],
         dead_letters: &[DeadLetter<'_>],
-    ) -> Result<Applied, DbErr> {
+    ) -> Result<Applied, ApplyError> {
         let backend = self.backend();
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
@@ -373,7 +569,7 @@ impl Sink {
         }
         self.write_dead_letters(&txn, dead_letters).await?;
         applied.dead_lettered = dead_letters.len();
-        txn.commit().await?;
+        commit(txn).await?;
         Ok(applied)
     }
 
@@ -382,7 +578,7 @@ impl Sink {
         changes: &[Changes],
         dead_letters: &[DeadLetter<'e>],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
-    ) -> Result<Applied, DbErr> {
+    ) -> Result<Applied, ApplyError> {
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
         for (mapping, changes) in self.mappings.iter().zip(changes) {
@@ -416,7 +612,7 @@ impl Sink {
                                 .rejected
                                 .push((origin, format!("{}: {reason}", table.name)));
                         }
-                        None => return Err(e),
+                        None => return Err(e.into()),
                     },
                 }
             }
@@ -431,7 +627,7 @@ impl Sink {
         dead_letter::share_raw(&mut all);
         self.write_dead_letters(&txn, &all).await?;
         applied.dead_lettered = all.len();
-        txn.commit().await?;
+        commit(txn).await?;
         Ok(applied)
     }
 
@@ -508,33 +704,140 @@ fn delete_statement(table: &TableDef, keys: &[&[SqlValue]]) -> sea_orm::sea_quer
     stmt
 }
 
-/// Why the database refused a statement, when the refusal is about the data (SQLSTATE class 22 "data
-/// exception" or 23 "integrity constraint", MySQL's data errors, SQLite's constraint / mismatch / too big):
-/// retrying cannot help, but the row can be dead-lettered. `None` for everything else.
-///
-/// The reason keeps the database's words but not what it quotes, which may be the value.
-fn data_error(err: &DbErr) -> Option<String> {
+/// How often [`Sink::apply`] runs a batch again after a deadlock or serialization failure before it fails
+/// the batch as transient.
+const LOCK_CONFLICT_RETRIES: u32 = 4;
+
+/// 50 ms, 100 ms, 200 ms… plus up to as much again at random, so that two writers that collided do not
+/// collide again in step.
+fn jittered_backoff(retry: u32) -> Duration {
+    let base = 50u64 << Ord::min(retry.saturating_sub(1), 6);
+    // A randomly keyed hasher is randomness enough for a jitter, without a crate for it.
+    let noise = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(base + noise % (base + 1))
+}
+
+/// The host:port of a PostgreSQL or MySQL URL (default ports filled in), `None` for SQLite. Only the part
+/// after the user info's last `@` is read, so a password never ends up in it.
+fn server_address(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let port = match scheme {
+        "postgres" | "postgresql" => 5432,
+        "mysql" | "mariadb" => 3306,
+        _ => return None,
+    };
+    let authority = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = authority.split(['/', '?', '#']).next()?;
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    Some(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// The connection could not be made or was lost before a statement's answer: nothing the database said.
+fn connection_failure(err: &DbErr) -> bool {
     use sea_orm::{RuntimeErr, sqlx};
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
+            e.as_ref(),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut
+        ),
+        _ => false,
+    }
+}
+
+/// The database's own error behind a [`DbErr`], if the database answered with one.
+fn database_error(err: &DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
         return None;
     };
-    let sqlx::Error::Database(db) = e.as_ref() else {
-        return None;
+    match e.as_ref() {
+        sqlx::Error::Database(db) => Some(db.as_ref()),
+        _ => None,
+    }
+}
+
+/// A deadlock or serialization failure: the database rolled the transaction back to let another writer
+/// through, and the same batch applied again will most likely succeed. PostgreSQL 40P01 / 40001, MySQL and
+/// MariaDB 1213 (deadlock) / 1205 (lock wait timeout), SQLite BUSY / LOCKED (after the pool's busy timeout).
+fn lock_conflict(err: &DbErr) -> bool {
+    let Some(db) = database_error(err) else {
+        return false;
     };
-    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-    let is_data = if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // 1292 incorrect value, 1264 out of range, 1366 incorrect string value, 1406 data too long,
-        // 1048 column cannot be null, 1452 / 1451 foreign keys; several of these report SQLSTATE HY000.
-        code.starts_with("22")
-            || code.starts_with("23")
-            || [1048, 1264, 1292, 1366, 1406, 1451, 1452].contains(&my.number())
-    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // Primary result codes 18 (too big), 19 (constraint), 20 (mismatch); extended codes keep them in the low byte.
-        code.parse::<i32>()
-            .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+    let code = db.code().unwrap_or_default();
+    if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        matches!(my.number(), 1205 | 1213)
+    } else if db
+        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
     } else {
-        code.starts_with("22") || code.starts_with("23")
+        code == "40P01" || code == "40001"
+    }
+}
+
+/// What the database may refuse a row for — its content or its size — on every backend, in one place. Such a
+/// refusal comes back on every retry, so the row is dead-lettered instead of blocking its partitions.
+mod refused {
+    /// SQLSTATE classes: 22 data exception (a value out of range, invalid text, too long), 23 integrity
+    /// constraint violation, 54 program limit exceeded (PostgreSQL 54000: an index row larger than a
+    /// btree page allows, as a key of more than about 2,700 bytes is). MySQL and MariaDB report SQLSTATE
+    /// too, but not always a telling one.
+    pub const SQLSTATE_CLASSES: [&str; 3] = ["22", "23", "54"];
+
+    /// MySQL / MariaDB error numbers about a row, several of which report SQLSTATE HY000 or 42000:
+    /// 1048 column cannot be null, 1062 duplicate entry (another unique index), 1118 row size too large,
+    /// 1216 / 1217 / 1451 / 1452 foreign keys, 1264 out of range, 1265 data truncated, 1292 incorrect
+    /// value, 1300 invalid character string, 1366 incorrect string value, 1367 illegal value, 1406 data too
+    /// long, 1411 incorrect datetime, 1690 value out of range, 3140 invalid JSON, 3819 (MySQL) / 4025
+    /// (MariaDB) check constraint failed.
+    pub const MYSQL: [u16; 19] = [
+        1048, 1062, 1118, 1216, 1217, 1264, 1265, 1292, 1300, 1366, 1367, 1406, 1411, 1451, 1452,
+        1690, 3140, 3819, 4025,
+    ];
+
+    /// SQLite primary result codes (extended codes keep them in their low byte): 18 too big, 19
+    /// constraint, 20 datatype mismatch.
+    pub const SQLITE: [i32; 3] = [18, 19, 20];
+}
+
+/// Why the database refused a statement, when the refusal is about the row ([`refused`]): retrying cannot
+/// help, but the row can be dead-lettered. `None` for everything else.
+///
+/// The reason keeps the database's words, with every value it quotes redacted ([`redact_quoted`]).
+fn data_error(err: &DbErr) -> Option<String> {
+    use sea_orm::sqlx;
+    let db = database_error(err)?;
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let sqlstate = || {
+        refused::SQLSTATE_CLASSES
+            .iter()
+            .any(|c| code.starts_with(c))
+    };
+    let is_data = if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        sqlstate() || refused::MYSQL.contains(&my.number())
+    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        code.parse::<i32>()
+            .is_ok_and(|c| refused::SQLITE.contains(&(c & 0xff)))
+    } else {
+        sqlstate()
     };
     is_data.then(|| {
         format!(
@@ -544,29 +847,79 @@ fn data_error(err: &DbErr) -> Option<String> {
     })
 }
 
-/// `invalid input syntax for type integer: "abc"` → `invalid input syntax for type integer: "..."`.
+/// A database message with the values it quotes replaced by `...`, and the names it quotes kept: the names
+/// of columns, tables, constraints, indexes, encodings and types are the database's, and an operator needs
+/// them; a value is the message's.
+///
+/// A quoted text is a name when the word before it says so (`column "x"`, `relation "t"`, `constraint
+/// "t_pkey"`, `encoding "UTF8"`, `for key 'PRIMARY'`) or when it is in backquotes (MySQL); anything else
+/// quoted is a value (`…: "abc"`, `value "99999999999" is out of range`, `Duplicate entry 'k' for key`).
+/// A value may hold its own quote character, so it ends at the last quote followed by ` for ` (MySQL's
+/// `'…' for column`), else at the last quote of the message: a mistake redacts too much, never too little.
 fn redact_quoted(message: &str) -> String {
+    /// Words before a quoted name, lower case.
+    const NAMES: [&str; 17] = [
+        "column",
+        "relation",
+        "table",
+        "constraint",
+        "index",
+        "key",
+        "encoding",
+        "type",
+        "schema",
+        "database",
+        "sequence",
+        "domain",
+        "collation",
+        "function",
+        "trigger",
+        "view",
+        "field",
+    ];
     let mut out = String::with_capacity(message.len());
-    let mut quote: Option<char> = None;
-    for c in message.chars() {
-        match quote {
-            Some(q) if c == q => {
-                out.push_str("...");
-                out.push(c);
-                quote = None;
-            }
-            Some(_) => {}
-            None => {
-                out.push(c);
-                if c == '\'' || c == '"' {
-                    quote = Some(c);
+    let mut rest = message;
+    while let Some(open) = rest.find(['\'', '"', '`']) {
+        let (before, from) = rest.split_at(open);
+        out.push_str(before);
+        let q = from.as_bytes()[0] as char;
+        let inside = &from[1..];
+        let word = out
+            .trim_end_matches(' ')
+            .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        out.push(q);
+        if q == '`' || NAMES.contains(&word.as_str()) {
+            // A name: kept, up to its closing quote.
+            match inside.find(q) {
+                Some(close) => {
+                    out.push_str(&inside[..=close]);
+                    rest = &inside[close + 1..];
                 }
+                None => {
+                    out.push_str(inside);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push_str("...");
+            let mut closes = inside.rmatch_indices(q).map(|(i, _)| i);
+            let close = closes
+                .clone()
+                .find(|&i| inside[i + 1..].starts_with(" for "))
+                .or_else(|| closes.next());
+            match close {
+                Some(close) => {
+                    out.push(q);
+                    rest = &inside[close + 1..];
+                }
+                None => rest = "",
             }
         }
     }
-    if quote.is_some() {
-        out.push_str("...");
-    }
+    out.push_str(rest);
     out
 }
 
@@ -626,6 +979,70 @@ mod tests {
     }
 
     #[test]
+    fn rows_and_keys_are_written_in_key_order_not_batch_order() {
+        let at = |record| Origin { record, index: 0 };
+        // Key column 1 of the row: every writer must lock the same keys in the same order.
+        let mut c = Changes::new(vec![1]);
+        for (i, k) in ["m", "b", "z", "a"].into_iter().enumerate() {
+            c.upsert(vec![s("v"), s(k)], at(i));
+        }
+        c.delete(vec![s("y")], at(4));
+        c.delete(vec![s("c")], at(5));
+        let (upserts, deletes) = c.split();
+        let keys: Vec<&SqlValue> = upserts.iter().map(|(row, _)| &row[1]).collect();
+        assert_eq!(keys, [&s("a"), &s("b"), &s("m"), &s("z")]);
+        assert_eq!(deletes[0].0, &[s("c")][..]);
+
+        // One total order over every kind of value: integers by number whatever their width, text by bytes
+        // (not by a collation), NULL first, and kinds never interleaved.
+        let mut values = vec![
+            SqlValue::BigInt(Some(10)),
+            s("b"),
+            SqlValue::Int(Some(-3)),
+            SqlValue::String(None),
+            s("B"),
+            SqlValue::TinyUnsigned(Some(7)),
+            SqlValue::Double(Some(0.5)),
+            SqlValue::Bool(Some(true)),
+            SqlValue::Int(None),
+        ];
+        values.sort_by(cmp_values);
+        assert_eq!(
+            values,
+            vec![
+                SqlValue::Bool(Some(true)),
+                SqlValue::Int(None),
+                SqlValue::Int(Some(-3)),
+                SqlValue::TinyUnsigned(Some(7)),
+                SqlValue::BigInt(Some(10)),
+                SqlValue::Double(Some(0.5)),
+                SqlValue::String(None),
+                s("B"),
+                s("b"),
+            ]
+        );
+        // Composite keys compare column by column.
+        assert!(cmp_keys([s("a"), s("z")].iter(), [s("b"), s("a")].iter()).is_lt());
+    }
+
+    #[test]
+    fn server_addresses_never_hold_the_password() {
+        assert_eq!(
+            server_address("postgres://u:p@ss@db.example:6543/x?sslmode=require").as_deref(),
+            Some("db.example:6543")
+        );
+        assert_eq!(
+            server_address("mysql://root@127.0.0.1/test").as_deref(),
+            Some("127.0.0.1:3306")
+        );
+        assert_eq!(
+            server_address("postgres://u:pw@[::1]/db").as_deref(),
+            Some("[::1]:5432")
+        );
+        assert_eq!(server_address("sqlite://x.db?mode=rwc"), None);
+    }
+
+    #[test]
     fn statements() {
         let table = TableDef {
             name: "t".into(),
@@ -659,15 +1076,76 @@ mod tests {
     }
 
     #[test]
-    fn quoted_values_never_reach_a_reason() {
-        assert_eq!(
-            redact_quoted(r#"invalid input syntax for type integer: "abc""#),
-            r#"invalid input syntax for type integer: "...""#
-        );
-        assert_eq!(
-            redact_quoted("Incorrect string value: '\\xF0\\x9F' for column `name` at row 1"),
-            "Incorrect string value: '...' for column `name` at row 1"
-        );
-        assert_eq!(redact_quoted("unterminated 'sec"), "unterminated '...");
+    fn quoted_values_never_reach_a_reason_and_names_do() {
+        let cases = [
+            // PostgreSQL
+            (
+                r#"invalid input syntax for type integer: "abc""#,
+                r#"invalid input syntax for type integer: "...""#,
+            ),
+            (
+                "value too long for type character varying(5)",
+                "value too long for type character varying(5)",
+            ),
+            (
+                r#"null value in column "x" of relation "t" violates not-null constraint"#,
+                r#"null value in column "x" of relation "t" violates not-null constraint"#,
+            ),
+            (
+                r#"invalid byte sequence for encoding "UTF8": 0x00"#,
+                r#"invalid byte sequence for encoding "UTF8": 0x00"#,
+            ),
+            (
+                r#"duplicate key value violates unique constraint "t_pkey""#,
+                r#"duplicate key value violates unique constraint "t_pkey""#,
+            ),
+            (
+                r#"index row size 3016 exceeds btree version 4 maximum 2704 for index "servicea_planet_pkey""#,
+                r#"index row size 3016 exceeds btree version 4 maximum 2704 for index "servicea_planet_pkey""#,
+            ),
+            (
+                r#"value "99999999999" is out of range for type integer"#,
+                r#"value "..." is out of range for type integer"#,
+            ),
+            (
+                r#"invalid input syntax for type json: "a "quoted" b""#,
+                r#"invalid input syntax for type json: "...""#,
+            ),
+            // MariaDB / MySQL
+            (
+                "Incorrect integer value: 'abc' for column `t`.`x` at row 1",
+                "Incorrect integer value: '...' for column `t`.`x` at row 1",
+            ),
+            (
+                "Data too long for column 'name' at row 1",
+                "Data too long for column 'name' at row 1",
+            ),
+            (
+                "Incorrect string value: '\\xF0\\x9F\\x98\\x80' for column `test`.`t`.`name` at row 1",
+                "Incorrect string value: '...' for column `test`.`t`.`name` at row 1",
+            ),
+            (
+                "Incorrect integer value: 'it's' for column 'x' at row 1",
+                "Incorrect integer value: '...' for column 'x' at row 1",
+            ),
+            (
+                "Duplicate entry 'k' for key 'PRIMARY'",
+                "Duplicate entry '...' for key 'PRIMARY'",
+            ),
+            // SQLite
+            (
+                "NOT NULL constraint failed: t.x",
+                "NOT NULL constraint failed: t.x",
+            ),
+            (
+                "CHECK constraint failed: length(uuid) <= 2000",
+                "CHECK constraint failed: length(uuid) <= 2000",
+            ),
+            // A quote left open hides the rest.
+            ("unterminated 'sec", "unterminated '..."),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(redact_quoted(message), expected, "{message}");
+        }
     }
 }

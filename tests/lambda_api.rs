@@ -1,0 +1,232 @@
+//! What Lambda sees of a function (issue 14, item 16), against a small server that speaks the Lambda
+//! runtime API (`/runtime/invocation/next`, `…/response`, `…/error`, `/runtime/init/error`) and the real
+//! entity-sync binary in Lambda mode: init errors are posted with a stable error type, and a payload that
+//! is not JSON is an `InvalidEvent` like any other payload that is not an MSK event.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use msk_sync_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// A request the function posted to the runtime API.
+#[derive(Debug)]
+struct Post {
+    path: String,
+    error_type: Option<String>,
+    body: serde_json::Value,
+}
+
+/// The runtime API: hands out `payloads` one per `/next` (then keeps the function waiting), and reports
+/// every POST.
+async fn runtime_api(payloads: Vec<String>) -> (u16, mpsc::UnboundedReceiver<Post>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(Mutex::new(VecDeque::from(payloads)));
+    tokio::spawn(async move {
+        let mut next_id = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            let (tx, queue) = (tx.clone(), Arc::clone(&queue));
+            next_id += 1000;
+            tokio::spawn(serve(stream, tx, queue, next_id));
+        }
+    });
+    (port, rx)
+}
+
+async fn serve(
+    stream: TcpStream,
+    tx: mpsc::UnboundedSender<Post>,
+    queue: Arc<Mutex<VecDeque<String>>>,
+    mut id: usize,
+) {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or_default().to_string(),
+            parts.next().unwrap_or_default().to_string(),
+        );
+        let (mut length, mut error_type) = (0usize, None);
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "lambda-runtime-function-error-type" => {
+                        error_type = Some(value.trim().to_string())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let response = if method == "GET" && path.ends_with("/runtime/invocation/next") {
+            let Some(payload) = queue.lock().unwrap().pop_front() else {
+                // No more events: the function waits, as on a quiet queue, until the test ends it.
+                std::future::pending::<()>().await;
+                return;
+            };
+            id += 1;
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 120_000;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: req-{id}\r\n\
+                 Lambda-Runtime-Deadline-Ms: {deadline}\r\n\
+                 Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:eu-west-1:123456789012:function:entity-sync\r\n\
+                 Content-Length: {}\r\n\r\n{payload}",
+                payload.len()
+            )
+        } else {
+            let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into())
+            });
+            let _ = tx.send(Post {
+                path,
+                error_type,
+                body,
+            });
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_string()
+        };
+        if stream
+            .get_mut()
+            .write_all(response.as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// entity-sync in Lambda mode (`cargo run`, no arguments) against the runtime API on `port`.
+fn start_function(port: u16, env: &[(&str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    cmd.args(["run", "--quiet", "-p", "entity-sync"])
+        .current_dir(repo())
+        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
+        .env("AWS_LAMBDA_FUNCTION_NAME", "entity-sync")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("MSK_SYNC_CONFIG", default_config())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("cargo run -p entity-sync")
+}
+
+/// The next POST, waiting for `cargo run` to build the binary if it must.
+async fn next_post(posts: &mut mpsc::UnboundedReceiver<Post>) -> Post {
+    tokio::time::timeout(Duration::from_secs(600), posts.recv())
+        .await
+        .expect("the function posted nothing")
+        .expect("runtime API gone")
+}
+
+#[tokio::test]
+async fn a_setup_failure_is_posted_as_an_init_error() {
+    let (port, mut posts) = runtime_api(Vec::new()).await;
+    let child = start_function(
+        port,
+        &[(
+            "DATABASE_URL",
+            "postgresx://app:S3ntinelPW9@127.0.0.1:5432/db".into(),
+        )],
+    );
+    let post = next_post(&mut posts).await;
+    assert_eq!(post.path, "/2018-06-01/runtime/init/error", "{post:?}");
+    assert_eq!(
+        post.error_type.as_deref(),
+        Some("Misconfigured"),
+        "{post:?}"
+    );
+    assert_eq!(post.body["errorType"], "Misconfigured", "{post:?}");
+    let message = post.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("entity-sync: database URL postgresx://app:***@127.0.0.1:5432/db")
+            && message.contains("has no supporting driver"),
+        "{message}"
+    );
+    assert!(!message.contains("S3ntinelPW9"), "{message}");
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // A config that cannot be read is one too.
+    let (port, mut posts) = runtime_api(Vec::new()).await;
+    let _child = start_function(
+        port,
+        &[("MSK_SYNC_CONFIG", "/nonexistent/msk-sync.toml".into())],
+    );
+    let post = next_post(&mut posts).await;
+    assert_eq!(post.path, "/2018-06-01/runtime/init/error", "{post:?}");
+    assert_eq!(post.body["errorType"], "Misconfigured", "{post:?}");
+    assert!(
+        post.body["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/msk-sync.toml")),
+        "{post:?}"
+    );
+}
+
+#[tokio::test]
+async fn invocation_errors_have_stable_types() {
+    let db = TestDb::new(Backend::Sqlite, "lambda_api").await;
+    let event = std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap();
+    let (port, mut posts) = runtime_api(vec![
+        "this is not JSON".into(),
+        r#"{"Records": []}"#.into(),
+        event,
+    ])
+    .await;
+    let _child = start_function(port, &[("DATABASE_URL", db.url.clone())]);
+
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/error"), "{post:?}");
+    assert_eq!(post.body["errorType"], "InvalidEvent", "{post:?}");
+    let message = post.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the payload is not JSON (expected ident at line 1 column 2)"),
+        "{message}"
+    );
+
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/error"), "{post:?}");
+    assert_eq!(post.body["errorType"], "InvalidEvent", "{post:?}");
+    assert!(
+        post.body["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("not an MSK event")),
+        "{post:?}"
+    );
+
+    // A good batch after them: the instance is still serving.
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/response"), "{post:?}");
+    assert_eq!(post.body["upserted"], 6, "{post:?}");
+}
