@@ -6,8 +6,8 @@
 //! - tansu, a standalone Kafka-compatible broker, end to end: `publish` (and an independent producer, Python's
 //!   confluent-kafka) then the `consume` binary into SQLite; a runner killed with SIGKILL mid-stream and
 //!   restarted; two runners in one group over six partitions. The broker binary is `$MSK_SYNC_TANSU`, else
-//!   `~/.cargo/bin/tansu`, else `tansu` on PATH (`cargo install tansu --locked --features dynostore`; `.ci/run`
-//!   installs it). A missing broker fails these tests, it never skips them.
+//!   `~/.cargo/bin/tansu`, else `tansu` on PATH (`cargo xtask setup` builds it). A missing broker fails these
+//!   tests, it never skips them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -648,7 +648,7 @@ fn tansu() -> PathBuf {
                 .and_then(|path| std::env::split_paths(&path).map(|p| p.join("tansu")).find(|p| p.is_file()))
         })
         .unwrap_or_else(|| {
-            panic!("tansu not found: `cargo install tansu --locked --features dynostore` or run .ci/run")
+            panic!("tansu not found (MSK_SYNC_TANSU, ~/.cargo/bin, PATH): `cargo xtask setup` builds it")
         })
 }
 
@@ -843,7 +843,7 @@ async fn publish_file(brokers: &str, file: &Path) {
 }
 
 /// The Python interpreter with confluent-kafka (an independent producer): `$MSK_SYNC_TEST_PYTHON`, else the
-/// venv `.ci/run` makes.
+/// venv `cargo xtask setup` makes.
 fn python() -> PathBuf {
     std::env::var_os("MSK_SYNC_TEST_PYTHON")
         .map(PathBuf::from)
@@ -853,7 +853,7 @@ fn python() -> PathBuf {
         })
         .filter(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("no Python with confluent-kafka: run .ci/run or set MSK_SYNC_TEST_PYTHON")
+            panic!("no Python with confluent-kafka (MSK_SYNC_TEST_PYTHON, ~/.cache/msk-sync-ci-venv): `cargo xtask setup` makes it")
         })
 }
 
