@@ -954,7 +954,9 @@ fn undelivered(mut failed: Vec<(&Record<'_>, String)>) -> String {
     failed.sort_by(|(a, ra), (b, rb)| {
         (&a.topic, a.partition, ra, a.offset).cmp(&(&b.topic, b.partition, rb, b.offset))
     });
-    let mut groups: Vec<(String, &str, Vec<(i64, i64)>)> = Vec::new();
+    /// A partition ("topic-partition"), a reason, and its records' offsets as ranges.
+    type Group<'r> = (String, &'r str, Vec<(i64, i64)>);
+    let mut groups: Vec<Group<'_>> = Vec::new();
     for (record, reason) in &failed {
         let at = record.partition_key();
         match groups.last_mut() {
