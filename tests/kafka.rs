@@ -6,8 +6,8 @@
 //! - tansu, a standalone Kafka-compatible broker, end to end: `publish` (and an independent producer, Python's
 //!   confluent-kafka) then the `consume` binary into SQLite; a runner killed with SIGKILL mid-stream and
 //!   restarted; two runners in one group over six partitions. The broker binary is `$MSK_SYNC_TANSU`, else
-//!   `~/.cargo/bin/tansu`, else `tansu` on PATH (`cargo install tansu --locked --features dynostore`; `.ci/run`
-//!   installs it). A missing broker fails these tests, it never skips them.
+//!   `~/.cargo/bin/tansu`, else `tansu` on PATH (`cargo xtask setup` builds it). A missing broker fails these
+//!   tests, it never skips them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::process::{Child, Command};
 
 const TOPIC: &str = "servicea.planet";
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// A broker address where nothing listens. A privileged port: a free port of the ephemeral range can be the
+/// client's own source port, and a client connected to itself waits for answers for minutes.
+const NOTHING_LISTENS: &str = "127.0.0.1:1";
 
 /// A handler that keeps every call's event, fails the first `fail_first` calls as a database outage would,
 /// and can raise `stop` (as SIGTERM does) while it handles its first batch.
@@ -105,6 +109,7 @@ async fn mock_with_planets(
     let published = local::publish(
         &brokers,
         &[],
+        PUBLISH_TIMEOUT,
         vec![planet_event(TOPIC, partitions, n, padding)],
     )
     .await
@@ -239,9 +244,14 @@ async fn mock_batches_follow_size_window_and_payload_limits() {
     assert_eq!(committed(&brokers, "size", TOPIC, 3), vec![84, 83, 83]);
 
     // Window: 5 records do not wait for a batch of 10 000.
-    local::publish(&brokers, &[], vec![planet_event(TOPIC, 1, 5, 10)])
-        .await
-        .unwrap();
+    local::publish(
+        &brokers,
+        &[],
+        PUBLISH_TIMEOUT,
+        vec![planet_event(TOPIC, 1, 5, 10)],
+    )
+    .await
+    .unwrap();
     let recorder = Arc::new(Recorder::default());
     let mut o = options(&brokers, "window");
     o.batch_size = 10_000;
@@ -386,6 +396,161 @@ async fn mock_a_rebalance_hands_partitions_over_without_losing_records() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_idle_time_counts_from_the_first_assignment() {
+    // The topic comes 3 s after the runner starts, so its group cannot assign partitions before that: a runner
+    // that counted idle time from its start would stop after 1 s with nothing read.
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let recorder = Arc::new(Recorder::default());
+    let mut o = options(&brokers, "late");
+    o.exit_when_idle = Some(Duration::from_secs(1));
+    o.assignment_timeout = Some(Duration::from_secs(60));
+    // A subscribed topic that does not exist is looked for again at this interval (default 5 min).
+    o.properties
+        .push(("topic.metadata.refresh.interval.ms".into(), "500".into()));
+    let runner = tokio::spawn(run_recorder(Arc::clone(&recorder), o, Arc::default()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !runner.is_finished(),
+        "the runner stopped before it had partitions: {:?}",
+        runner.await
+    );
+    cluster.create_topic(TOPIC, 2, 1).expect("mock topic");
+    local::publish(
+        &brokers,
+        &[],
+        PUBLISH_TIMEOUT,
+        vec![planet_event(TOPIC, 2, 10, 10)],
+    )
+    .await
+    .unwrap();
+    let summary = runner.await.unwrap().unwrap();
+    assert_eq!(summary.records, 10, "{summary:?}");
+    assert_eq!(committed(&brokers, "late", TOPIC, 2), vec![5, 5]);
+}
+
+/// `entity-sync consume` of `TOPIC` (or `--topic` in `args`) into `db` until it exits by itself, logging at
+/// the default level: (exit code, stderr).
+async fn consume_until_exit(db: &TestDb, args: &[&str]) -> (Option<i32>, String) {
+    let child = Command::new(runner_binary())
+        .args(["consume", "--database-url", &db.url, "--config"])
+        .arg(default_config())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start entity-sync consume");
+    finished(child).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_never_gets_partitions_fails_naming_the_broker_or_the_topic() {
+    let db = TestDb::new(Backend::Sqlite, "kafka_unassigned").await;
+    let cluster = mock_cluster(TOPIC, 1);
+    let up = cluster.bootstrap_servers();
+    let down = NOTHING_LISTENS.to_string();
+    let unresolvable = "msk-sync-no-such-host.invalid:9092";
+    let limits = ["--exit-when-idle", "1s", "--assignment-timeout", "4s"];
+    let run = |brokers: String, topic: &'static str| {
+        let db = &db;
+        async move {
+            let mut args = vec!["--brokers", &brokers, "--topic", topic];
+            args.extend(limits);
+            consume_until_exit(db, &args).await
+        }
+    };
+    let ((down_code, down_err), (dns_code, dns_err), (topic_code, topic_err)) = tokio::join!(
+        run(down.clone(), TOPIC),
+        run(unresolvable.to_string(), TOPIC),
+        run(up.clone(), "servicea.missing"),
+    );
+
+    assert_eq!(down_code, Some(1), "{down_err}");
+    assert!(
+        down_err.contains("no partitions were assigned within 4 s")
+            && down_err.contains(&format!("the broker at {down} does not answer")),
+        "{down_err}"
+    );
+    // librdkafka reports the refused connection every few milliseconds: each kind of error is logged once,
+    // not the ~40 lines a second it used to be (~300 over these 4 s plus the 5 s metadata request).
+    let lines = down_err.lines().count();
+    assert!(
+        lines <= 8,
+        "{lines} lines while the broker was down:\n{down_err}"
+    );
+    assert!(!down_err.contains("records applied"), "{down_err}");
+
+    assert_eq!(dns_code, Some(1), "{dns_err}");
+    assert!(
+        dns_err.contains(&format!("the broker at {unresolvable} does not answer")),
+        "{dns_err}"
+    );
+    assert!(dns_err.lines().count() <= 8, "{dns_err}");
+
+    assert_eq!(topic_code, Some(1), "{topic_err}");
+    assert!(
+        topic_err.contains(&format!("topic servicea.missing does not exist on {up}")),
+        "{topic_err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_says_what_was_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("three-partitions.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&planet_event(TOPIC, 3, 9, 10)).unwrap(),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let publish = |brokers: String| {
+        let file = file.clone();
+        async move {
+            let args = ["publish", "--brokers", &brokers, "--timeout", "2s", &file];
+            // Without a delivery timeout this took librdkafka's default, 300 s.
+            tokio::time::timeout(Duration::from_secs(60), cli(&entity_sync(), &args))
+                .await
+                .expect("publish did not return within 60 s")
+        }
+    };
+
+    // The broker is down: nothing delivered, within the timeout, and the message names the broker.
+    let down = NOTHING_LISTENS.to_string();
+    let run = publish(down.clone()).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "published 0 of 9 records to {down}; not delivered: 9 records:"
+        )) && run.stderr.contains("not delivered within 2.0 s"),
+        "{}",
+        run.stderr
+    );
+
+    // The topic has 2 partitions, the file 3: partition 2's records are listed, the others delivered.
+    let cluster = mock_cluster(TOPIC, 2);
+    let brokers = cluster.bootstrap_servers();
+    let run = publish(brokers.clone()).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("published 6 of 9 records to {brokers}; not delivered: 3 records: {TOPIC}-2 offsets 0-2 (")),
+        "{}",
+        run.stderr
+    );
+    // The 6 delivered are there.
+    let recorder = Arc::new(Recorder::default());
+    let mut o = options(&brokers, "partial");
+    o.max_records = Some(6);
+    let summary = run_recorder(Arc::clone(&recorder), o, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.records, 6);
+}
+
 /// The generated planet batch (`msk-sync-bench`'s generator) written to a file, and the planets that
 /// replaying it gives: per-partition order decides the end state, because a planet keeps its partition.
 async fn generated(
@@ -430,7 +595,9 @@ async fn mock_a_database_outage_is_retried_until_the_runner_catches_up() {
     let brokers = cluster.bootstrap_servers();
     let bytes = std::fs::read(&file).unwrap();
     let event = MskEvent::from_slice(&bytes).unwrap();
-    local::publish(&brokers, &[], vec![event]).await.unwrap();
+    local::publish(&brokers, &[], PUBLISH_TIMEOUT, vec![event])
+        .await
+        .unwrap();
 
     let (proxy, proxied) = ToggleProxy::in_front_of(&db).await;
     let handler = Arc::new(entity_sync_handler(&proxied).await);
@@ -481,7 +648,7 @@ fn tansu() -> PathBuf {
                 .and_then(|path| std::env::split_paths(&path).map(|p| p.join("tansu")).find(|p| p.is_file()))
         })
         .unwrap_or_else(|| {
-            panic!("tansu not found: `cargo install tansu --locked --features dynostore` or run .ci/run")
+            panic!("tansu not found (MSK_SYNC_TANSU, ~/.cargo/bin, PATH): `cargo xtask setup` builds it")
         })
 }
 
@@ -555,6 +722,25 @@ impl Drop for Broker {
     }
 }
 
+/// A variable cargo sets for this test binary (its package's manifest dir, name, version…). Build scripts
+/// watch some of them (ring reruns when `CARGO_MANIFEST_DIR` changes): passed on to the `cargo build` below,
+/// they would make it rebuild half the dependency tree on every run, and the next `cargo build` again.
+fn set_for_this_package(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with("CARGO_PKG_")
+        || [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&name.as_ref())
+}
+
 /// entity-sync built with the local runner, as a user runs it.
 fn runner_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
@@ -571,6 +757,8 @@ fn runner_binary() -> &'static Path {
                 "json",
             ])
             .current_dir(repo())
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| !set_for_this_package(k)))
             .stderr(Stdio::inherit())
             .output()
             .expect("cargo build entity-sync");
@@ -655,7 +843,7 @@ async fn publish_file(brokers: &str, file: &Path) {
 }
 
 /// The Python interpreter with confluent-kafka (an independent producer): `$MSK_SYNC_TEST_PYTHON`, else the
-/// venv `.ci/run` makes.
+/// venv `cargo xtask setup` makes.
 fn python() -> PathBuf {
     std::env::var_os("MSK_SYNC_TEST_PYTHON")
         .map(PathBuf::from)
@@ -665,7 +853,7 @@ fn python() -> PathBuf {
         })
         .filter(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("no Python with confluent-kafka: run .ci/run or set MSK_SYNC_TEST_PYTHON")
+            panic!("no Python with confluent-kafka (MSK_SYNC_TEST_PYTHON, ~/.cache/msk-sync-ci-venv): `cargo xtask setup` makes it")
         })
 }
 
@@ -738,6 +926,23 @@ async fn tansu_publish_then_consume_replays_events_and_a_signal_exits_cleanly() 
             .sum::<i64>(),
         13
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_exit_when_idle_waits_for_the_first_assignment() {
+    // Joining a group on tansu takes about 20 s: a 3 s idle limit counted from the start stopped the runner
+    // with nothing applied.
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, 3).await;
+    let db = TestDb::new(Backend::Sqlite, "tansu_idle").await;
+    publish_file(&broker.brokers, &event_file("mixed-partitions.json")).await;
+    let runner = spawn_consume(&broker.brokers, &db, "idle", &["--exit-when-idle", "3s"]);
+    let (code, stderr) = finished(runner).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(applied(&stderr), 11, "{stderr}");
+    let reference = TestDb::new(Backend::Sqlite, "tansu_idle_ref").await;
+    assert_eq!(replay(&reference, &["mixed-partitions.json"]).await.code, 0);
+    assert_eq!(db.planets().await, reference.planets().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,8 @@
 //! API and runs each function binary as Lambda would; `cargo lambda invoke` sends events/ files. Also the
 //! partial-batch (ReportBatchItemFailures) response, in-process.
 //!
-//! Needs cargo-lambda (`pip install cargo-lambda==1.9.2`; `.ci/run` installs it into
-//! ~/.cache/msk-sync-ci-venv): without it these tests fail, they do not skip.
+//! Needs cargo-lambda (`cargo xtask setup` installs it into ~/.cache/msk-sync-ci-venv): without it these tests
+//! fail, they do not skip.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,7 +22,7 @@ fn cargo_lambda() -> PathBuf {
             .find(|p| p.is_file())
     });
     on_path.or(venv.filter(|p| p.is_file())).unwrap_or_else(|| {
-        panic!("cargo-lambda not found: `pip install cargo-lambda==1.9.2` or run .ci/run, which installs it")
+        panic!("cargo-lambda not found (PATH, ~/.cache/msk-sync-ci-venv): `cargo xtask setup` installs it")
     })
 }
 

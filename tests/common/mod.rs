@@ -18,7 +18,7 @@ pub enum Backend {
     MariaDb,
 }
 
-/// The servers the tests use; CI starts them (.ci/run). A server that is down fails the test, never skips it.
+/// The servers the tests use; `cargo xtask setup` starts them. A server that is down fails the test, never skips it.
 pub fn server_url(backend: Backend) -> String {
     match backend {
         Backend::Sqlite => unreachable!("SQLite is embedded"),
@@ -59,7 +59,7 @@ impl TestDb {
             Backend::Postgres => {
                 let admin_url = format!("{}/test", server_url(backend));
                 let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
-                    panic!("PostgreSQL at {admin_url} is not reachable (start it: .ci/run): {e}")
+                    panic!("PostgreSQL at {admin_url} is not reachable (`cargo xtask setup` starts it): {e}")
                 });
                 admin
                     .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
@@ -75,7 +75,7 @@ impl TestDb {
             Backend::MariaDb => {
                 let admin_url = format!("{}/test", server_url(backend));
                 let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
-                    panic!("MariaDB at {admin_url} is not reachable (start it: .ci/run): {e}")
+                    panic!("MariaDB at {admin_url} is not reachable (`cargo xtask setup` starts it): {e}")
                 });
                 admin
                     .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db_name}"))

@@ -60,6 +60,10 @@ enum Command {
         /// A librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL.
         #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = super::local::parse_property)]
         property: Vec<(String, String)>,
+        /// How long a record may take to be delivered (librdkafka's message.timeout.ms); a record not
+        /// delivered by then fails the publish (exit 1).
+        #[arg(long, default_value = "30s", value_parser = super::local::parse_duration)]
+        timeout: std::time::Duration,
         /// MSK event files.
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
@@ -98,9 +102,14 @@ struct ConsumeArgs {
     /// Exit 0 once this many records were applied and committed.
     #[arg(long, value_name = "N")]
     max_records: Option<u64>,
-    /// Exit 0 when no record arrived and the group did not rebalance for this long, e.g. 10s.
+    /// Exit 0 when no record arrived and the group did not rebalance for this long, e.g. 10s, counted from
+    /// the first assignment of partitions.
     #[arg(long, value_name = "DURATION", value_parser = super::local::parse_duration)]
     exit_when_idle: Option<std::time::Duration>,
+    /// Exit 1 if the group assigned no partition for this long after the start (the broker does not answer,
+    /// the topic does not exist). Default: 60s with --exit-when-idle, else no limit.
+    #[arg(long, value_name = "DURATION", value_parser = super::local::parse_duration)]
+    assignment_timeout: Option<std::time::Duration>,
     /// How often a progress line (records/s, lag per partition) goes to stderr.
     #[arg(long, default_value = "10s", value_parser = super::local::parse_duration)]
     progress_every: std::time::Duration,
@@ -158,8 +167,9 @@ where
         Command::Publish {
             brokers,
             property,
+            timeout,
             events,
-        } => publish(&brokers, &property, &events, out, err).await,
+        } => publish(&brokers, &property, timeout, &events, out, err).await,
         Command::Replay {
             database_url,
             config,
@@ -377,6 +387,9 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
     options.batch_window = args.batch_window;
     options.max_records = args.max_records;
     options.exit_when_idle = args.exit_when_idle;
+    options.assignment_timeout = args.assignment_timeout.or(args
+        .exit_when_idle
+        .map(|_| super::local::DEFAULT_ASSIGNMENT_TIMEOUT));
     options.progress_every = args.progress_every;
     let stop = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn({
@@ -401,7 +414,9 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
         Err(e @ (ConsumeError::Setup(_) | ConsumeError::Invalid(_))) => {
             fail(err, EXIT_INVALID, &e.to_string())
         }
-        Err(e @ ConsumeError::Unfinished(_)) => fail(err, EXIT_TRANSIENT, &e.to_string()),
+        Err(e @ (ConsumeError::Unfinished(_) | ConsumeError::NotAssigned(_))) => {
+            fail(err, EXIT_TRANSIENT, &e.to_string())
+        }
     }
 }
 
@@ -431,6 +446,7 @@ async fn wait_for_signal() {
 async fn publish(
     brokers: &str,
     properties: &[(String, String)],
+    timeout: std::time::Duration,
     files: &[PathBuf],
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -443,7 +459,7 @@ async fn publish(
         Ok(events) => events.into_iter().map(|(_, e)| e).collect(),
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
-    match super::local::publish(brokers, properties, events).await {
+    match super::local::publish(brokers, properties, timeout, events).await {
         Ok(n) => {
             let _ = writeln!(out, "published {n} records to {brokers}");
             EXIT_OK

@@ -14,8 +14,13 @@
 //!
 //! The consumer is a [`BaseConsumer`] on a blocking thread of its own; librdkafka calls the rebalance and
 //! statistics callbacks from inside `poll`, on that thread.
+//!
+//! A runner that never reads anything does not report success: until the group first assigns it partitions it
+//! is waiting, not idle, and if that takes longer than `assignment_timeout` it fails naming the broker or the
+//! topic. librdkafka repeats a client error every few milliseconds while a broker is down; [`Quiet`] logs each
+//! kind of error once per [`REPEAT_EVERY`] with the count of the ones it held back.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,8 +29,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
@@ -45,6 +51,12 @@ const MANAGED_PROPERTIES: [&str; 2] = ["enable.auto.commit", "enable.auto.offset
 const POLL_SLICE: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often one kind of client error is logged while it keeps coming (a broker that is down).
+pub const REPEAT_EVERY: Duration = Duration::from_secs(30);
+/// How long `consume --exit-when-idle` waits for its first partitions before it gives up.
+pub const DEFAULT_ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the diagnosis of a runner without partitions may wait for the cluster's metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the runner does with a batch; [`Handler`] in production, anything in tests of the runner itself.
 pub trait BatchHandler: Send + Sync + 'static {
@@ -85,8 +97,11 @@ pub struct ConsumeOptions {
     pub max_batch_bytes: usize,
     /// Stop (exit 0) once this many records were applied and committed.
     pub max_records: Option<u64>,
-    /// Stop (exit 0) when no record arrived for this long.
+    /// Stop (exit 0) when no record arrived for this long, counted from the first assignment.
     pub exit_when_idle: Option<Duration>,
+    /// Fail ([`ConsumeError::NotAssigned`]) when the group assigned no partition for this long after the start;
+    /// `None` waits for ever, as a service waits for its broker.
+    pub assignment_timeout: Option<Duration>,
     /// How often a progress line is written.
     pub progress_every: Duration,
 }
@@ -104,6 +119,7 @@ impl ConsumeOptions {
             max_batch_bytes: MAX_BATCH_BYTES,
             max_records: None,
             exit_when_idle: None,
+            assignment_timeout: None,
             progress_every: Duration::from_secs(10),
         }
     }
@@ -132,6 +148,105 @@ pub enum ConsumeError {
     /// Stopped (signal) while a batch was failing: it was not applied and not committed.
     #[error("stopped while a batch was failing, nothing of it committed: {0}")]
     Unfinished(String),
+    /// The group assigned no partition within `assignment_timeout`: the broker does not answer, the topic does
+    /// not exist, or the group has more members than partitions. Nothing was read.
+    #[error("{0}")]
+    NotAssigned(String),
+}
+
+/// librdkafka's log lines and client errors, each kind logged at most once per [`REPEAT_EVERY`]; the latest
+/// error is kept for the message of a run that fails because of it.
+#[derive(Default)]
+struct Quiet {
+    /// Per kind: when it was last logged, and how many were held back since.
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Quiet {
+    /// Calls `log` with the number held back since the last line of this kind, unless one was logged less
+    /// than [`REPEAT_EVERY`] ago.
+    fn throttled(&self, kind: &str, log: impl FnOnce(u64)) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match seen.get_mut(kind) {
+            Some((last, held_back)) if now.duration_since(*last) < REPEAT_EVERY => *held_back += 1,
+            Some((last, held_back)) => {
+                log(std::mem::take(held_back));
+                *last = now;
+            }
+            None => {
+                log(0);
+                seen.insert(kind.to_string(), (now, 0));
+            }
+        }
+    }
+
+    /// Logs a client error. The latest one is kept for a failure's message, except the ones that would hide
+    /// its cause: the summary "all brokers are down" after the refused connection, and the consumer's copies
+    /// (without a reason) of errors the context already had.
+    fn error(&self, error: &KafkaError, reason: &str) {
+        let summary = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none() || !(summary || reason.is_empty()) {
+            *last = Some(if reason.is_empty() {
+                error.to_string()
+            } else {
+                format!("{error}: {reason}")
+            });
+        }
+        drop(last);
+        let kind = error
+            .rdkafka_error_code()
+            .map_or_else(|| error.to_string(), |code| format!("{code:?}"));
+        self.throttled(&kind, |held_back| {
+            tracing::warn!(error = %error, reason, held_back, "Kafka client error");
+        });
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => self.throttled(facility, |held_back| {
+                tracing::error!(target: "librdkafka", facility, held_back, "{message}");
+            }),
+            RDKafkaLogLevel::Warning => self.throttled(facility, |held_back| {
+                tracing::warn!(target: "librdkafka", facility, held_back, "{message}");
+            }),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The producer's context: only the quiet logging, shared with `publish` (librdkafka's wrapper of the
+/// context does not hand it back).
+struct ProducerContext {
+    quiet: Arc<Quiet>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.quiet.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(&error, reason);
+    }
 }
 
 /// Rebalance and statistics callbacks, which librdkafka runs inside `poll`.
@@ -143,9 +258,20 @@ struct RunnerContext {
     lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Set by every rebalance: a group that is still settling is not idle.
     rebalanced: AtomicBool,
+    /// Set by the first assignment of at least one partition: before it the runner waits, it is not idle.
+    assigned: AtomicBool,
+    quiet: Quiet,
 }
 
 impl ClientContext for RunnerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.quiet.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(&error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
         lag.clear();
@@ -175,6 +301,9 @@ impl ConsumerContext for RunnerContext {
         self.rebalanced.store(true, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(list) => {
+                if list.count() > 0 {
+                    self.assigned.store(true, Ordering::Relaxed);
+                }
                 tracing::info!(partitions = list.count(), "partitions assigned")
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
@@ -285,6 +414,8 @@ enum Idle {
     Stop,
     Timeout,
     Continue,
+    /// No partition was assigned within `assignment_timeout`.
+    NotAssigned,
 }
 
 impl<H: BatchHandler> Runner<H> {
@@ -300,6 +431,9 @@ impl<H: BatchHandler> Runner<H> {
                 Ok(batch) => batch,
                 Err(Idle::Continue) => continue,
                 Err(Idle::Stop | Idle::Timeout) => break Ok(()),
+                Err(Idle::NotAssigned) => {
+                    break Err(ConsumeError::NotAssigned(self.not_assigned()));
+                }
             };
             if let Err(e) = self.apply(batch, &mut next_progress, started) {
                 break Err(e);
@@ -349,7 +483,12 @@ impl<H: BatchHandler> Runner<H> {
                         break;
                     }
                     if now >= *next_progress {
-                        self.write_progress(started, "consuming");
+                        let state = if self.consumer.context().assigned.load(Ordering::Relaxed) {
+                            "consuming"
+                        } else {
+                            "waiting for partitions"
+                        };
+                        self.write_progress(started, state);
                         *next_progress = now + self.options.progress_every;
                     }
                     if self.stop.load(Ordering::Relaxed) {
@@ -365,15 +504,22 @@ impl<H: BatchHandler> Runner<H> {
                 }
             };
             let Some(next) = next else {
-                // Idle time counts from the last record or the last rebalance: a runner waiting for the group
-                // (e.g. for a dead member's session to time out) has not run dry.
-                if self
-                    .consumer
-                    .context()
-                    .rebalanced
-                    .swap(false, Ordering::Relaxed)
+                // Idle time counts from the first assignment, then from the last record or the last rebalance:
+                // a runner waiting for the group (joining takes tansu ~20 s; a dead member's session must time
+                // out) has not run dry.
+                let context = self.consumer.context();
+                if context.rebalanced.swap(false, Ordering::Relaxed)
+                    || !context.assigned.load(Ordering::Relaxed)
                 {
                     *last_record = Instant::now();
+                }
+                if !context.assigned.load(Ordering::Relaxed)
+                    && self
+                        .options
+                        .assignment_timeout
+                        .is_some_and(|limit| started.elapsed() >= limit)
+                {
+                    return Err(Idle::NotAssigned);
                 }
                 if batch.is_empty()
                     && let Some(idle) = self.options.exit_when_idle
@@ -425,8 +571,62 @@ impl<H: BatchHandler> Runner<H> {
                 ))
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Kafka consumer error");
+                // Mostly the client errors librdkafka also reported through the context: the same kinds.
+                self.consumer.context().quiet.error(&e, "");
                 None
+            }
+        }
+    }
+
+    /// Why no partition was assigned, from the cluster's metadata: the broker does not answer, a topic does
+    /// not exist, or neither (the group has more members than partitions, or has not settled).
+    fn not_assigned(&self) -> String {
+        let o = &self.options;
+        let waited = o.assignment_timeout.unwrap_or_default().as_secs_f64();
+        let head = format!(
+            "no partitions were assigned within {waited:.0} s (brokers {}, group {}, topics {})",
+            o.brokers,
+            o.group,
+            o.topics.join(", ")
+        );
+        let last = self
+            .consumer
+            .context()
+            .quiet
+            .last_error()
+            .map(|e| format!("; last client error: {e}"))
+            .unwrap_or_default();
+        match self.consumer.fetch_metadata(None, METADATA_TIMEOUT) {
+            Err(e) => format!(
+                "{head}: the broker at {} does not answer ({e}){last}",
+                o.brokers
+            ),
+            Ok(metadata) => {
+                let known: HashSet<&str> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.name())
+                    .collect();
+                // A pattern (^…) names no topic of its own to look for.
+                let missing: Vec<&str> = o
+                    .topics
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|t| !t.starts_with('^') && !known.contains(t))
+                    .collect();
+                if missing.is_empty() {
+                    format!(
+                        "{head}: the topics exist; the group may have more members than partitions, or not \
+                         have settled yet{last}"
+                    )
+                } else {
+                    format!(
+                        "{head}: topic {} does not exist on {}",
+                        missing.join(", "),
+                        o.brokers
+                    )
+                }
             }
         }
     }
@@ -618,10 +818,13 @@ fn to_event<'b>(batch: &'b [Record<'static>], brokers: &'b str) -> MskEvent<'b> 
 
 /// Produces every record of `events` to its topic and partition, with its key, headers, timestamp and
 /// decoded value (a tombstone stays a tombstone), partitions in offset order. Every record is checked
-/// before the first is sent, so a bad file publishes nothing. Returns how many records were published.
+/// before the first is sent, so a bad file publishes nothing. A record not delivered within `timeout`
+/// (`message.timeout.ms`; `-X` may override it) fails. Returns how many records were published; the error of a
+/// publish that did not deliver everything says how many were delivered and which were not.
 pub async fn publish(
     brokers: &str,
     properties: &[(String, String)],
+    timeout: Duration,
     events: Vec<MskEvent<'_>>,
 ) -> Result<usize, String> {
     struct Outgoing<'e> {
@@ -629,6 +832,11 @@ pub async fn publish(
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
         headers: Vec<(String, Vec<u8>)>,
+    }
+    let timeout_ms = timeout.as_millis();
+    // librdkafka reads 0 as "no limit", which is what this bound is for.
+    if timeout_ms == 0 {
+        return Err("the delivery timeout must be at least 1ms".into());
     }
     let mut outgoing = Vec::new();
     for event in &events {
@@ -658,14 +866,22 @@ pub async fn publish(
         .set("bootstrap.servers", brokers)
         // One request in flight per connection: a retried send can never overtake the next one, so every
         // partition keeps the event's offset order (without needing the broker to support idempotence).
-        .set("max.in.flight.requests.per.connection", "1");
+        .set("max.in.flight.requests.per.connection", "1")
+        .set(
+            "message.timeout.ms",
+            timeout_ms.min(i32::MAX as u128).to_string(),
+        );
     for (k, v) in properties {
         config.set(k, v);
     }
-    let producer: FutureProducer = config
-        .create()
+    let quiet = Arc::new(Quiet::default());
+    let producer: FutureProducer<ProducerContext> = config
+        .create_with_context(ProducerContext {
+            quiet: Arc::clone(&quiet),
+        })
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let mut deliveries = Vec::with_capacity(outgoing.len());
+    let mut failed: Vec<(&Record<'_>, String)> = Vec::new();
     for o in &outgoing {
         let mut headers = OwnedHeaders::new();
         for (name, value) in &o.headers {
@@ -684,22 +900,99 @@ pub async fn publish(
         if let Some(v) = &o.value {
             message = message.payload(v.as_slice());
         }
-        let delivery = producer
-            .send_result(message)
-            .map_err(|(e, _)| format!("{}: cannot queue: {e}", o.record.coordinates()))?;
-        deliveries.push((o.record.coordinates(), delivery));
-    }
-    for (at, delivery) in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(format!("{at}: not delivered: {e}")),
-            Err(_) => return Err(format!("{at}: the producer went away before delivery")),
+        // A full queue drains as deliveries complete; any other refusal (a partition the topic lacks) is this
+        // record's failure, and the others are still sent and accounted for.
+        let queued = loop {
+            match producer.send_result(message) {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    message = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other,
+            }
+        };
+        match queued {
+            Ok(delivery) => deliveries.push((o.record, delivery)),
+            Err((e, _)) => failed.push((o.record, format!("not queued: {e}"))),
         }
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .map_err(|e| format!("cannot flush the producer: {e}"))?;
-    Ok(outgoing.len())
+    for (record, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                failed.push((
+                    record,
+                    format!(
+                        "not delivered within {:.1} s (the delivery timeout)",
+                        timeout.as_secs_f64()
+                    ),
+                ))
+            }
+            Ok(Err((e, _))) => failed.push((record, format!("not delivered: {e}"))),
+            Err(_) => failed.push((record, "the producer went away before delivery".into())),
+        }
+    }
+    if failed.is_empty() {
+        producer
+            .flush(timeout)
+            .map_err(|e| format!("cannot flush the producer: {e}"))?;
+        return Ok(outgoing.len());
+    }
+    let last = quiet
+        .last_error()
+        .map(|e| format!("; last client error: {e}"))
+        .unwrap_or_default();
+    Err(format!(
+        "published {} of {} records to {brokers}; not delivered: {}{last}",
+        outgoing.len() - failed.len(),
+        outgoing.len(),
+        undelivered(failed)
+    ))
+}
+
+/// The records not delivered, as `topic-partition offsets a-b, c (reason)`, one group per partition and reason,
+/// at most [`MAX_LISTED`] of them.
+fn undelivered(mut failed: Vec<(&Record<'_>, String)>) -> String {
+    const MAX_LISTED: usize = 20;
+    failed.sort_by(|(a, ra), (b, rb)| {
+        (&a.topic, a.partition, ra, a.offset).cmp(&(&b.topic, b.partition, rb, b.offset))
+    });
+    /// A partition ("topic-partition"), a reason, and its records' offsets as ranges.
+    type Group<'r> = (String, &'r str, Vec<(i64, i64)>);
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for (record, reason) in &failed {
+        let at = record.partition_key();
+        match groups.last_mut() {
+            Some((g, r, ranges)) if *g == at && *r == reason.as_str() => match ranges.last_mut() {
+                Some((_, end)) if *end + 1 == record.offset => *end = record.offset,
+                _ => ranges.push((record.offset, record.offset)),
+            },
+            _ => groups.push((at, reason, vec![(record.offset, record.offset)])),
+        }
+    }
+    let mut text = format!("{} records:", failed.len());
+    for (at, reason, ranges) in groups.iter().take(MAX_LISTED) {
+        let offsets = ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        text.push_str(&format!(" {at} offsets {offsets} ({reason});"));
+    }
+    if groups.len() > MAX_LISTED {
+        text.push_str(&format!(
+            " and {} more partitions;",
+            groups.len() - MAX_LISTED
+        ));
+    }
+    text.pop();
+    text
 }
 
 /// `500ms`, `2s`, `1.5s`, `1m`: the durations the command line takes.
