@@ -254,7 +254,8 @@ pub enum DecodeError {
 
 impl Codec {
     /// Fetches, before a batch is decoded, the registry schemas its Confluent-framed values name. A registry
-    /// that cannot answer fails the batch (transient); an id it does not know dead-letters its records.
+    /// that cannot answer fails the batch (transient); an id it does not know dead-letters its records, until
+    /// a later batch asks again (see [`registry`]).
     pub async fn prefetch(&self, event: &MskEvent<'_>) -> Result<(), DecodeError> {
         let Codec::Avro(avro) = self else {
             return Ok(());
@@ -285,12 +286,14 @@ impl Codec {
             }
         }
         for id in wanted {
+            // A schema is for good; a failure is asked of the registry again, which keeps it for a while only.
             let known = avro.schemas.contains_key(&id)
                 || avro
                     .fetched
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains_key(&id);
+                    .get(&id)
+                    .is_some_and(Result::is_ok);
             if known {
                 continue;
             }
