@@ -63,8 +63,11 @@ pub struct SchemaRegistry {
     timeout_ms: u64,
     not_found_ttl: Duration,
     /// Schemas for good; permanent failures until the instant they expire.
-    cache: Mutex<HashMap<u32, Result<Arc<Schema>, (String, Instant)>>>,
+    cache: Mutex<HashMap<u32, Answer>>,
 }
+
+/// What the registry said of an id: its schema, or a permanent failure and when it expires.
+type Answer = Result<Arc<Schema>, (String, Instant)>;
 
 #[derive(Deserialize)]
 struct SchemaResponse {
