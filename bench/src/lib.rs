@@ -3,6 +3,8 @@
 //! of a planet CREATED, then UPDATED, about 10 % DELETED and 2 % without changeType; timestamps interleave across
 //! partitions, offsets grow per partition. Deterministic for a seed.
 
+pub mod inflate;
+
 use apache_avro::Schema;
 use apache_avro::types::Value as Avro;
 use apache_avro::writer::datum::GenericDatumWriter;

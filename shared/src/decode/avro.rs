@@ -30,6 +30,11 @@
 //! items capped ([`MAX_EMPTY_ITEMS`]) and exact consumption. Only with a reader schema (schema evolution) does a
 //! datum, once it has passed that check, go through apache-avro's resolution. Container files are framed here
 //! too: sync markers, exact block sizes and record counts, decompressed blocks capped at [`MAX_BLOCK_BYTES`].
+//!
+//! A container file's data is the producer's to choose, schema included: a deflated block of 60 KB inflates to
+//! 60 MiB, and 6 bytes of zeros are a whole record of many schemas. So the container files of one batch draw
+//! on one [`Budget`]: the bytes they may inflate in total, and the (estimated) memory of the messages they may
+//! decode to in total. A file past either is refused, its record dead-lettered with a reason naming the limit.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -61,6 +66,72 @@ pub const MAX_EMPTY_ITEMS: u64 = 65_536;
 pub const MAX_RESOLVE_COST: u64 = 1 << 23;
 /// The largest container-file block, once decompressed.
 pub const MAX_BLOCK_BYTES: usize = 64 << 20;
+/// What the container files of one batch may inflate to in total, unless `[codec] max_inflated_mib` says
+/// otherwise. Lambda hands a function at most 6 MB; honest Avro does not deflate 40 to 1.
+pub const DEFAULT_MAX_INFLATED_MIB: u64 = 256;
+/// The estimated memory of the messages the container files of one batch may decode to in total, unless
+/// `[codec] max_decoded_mib` says otherwise. Rows and dead letters are made from these messages, so this also
+/// bounds what the batch keeps of them.
+pub const DEFAULT_MAX_DECODED_MIB: u64 = 512;
+
+/// What the container files of one batch may still inflate and decode to. A batch's decoder holds one
+/// ([`super::Codec::decoder`]); every container file it reads draws on it, and a file that would go past it
+/// fails (permanent: its record is dead-lettered, with a reason naming the limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    max_inflated: usize,
+    max_decoded: usize,
+    inflated: usize,
+    decoded: usize,
+}
+
+impl Budget {
+    /// A fresh budget: at most `max_inflated` bytes inflated and `max_decoded` bytes of messages, in total.
+    pub fn new(max_inflated: usize, max_decoded: usize) -> Self {
+        Self {
+            max_inflated,
+            max_decoded,
+            inflated: 0,
+            decoded: 0,
+        }
+    }
+
+    /// The default limits ([`DEFAULT_MAX_INFLATED_MIB`], [`DEFAULT_MAX_DECODED_MIB`]).
+    pub fn default_limits() -> Self {
+        Self::new(mib(DEFAULT_MAX_INFLATED_MIB), mib(DEFAULT_MAX_DECODED_MIB))
+    }
+
+    /// Bytes inflated so far.
+    pub fn inflated(&self) -> usize {
+        self.inflated
+    }
+
+    /// Estimated bytes of messages decoded so far.
+    pub fn decoded(&self) -> usize {
+        self.decoded
+    }
+
+    fn inflated_error(&self, subject: &str) -> DecodeError {
+        permanent(format!(
+            "{subject}: inflating it would take the batch's container files past their limit \
+             (codec.max_inflated_mib = {} MiB in total per batch)",
+            self.max_inflated >> 20
+        ))
+    }
+
+    fn decoded_error(&self, subject: &str) -> DecodeError {
+        permanent(format!(
+            "{subject}: its messages would take the batch's container files past their limit \
+             (codec.max_decoded_mib = {} MiB of decoded messages in total per batch)",
+            self.max_decoded >> 20
+        ))
+    }
+}
+
+/// MiB → bytes, saturating.
+pub(crate) fn mib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+}
 
 fn permanent(what: impl std::fmt::Display) -> DecodeError {
     DecodeError::Permanent(what.to_string())
@@ -89,6 +160,8 @@ enum Node {
     Record {
         name: String,
         fields: Vec<(String, NodeId)>,
+        /// What a decoded record's object costs, its values aside (see [`Cursor::charge`]).
+        footprint: usize,
     },
     Union(Vec<NodeId>),
     Date,
@@ -241,14 +314,20 @@ impl Compiler<'_, '_> {
                 };
                 let full = r.name.fully_qualified_name(ns);
                 let inner = full.namespace().map(ToString::to_string);
-                let fields = r
+                let fields: Vec<(String, NodeId)> = r
                     .fields
                     .iter()
                     .map(|f| Ok((f.name.clone(), self.compile(&f.schema, inner.as_deref())?)))
                     .collect::<Result<_, String>>()?;
+                // A slot per field (the values count their own) and for the injected fields, and, in a
+                // container file's owned messages, a copy of each name.
+                let footprint = fields.len() * std::mem::size_of::<Cow<'static, str>>()
+                    + super::INJECTED_FIELDS * FIELD_SLOT
+                    + fields.iter().map(|(n, _)| n.len()).sum::<usize>();
                 self.nodes[id] = Node::Record {
                     name: r.name.name().to_string(),
                     fields,
+                    footprint,
                 };
                 return Ok(id);
             }
@@ -323,11 +402,14 @@ fn empty_nodes(nodes: &[Node]) -> Vec<bool> {
     }
 }
 
-/// Caps apache-avro's allocations (deflate output, reader-schema decoding) at [`MAX_BLOCK_BYTES`] for the
+/// Caps apache-avro's allocations (reader-schema decoding; deflate is inflated here, see [`inflate`]) at [`MAX_BLOCK_BYTES`] for the
 /// process. The limit is set once; whoever sets it first wins, hence the check after decompressing as well.
 fn limit_allocations() {
     apache_avro::util::max_allocation_bytes(MAX_BLOCK_BYTES);
 }
+
+/// An object's field: its name and value.
+const FIELD_SLOT: usize = std::mem::size_of::<(Cow<'static, str>, Message<'static>)>();
 
 /// Why bytes do not decode; built only on the error path.
 struct Bad {
@@ -375,6 +457,12 @@ struct Cursor<'a> {
     empty_items: u64,
     /// What resolving the values so far would cost apache-avro (see [`MAX_RESOLVE_COST`]).
     resolve_cost: u64,
+    /// The estimated memory of the messages decoded so far, and how much they may take (a container file's
+    /// [`Budget`]; unlimited for a datum, whose messages are linear in the record's own bytes).
+    decoded: usize,
+    max_decoded: usize,
+    /// The error being returned is the budget's, not the data's.
+    over_budget: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -384,7 +472,21 @@ impl<'a> Cursor<'a> {
             pos: 0,
             empty_items: 0,
             resolve_cost: 0,
+            decoded: 0,
+            max_decoded: usize::MAX,
+            over_budget: false,
         }
+    }
+
+    /// Counts `bytes` more of decoded messages; past the budget, decoding stops before it allocates more.
+    #[inline]
+    fn charge(&mut self, at: usize, bytes: usize) -> Res<()> {
+        self.decoded = self.decoded.saturating_add(bytes);
+        if self.decoded > self.max_decoded {
+            self.over_budget = true;
+            return Err(self.bad(at, "the decoded messages are over budget"));
+        }
+        Ok(())
     }
 
     fn left(&self) -> usize {
@@ -570,6 +672,8 @@ impl AvroSchema {
     ) -> Res<Message<'a>> {
         let at = c.pos;
         c.resolve_cost = c.resolve_cost.saturating_add(unions);
+        // The value itself (a message, or an array's item); strings and fields add their own below.
+        c.charge(at, std::mem::size_of::<Message<'static>>())?;
         let out_of_range = |c: &Cursor<'_>, e: DecodeError| match e {
             DecodeError::Permanent(m) | DecodeError::Transient(m) => c.bad(at, m),
         };
@@ -592,9 +696,20 @@ impl AvroSchema {
                 a.copy_from_slice(b);
                 number(f64::from_le_bytes(a))
             }
-            Node::Bytes => b64(c.bytes("bytes")?),
-            Node::String => Message::String(Cow::Borrowed(c.string()?)),
-            Node::Fixed(n) => b64(c.take(*n, "fixed")?),
+            Node::Bytes => {
+                let b = c.bytes("bytes")?;
+                c.charge(at, b.len() / 3 * 4 + 4)?;
+                b64(b)
+            }
+            Node::String => {
+                let s = c.string()?;
+                c.charge(at, s.len())?;
+                Message::String(Cow::Borrowed(s))
+            }
+            Node::Fixed(n) => {
+                c.charge(at, n / 3 * 4 + 4)?;
+                b64(c.take(*n, "fixed")?)
+            }
             Node::Enum { name, symbols } => {
                 let i = c.long()?;
                 let symbol = usize::try_from(i).ok().and_then(|i| symbols.get(i));
@@ -626,7 +741,12 @@ impl AvroSchema {
                 while let Some(count) = c.block(false, "map")? {
                     entries.reserve(count.min(1024));
                     for _ in 0..count {
-                        let key = Cow::Borrowed(c.string()?);
+                        let key = c.string()?;
+                        c.charge(
+                            at,
+                            key.len() + FIELD_SLOT - std::mem::size_of::<Message<'_>>(),
+                        )?;
+                        let key = Cow::Borrowed(key);
                         entries.push((key, self.value(*values, c, depth, unions)?));
                     }
                 }
@@ -635,7 +755,12 @@ impl AvroSchema {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
                 Message::Object(Object::from_fields(entries))
             }
-            Node::Record { name, fields } => {
+            Node::Record {
+                name,
+                fields,
+                footprint,
+            } => {
+                c.charge(at, *footprint)?;
                 // The message itself (depth 0) gets the pipeline's injected fields: room for them now
                 // saves growing the map later.
                 let spare = if depth == 0 {
@@ -800,10 +925,11 @@ fn resolve(
 }
 
 /// An Object Container File: every record becomes a message. Returns the writer schema (it classifies the
-/// fields for masking) with the messages.
+/// fields for masking) with the messages. What it inflates and decodes is drawn from `budget`, the batch's.
 pub fn decode_ocf(
     bytes: &[u8],
     reader: Option<&AvroSchema>,
+    budget: &mut Budget,
 ) -> Result<(Arc<Schema>, Vec<Message<'static>>), DecodeError> {
     let header_error =
         |what: String| permanent(format!("value is not a valid Avro container file: {what}"));
@@ -834,11 +960,9 @@ pub fn decode_ocf(
                 .map_err(|e| header_error(format!("its avro.schema does not parse: {e}")))
         })?;
     let writer = AvroSchema::new(Arc::new(schema)).map_err(header_error)?;
-    let codec = match codec.unwrap_or(b"null") {
-        b"null" => None,
-        b"deflate" => Some(apache_avro::Codec::Deflate(
-            apache_avro::DeflateSettings::default(),
-        )),
+    let deflate = match codec.unwrap_or(b"null") {
+        b"null" => false,
+        b"deflate" => true,
         other => {
             let name = String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned();
             return Err(header_error(format!(
@@ -867,20 +991,10 @@ pub fn decode_ocf(
                 c.pos - 16
             )));
         }
-        let data: std::borrow::Cow<'_, [u8]> = match codec {
-            None => data.into(),
-            Some(codec) => {
-                limit_allocations();
-                let mut inflated = data.to_vec();
-                let inflated_ok = codec.decompress(&mut inflated).is_ok();
-                if !inflated_ok || inflated.len() > MAX_BLOCK_BYTES {
-                    return Err(permanent(format!(
-                        "{subject}: its deflate data is corrupt or inflates past {} MiB",
-                        MAX_BLOCK_BYTES >> 20
-                    )));
-                }
-                inflated.into()
-            }
+        let data: std::borrow::Cow<'_, [u8]> = if deflate {
+            inflate(data, &subject, budget)?.into()
+        } else {
+            data.into()
         };
         if root_empty {
             empty_items = empty_items.saturating_add(count);
@@ -897,13 +1011,22 @@ pub fn decode_ocf(
         }
         let mut d = Cursor::new(&data);
         d.empty_items = empty_items;
+        d.decoded = budget.decoded;
+        d.max_decoded = budget.max_decoded;
         messages.reserve(usize::try_from(count).unwrap_or(0).min(1024));
         for i in 0..count {
             let start = d.pos;
             d.resolve_cost = 0;
-            let value = writer
-                .value(writer.root, &mut d, 0, 1)
-                .map_err(|e| e.to_error(&format!("{subject}, record {}", i + 1), data.len()))?;
+            let value = writer.value(writer.root, &mut d, 0, 1).map_err(|e| {
+                let subject = format!("{subject}, record {}", i + 1);
+                if d.over_budget {
+                    // What was decoded is dropped, but the work was done: later files get what is left.
+                    budget.decoded = budget.max_decoded;
+                    budget.decoded_error(&subject)
+                } else {
+                    e.to_error(&subject, data.len())
+                }
+            })?;
             // The schema and the block are this function's own: the messages own their strings.
             messages.push(match reader {
                 None => value.into_owned(),
@@ -922,8 +1045,36 @@ pub fn decode_ocf(
             )));
         }
         empty_items = d.empty_items;
+        budget.decoded = d.decoded;
     }
     Ok((Arc::clone(writer.schema()), messages))
+}
+
+/// A deflated block, inflated within the block cap ([`MAX_BLOCK_BYTES`]) and what the batch's budget has left.
+fn inflate(data: &[u8], subject: &str, budget: &mut Budget) -> Result<Vec<u8>, DecodeError> {
+    use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_with_limit};
+    let left = budget.max_inflated.saturating_sub(budget.inflated);
+    let limit = left.min(MAX_BLOCK_BYTES);
+    match decompress_to_vec_with_limit(data, limit) {
+        Ok(inflated) => {
+            budget.inflated += inflated.len();
+            Ok(inflated)
+        }
+        Err(e) if e.status == TINFLStatus::HasMoreOutput => {
+            if limit < MAX_BLOCK_BYTES {
+                // The work is done and the limit reached: the batch inflates nothing more.
+                budget.inflated = budget.max_inflated;
+                Err(budget.inflated_error(subject))
+            } else {
+                budget.inflated += limit;
+                Err(permanent(format!(
+                    "{subject}: its deflate data inflates past {} MiB (the limit per block)",
+                    MAX_BLOCK_BYTES >> 20
+                )))
+            }
+        }
+        Err(_) => Err(permanent(format!("{subject}: its deflate data is corrupt"))),
+    }
 }
 
 /// The Confluent wire format's header: schema id and datum.
@@ -1130,13 +1281,19 @@ mod tests {
     #[test]
     fn ocf_with_one_and_many_records() {
         let s = planet_schema();
-        let (writer, one) = decode_ocf(&ocf(&s, [planet(1)]), None).unwrap();
+        let (writer, one) =
+            decode_ocf(&ocf(&s, [planet(1)]), None, &mut Budget::default_limits()).unwrap();
         assert_eq!(
             one,
             vec![json!({"planetUuid": "p1", "planetName": "Planet 1", "moons": 1})]
         );
         assert_eq!(*writer, s);
-        let (_, many) = decode_ocf(&ocf(&s, (0..50).map(planet)), None).unwrap();
+        let (_, many) = decode_ocf(
+            &ocf(&s, (0..50).map(planet)),
+            None,
+            &mut Budget::default_limits(),
+        )
+        .unwrap();
         assert_eq!(many.len(), 50);
         assert_eq!(many[49]["planetUuid"], "p49");
         assert!(ocf(&s, [planet(1)]).starts_with(OCF_MAGIC));
@@ -1148,12 +1305,12 @@ mod tests {
         let mut bytes = ocf(&s, (0..3).map(planet));
         let n = bytes.len();
         bytes[n - 3] ^= 0xff; // the last 16 bytes are the block's sync marker
-        let err = decode_ocf(&bytes, None).unwrap_err();
+        let err = decode_ocf(&bytes, None, &mut Budget::default_limits()).unwrap_err();
         assert!(
             matches!(&err, DecodeError::Permanent(m) if m.contains("Avro container file")),
             "{err:?}"
         );
-        assert!(decode_ocf(b"Obj\x01garbage", None).is_err());
+        assert!(decode_ocf(b"Obj\x01garbage", None, &mut Budget::default_limits()).is_err());
     }
 
     #[test]
@@ -1209,7 +1366,12 @@ mod tests {
             decode_datum(&datum, &c(&v1), Some(&c(&v2))).unwrap(),
             json!({"planetUuid": "p3", "planetName": "Planet 3", "habitable": false})
         );
-        let (_, msgs) = decode_ocf(&ocf(&v1, [planet(3)]), Some(&c(&v2))).unwrap();
+        let (_, msgs) = decode_ocf(
+            &ocf(&v1, [planet(3)]),
+            Some(&c(&v2)),
+            &mut Budget::default_limits(),
+        )
+        .unwrap();
         assert_eq!(msgs[0]["habitable"], false);
     }
 
@@ -1596,7 +1758,7 @@ mod tests {
     }
 
     fn ocf_err(bytes: &[u8], text: &str) -> String {
-        match decode_ocf(bytes, None) {
+        match decode_ocf(bytes, None, &mut Budget::default_limits()) {
             Err(DecodeError::Permanent(m)) if m.contains(text) => m,
             other => panic!("expected a permanent error with {text:?}, got {other:?}"),
         }
@@ -1609,7 +1771,13 @@ mod tests {
         let two = [one.clone(), to_avro_datum(&s, planet(2)).unwrap()].concat();
         let sync = [7; 16];
         let good = hand_ocf(&s, "null", &[(2, two.clone()), (1, one.clone())], sync);
-        assert_eq!(decode_ocf(&good, None).unwrap().1.len(), 3);
+        assert_eq!(
+            decode_ocf(&good, None, &mut Budget::default_limits())
+                .unwrap()
+                .1
+                .len(),
+            3
+        );
         // Leftover bytes after the declared records.
         let mut extra = two.clone();
         extra.push(0);
@@ -1650,7 +1818,7 @@ mod tests {
             w.append_value(planet(i)).unwrap();
         }
         let deflated = w.into_inner().unwrap();
-        let (_, msgs) = decode_ocf(&deflated, None).unwrap();
+        let (_, msgs) = decode_ocf(&deflated, None, &mut Budget::default_limits()).unwrap();
         assert_eq!(msgs[19]["planetName"], "Planet 19");
         ocf_err(
             &hand_ocf(&s, "deflate", &[(2, two.clone())], sync),
@@ -1663,10 +1831,14 @@ mod tests {
             "more than 65536 records",
         );
         assert_eq!(
-            decode_ocf(&hand_ocf(&nothing, "null", &[(3, vec![])], sync), None)
-                .unwrap()
-                .1
-                .len(),
+            decode_ocf(
+                &hand_ocf(&nothing, "null", &[(3, vec![])], sync),
+                None,
+                &mut Budget::default_limits()
+            )
+            .unwrap()
+            .1
+            .len(),
             3
         );
         // A hostile datum inside a container file.
@@ -1680,9 +1852,123 @@ mod tests {
         );
         let reader = c(&node);
         assert!(matches!(
-            decode_ocf(&hand_ocf(&node, "null", &[(1, deep)], sync), Some(&reader)),
+            decode_ocf(
+                &hand_ocf(&node, "null", &[(1, deep)], sync),
+                Some(&reader),
+                &mut Budget::default_limits()
+            ),
             Err(DecodeError::Permanent(_))
         ));
+    }
+
+    /// A deflated block of `zeros` zero bytes behind `prefix` (a stored block, then the compressed zeros).
+    fn deflated(prefix: &[u8], zeros: usize) -> Vec<u8> {
+        let len = u16::try_from(prefix.len()).unwrap();
+        let mut out = vec![0];
+        out.extend(len.to_le_bytes());
+        out.extend((!len).to_le_bytes());
+        out.extend_from_slice(prefix);
+        out.extend(miniz_oxide::deflate::compress_to_vec(&vec![0; zeros], 1));
+        out
+    }
+
+    #[test]
+    fn the_container_files_of_a_batch_share_one_inflate_budget() {
+        // A string of 1 MiB of NULs per file: 1 MiB and its length inflated each.
+        let s = schema(json!("string"));
+        let mib: usize = 1 << 20;
+        let file = hand_ocf(
+            &s,
+            "deflate",
+            &[(1, deflated(&zz(mib as i64), mib))],
+            [3; 16],
+        );
+        let mut budget = Budget::new(3 * mib + 100, usize::MAX);
+        for _ in 0..3 {
+            let (_, m) = decode_ocf(&file, None, &mut budget).unwrap();
+            assert_eq!(m[0].as_str().map(str::len), Some(mib));
+        }
+        assert_eq!(budget.inflated(), 3 * (mib + zz(mib as i64).len()));
+        // The fourth inflates past the budget; every later one finds it spent, whatever its size.
+        for bytes in [
+            &file,
+            &hand_ocf(&s, "deflate", &[(1, deflated(&zz(1), 1))], [3; 16]),
+        ] {
+            let m = permanent_containing(
+                decode_ocf(bytes, None, &mut budget),
+                "past their limit (codec.max_inflated_mib = 3 MiB in total per batch)",
+            );
+            assert!(
+                m.starts_with("Avro container file, block 1: inflating it"),
+                "{m}"
+            );
+        }
+        // The per-block cap still holds under a larger budget, and a corrupt stream says so.
+        let big = hand_ocf(
+            &s,
+            "deflate",
+            &[(1, deflated(&zz(1), MAX_BLOCK_BYTES + 1))],
+            [3; 16],
+        );
+        permanent_containing(
+            decode_ocf(&big, None, &mut Budget::new(usize::MAX, usize::MAX)),
+            "inflates past 64 MiB (the limit per block)",
+        );
+        let corrupt = hand_ocf(&s, "deflate", &[(1, vec![0xff; 8])], [3; 16]);
+        permanent_containing(
+            decode_ocf(&corrupt, None, &mut Budget::default_limits()),
+            "deflate data is corrupt",
+        );
+    }
+
+    #[test]
+    fn the_container_files_of_a_batch_share_one_decoded_budget() {
+        // 6 zero bytes are a whole record of this schema: a block of zeros is a great many messages.
+        let s = schema(json!({"type": "record", "name": "R", "fields": [
+            {"name": "a", "type": "long"}, {"name": "b", "type": "string"}]}));
+        let records = 10_000;
+        let file = hand_ocf(
+            &s,
+            "null",
+            &[(records, vec![0; 2 * records as usize])],
+            [5; 16],
+        );
+        let mut budget = Budget::new(usize::MAX, 4 << 20);
+        let (_, m) = decode_ocf(&file, None, &mut budget).unwrap();
+        assert_eq!(m.len(), records as usize);
+        let one = budget.decoded();
+        assert!(
+            one > records as usize * 100,
+            "an estimate that counts the objects: {one}"
+        );
+        let mut shared = Budget::new(usize::MAX, one * 2 + one / 2);
+        decode_ocf(&file, None, &mut shared).unwrap();
+        decode_ocf(&file, None, &mut shared).unwrap();
+        let m = permanent_containing(
+            decode_ocf(&file, None, &mut shared),
+            "(codec.max_decoded_mib = ",
+        );
+        assert!(
+            m.starts_with("Avro container file, block 1, record "),
+            "{m}"
+        );
+        // Deflated: a 64 MiB block of zeros would be 32 Mi messages (GBs); the budget stops it early.
+        let zeros = hand_ocf(
+            &s,
+            "deflate",
+            &[(32 << 20, deflated(&[], 64 << 20))],
+            [5; 16],
+        );
+        let mut budget = Budget::default_limits();
+        permanent_containing(
+            decode_ocf(&zeros, None, &mut budget),
+            "(codec.max_decoded_mib = 512 MiB of decoded messages in total per batch)",
+        );
+        assert_eq!(
+            budget.decoded(),
+            512 << 20,
+            "spent: later files fail at once"
+        );
     }
 
     #[test]

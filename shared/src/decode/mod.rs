@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 /// schemas = { "1" = "schemas/planet.avsc" }   # Confluent schema id → .avsc file
 /// raw_schema = "schemas/planet.avsc"          # the writer schema of avro-raw values
 /// reader_schema = "schemas/planet-v2.avsc"    # optional: resolve every Avro value to this schema
+/// max_inflated_mib = 256                      # what a batch's container files may inflate to, in total
+/// max_decoded_mib = 512                       # … and decode to (estimated memory of their messages)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +55,14 @@ pub struct CodecConfig {
     /// as for values). Mappings see the decoded key (`from = "key"`, `from = "key:$.id"`).
     #[serde(default)]
     pub key: KeyFormat,
+    /// What the deflated Avro container files of one batch may inflate to, in total, in MiB (default
+    /// [`avro::DEFAULT_MAX_INFLATED_MIB`]); a record past it is dead-lettered.
+    #[serde(default)]
+    pub max_inflated_mib: Option<u64>,
+    /// The estimated memory of the messages the container files of one batch may decode to, in total, in MiB
+    /// (default [`avro::DEFAULT_MAX_DECODED_MIB`]); a record past it is dead-lettered.
+    #[serde(default)]
+    pub max_decoded_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -178,6 +188,16 @@ impl CodecConfig {
                 fetched: RwLock::new(HashMap::new()),
                 envelope: self.envelope,
                 key: self.key,
+                budget: avro::Budget::new(
+                    avro::mib(
+                        self.max_inflated_mib
+                            .unwrap_or(avro::DEFAULT_MAX_INFLATED_MIB),
+                    ),
+                    avro::mib(
+                        self.max_decoded_mib
+                            .unwrap_or(avro::DEFAULT_MAX_DECODED_MIB),
+                    ),
+                ),
             })),
         })
     }
@@ -200,6 +220,8 @@ pub struct AvroCodec {
     registry: Option<registry::SchemaRegistry>,
     envelope: Option<Envelope>,
     key: KeyFormat,
+    /// What each batch's container files may inflate and decode to.
+    budget: avro::Budget,
     /// Registry answers for this instance, readable while decoding (which does not wait).
     fetched: RwLock<HashMap<u32, Result<Arc<avro::AvroSchema>, String>>>,
 }
@@ -240,6 +262,9 @@ impl Decoded<'_> {
 pub struct Decoder<'c> {
     codec: &'c Codec,
     fetched: HashMap<u32, Result<Arc<avro::AvroSchema>, String>>,
+    /// What the batch's container files may still inflate and decode to (the decoder decodes through `&self`:
+    /// its messages borrow from it).
+    budget: std::cell::Cell<avro::Budget>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -254,7 +279,8 @@ pub enum DecodeError {
 
 impl Codec {
     /// Fetches, before a batch is decoded, the registry schemas its Confluent-framed values name. A registry
-    /// that cannot answer fails the batch (transient); an id it does not know dead-letters its records.
+    /// that cannot answer fails the batch (transient); an id it does not know dead-letters its records, until
+    /// a later batch asks again (see [`registry`]).
     pub async fn prefetch(&self, event: &MskEvent<'_>) -> Result<(), DecodeError> {
         let Codec::Avro(avro) = self else {
             return Ok(());
@@ -285,12 +311,14 @@ impl Codec {
             }
         }
         for id in wanted {
+            // A schema is for good; a failure is asked of the registry again, which keeps it for a while only.
             let known = avro.schemas.contains_key(&id)
                 || avro
                     .fetched
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains_key(&id);
+                    .get(&id)
+                    .is_some_and(Result::is_ok);
             if known {
                 continue;
             }
@@ -309,15 +337,20 @@ impl Codec {
         Ok(())
     }
 
-    /// The decoder of one batch (after [`Codec::prefetch`]).
+    /// The decoder of one batch (after [`Codec::prefetch`]), with the batch's budget for container files.
     pub fn decoder(&self) -> Decoder<'_> {
         let fetched = match self {
             Codec::Avro(avro) if avro.registry.is_some() => avro.fetched(),
             _ => HashMap::new(),
         };
+        let budget = match self {
+            Codec::Avro(avro) => avro.budget,
+            Codec::Json => avro::Budget::default_limits(),
+        };
         Decoder {
             codec: self,
             fetched,
+            budget: std::cell::Cell::new(budget),
         }
     }
 
@@ -470,7 +503,10 @@ impl<'c> Decoder<'c> {
             });
         }
         let ocf = |bytes| {
-            avro::decode_ocf(bytes, reader).map(|(writer, messages)| Decoded {
+            let mut budget = self.budget.get();
+            let decoded = avro::decode_ocf(bytes, reader, &mut budget);
+            self.budget.set(budget);
+            decoded.map(|(writer, messages)| Decoded {
                 schema: Some(
                     avro.reader
                         .as_ref()

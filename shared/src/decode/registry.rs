@@ -1,14 +1,23 @@
 //! A Confluent-compatible schema registry: `GET {url}/schemas/ids/{id}` → `{"schema": "<Avro schema JSON>"}`,
-//! optional basic auth. Each id is fetched once per function instance and cached, failures included when they
-//! are permanent.
+//! optional basic auth.
 //!
-//! Errors say whether the batch can go on: an id the registry does not know (404) is permanent (the record is
-//! dead-lettered); a registry that cannot be reached, times out, answers 5xx or 429, or refuses the credentials
-//! (401/403: they may be rotated or fixed) is transient, and the batch is retried.
+//! A schema id never changes its schema, so a schema, once fetched, is kept for the life of the instance.
+//! Everything else is classified by what the answer proves:
+//!
+//! - Permanent (the record is dead-lettered): only a well-formed "schema not found" — HTTP 404 with a JSON body
+//!   whose `error_code` is 40403 — and a well-formed schema response whose schema is not Avro or does not parse.
+//!   Even these are kept for a short time only ([`RegistryConfig::not_found_ttl_ms`], 60 s by default): a
+//!   schema registered a moment later (or a registry restored from backup) is found by a later batch.
+//! - Transient (the batch is retried): everything else — no connection, a reset, a timeout, HTTP 408, 429 and
+//!   5xx, 401/403 (credentials may be rotated or fixed), any other status, a 404 that is not the registry's own
+//!   (a proxy's), and a 200 whose body is not a schema response (a proxy's HTML page).
+//!
+//! Messages say what happened ("timed out after 5000 ms", "HTTP 503 Service Unavailable", "HTTP 200 but not a
+//! schema response") and never quote the body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
@@ -30,19 +39,35 @@ pub struct RegistryConfig {
     pub password_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long a permanent answer ("schema not found") stands before a later batch asks again, in ms.
+    #[serde(default = "default_not_found_ttl_ms")]
+    pub not_found_ttl_ms: u64,
 }
 
 fn default_timeout_ms() -> u64 {
     5_000
 }
 
+fn default_not_found_ttl_ms() -> u64 {
+    60_000
+}
+
+/// The largest answer read from the registry (schemas are a few KB; a bigger body is not a schema response).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
 #[derive(Debug)]
 pub struct SchemaRegistry {
     base: String,
     auth: Option<(String, Option<String>)>,
     client: reqwest::Client,
-    cache: Mutex<HashMap<u32, Result<Arc<Schema>, String>>>,
+    timeout_ms: u64,
+    not_found_ttl: Duration,
+    /// Schemas for good; permanent failures until the instant they expire.
+    cache: Mutex<HashMap<u32, Answer>>,
 }
+
+/// What the registry said of an id: its schema, or a permanent failure and when it expires.
+type Answer = Result<Arc<Schema>, (String, Instant)>;
 
 #[derive(Deserialize)]
 struct SchemaResponse {
@@ -50,6 +75,15 @@ struct SchemaResponse {
     #[serde(default, rename = "schemaType")]
     schema_type: Option<String>,
 }
+
+/// The registry's error body, `{"error_code": 40403, "message": "Schema not found"}`.
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error_code: i64,
+}
+
+/// Confluent's "schema not found".
+const SCHEMA_NOT_FOUND: i64 = 40403;
 
 impl SchemaRegistry {
     pub fn new(cfg: &RegistryConfig) -> Result<Self, String> {
@@ -85,15 +119,22 @@ impl SchemaRegistry {
             base: cfg.url.trim_end_matches('/').to_string(),
             auth: cfg.username.clone().map(|u| (u, password)),
             client,
+            timeout_ms: cfg.timeout_ms,
+            not_found_ttl: Duration::from_millis(cfg.not_found_ttl_ms),
             cache: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The schema with this id; `Err(Permanent)` when the registry does not know it.
+    /// The schema with this id; `Err(Permanent)` when the registry does not know it (asked again once that
+    /// answer is older than the time-to-live).
     pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
         let mut cache = self.cache.lock().await;
-        if let Some(known) = cache.get(&id) {
-            return known.clone().map_err(DecodeError::Permanent);
+        match cache.get(&id) {
+            Some(Ok(schema)) => return Ok(Arc::clone(schema)),
+            Some(Err((e, until))) if Instant::now() < *until => {
+                return Err(DecodeError::Permanent(e.clone()));
+            }
+            _ => {}
         }
         match self.fetch(id).await {
             Ok(schema) => {
@@ -101,10 +142,15 @@ impl SchemaRegistry {
                 Ok(schema)
             }
             Err(DecodeError::Permanent(e)) => {
-                cache.insert(id, Err(e.clone()));
+                let until = Instant::now() + self.not_found_ttl;
+                cache.insert(id, Err((e.clone(), until)));
                 Err(DecodeError::Permanent(e))
             }
-            Err(transient) => Err(transient),
+            Err(transient) => {
+                // A registry that fails now says nothing about an earlier answer: forget it, ask again next time.
+                cache.remove(&id);
+                Err(transient)
+            }
         }
     }
 
@@ -125,34 +171,52 @@ impl SchemaRegistry {
         let transient = |what: String| {
             DecodeError::Transient(format!("schema registry, schema id {id}: {what}"))
         };
-        let response = request.send().await.map_err(|e| transient(e.to_string()))?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| transient(self.failure(&e)))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(DecodeError::Permanent(format!(
-                "unknown schema id {id} (the schema registry has no such schema)"
-            )));
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => {
+                    return Err(transient(format!(
+                        "HTTP {status} with an answer larger than {} MiB",
+                        MAX_ANSWER_BYTES >> 20
+                    )));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(transient(format!(
+                        "HTTP {status}, then the answer broke off: {}",
+                        self.failure(&e)
+                    )));
+                }
+            }
         }
-        if status.is_server_error()
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || status == reqwest::StatusCode::UNAUTHORIZED
-            || status == reqwest::StatusCode::FORBIDDEN
-        {
-            return Err(transient(format!("HTTP {status}")));
+        if status == reqwest::StatusCode::NOT_FOUND {
+            // Only the registry's own "schema not found" proves the id unknown; a proxy's 404 proves nothing.
+            return match serde_json::from_slice::<ErrorResponse>(&body) {
+                Ok(e) if e.error_code == SCHEMA_NOT_FOUND => Err(DecodeError::Permanent(format!(
+                    "unknown schema id {id} (the schema registry has no such schema)"
+                ))),
+                _ => Err(transient(format!(
+                    "HTTP {status} but not the registry's \"schema not found\" (error_code {SCHEMA_NOT_FOUND})"
+                ))),
+            };
         }
         if !status.is_success() {
-            return Err(DecodeError::Permanent(format!(
-                "schema registry, schema id {id}: HTTP {status}"
-            )));
+            return Err(transient(format!("HTTP {status}")));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transient(e.to_string()))?;
-        let parsed: SchemaResponse = serde_json::from_slice(&body).map_err(|e| {
-            DecodeError::Permanent(format!(
-                "schema registry, schema id {id}: unexpected answer: {e}"
-            ))
-        })?;
+        let Ok(parsed) = serde_json::from_slice::<SchemaResponse>(&body) else {
+            return Err(transient(format!(
+                "HTTP {} but not a schema response",
+                status.as_u16()
+            )));
+        };
         if parsed.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
             return Err(DecodeError::Permanent(format!(
                 "schema id {id} is not an Avro schema"
@@ -163,5 +227,28 @@ impl SchemaRegistry {
             .map_err(|e| {
                 DecodeError::Permanent(format!("schema id {id}: not a valid Avro schema: {e}"))
             })
+    }
+
+    /// What went wrong with a request, without its URL: the kind, and the innermost cause ("connection
+    /// refused", "connection reset by peer").
+    fn failure(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            return format!("timed out after {} ms", self.timeout_ms);
+        }
+        let kind = if e.is_connect() {
+            "cannot connect"
+        } else {
+            "the request failed"
+        };
+        let mut innermost = None;
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            innermost = Some(c);
+            cause = c.source();
+        }
+        match innermost {
+            Some(c) => format!("{kind}: {c}"),
+            None => kind.to_string(),
+        }
     }
 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of fuzz/ for a bounded time and fails on any finding: a panic, a sanitizer
+# report, an input that allocates past the memory limits, or one that takes longer than FUZZ_TIMEOUT.
+#
+#   bash fuzz/ci.sh                  # 60 s per target
+#   FUZZ_SECONDS=600 bash fuzz/ci.sh # longer
+#
+# Needs the nightly toolchain (rustup); installs cargo-fuzz into ~/.cargo/bin when it is missing. Each target
+# starts from its committed seed corpus (fuzz/corpus/<target>, read-only here: new inputs go to a temporary
+# directory). A crashing input is kept in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run
+# <target> <file>). Builds land in fuzz/target (about 2 GB; the first build takes several minutes).
+set -euo pipefail
+
+seconds="${FUZZ_SECONDS:-60}"
+# Memory: whole-process RSS, and any single allocation. The budgets of the decoders (a container-file
+# block inflates to at most 64 MiB; a batch decodes at most 512 MiB of messages) must keep every input under
+# these, with the sanitizer's own overhead.
+rss_mb="${FUZZ_RSS_MB:-3072}"
+malloc_mb="${FUZZ_MALLOC_MB:-1024}"
+timeout_s="${FUZZ_TIMEOUT:-60}"
+
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: installing cargo-fuzz into ~/.cargo/bin"
+    cargo install cargo-fuzz --locked
+fi
+
+targets=$(cargo +nightly fuzz list)
+# One build for every target (release, debug assertions on, AddressSanitizer: cargo-fuzz's defaults).
+cargo +nightly fuzz build
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failed=()
+for target in $targets; do
+    mkdir -p "$work/$target"
+    log="$work/$target.log"
+    if cargo +nightly fuzz run "$target" "$work/$target" "fuzz/corpus/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb="$rss_mb" -malloc_limit_mb="$malloc_mb" \
+        -timeout="$timeout_s" -print_final_stats=1 >"$log" 2>&1; then
+        result=ok
+    else
+        result=FAILED
+        failed+=("$target")
+        tail -n 60 "$log"
+    fi
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
+    peak=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
+    echo "fuzz $target: $result, ${execs:-?} executions in ${seconds} s, peak RSS ${peak:-?} MB"
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz: findings in ${failed[*]} (inputs in fuzz/artifacts/)"
+    exit 1
+fi
+echo "fuzz: no findings"
