@@ -379,6 +379,10 @@ pub enum HandlerError {
     /// Database or schema registry trouble: nothing was written; retry the whole batch.
     #[error("transient failure, batch not applied (retry it): {0}")]
     Transient(String),
+    /// The database does not match the config (found by the preflight): nothing was applied or
+    /// dead-lettered; retrying cannot help until a person fixes the table or the config.
+    #[error("misconfigured, nothing applied: {0}")]
+    Misconfigured(String),
 }
 
 /// The pipeline plus the database: the one handler behind every way in.
@@ -399,6 +403,12 @@ impl Handler {
 
     pub fn sink(&self) -> &Sink {
         &self.sink
+    }
+
+    /// Puts a new database in place of the old one (the same tables, a re-read secret's new credentials),
+    /// keeping the compiled pipeline; returns the old one.
+    pub fn replace_sink(&mut self, sink: Sink) -> Sink {
+        std::mem::replace(&mut self.sink, sink)
     }
 
     /// Any JSON payload (tests, and callers that hold a `Value`).

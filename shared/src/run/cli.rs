@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use super::{App, DATABASE_URL_ENV};
 use crate::config::Config;
 use crate::event::MskEvent;
+use crate::metrics::Metrics;
 use crate::pipeline::HandlerError;
 
 pub const EXIT_OK: u8 = 0;
@@ -42,6 +43,10 @@ enum Command {
         /// write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// After each batch report, print the batch's metrics as Lambda writes them: one CloudWatch Embedded
+        /// Metric Format object (namespace $MSK_SYNC_METRICS_NAMESPACE, default msk-sync).
+        #[arg(long, conflicts_with = "dry_run")]
+        emf: bool,
         /// MSK event files.
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
@@ -110,6 +115,9 @@ struct ConsumeArgs {
     /// Config file (as for replay).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print each batch's metrics on stdout as Lambda writes them (CloudWatch Embedded Metric Format).
+    #[arg(long)]
+    emf: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,13 +166,19 @@ where
             database_url,
             config,
             dry_run,
+            emf,
             events,
         } => {
+            let output = match (dry_run, emf) {
+                (true, _) => Output::DryRun,
+                (false, true) => Output::ReportsAndMetrics,
+                (false, false) => Output::Reports,
+            };
             replay(
                 app,
                 database_url.as_deref(),
                 config.as_deref(),
-                dry_run,
+                output,
                 &events,
                 out,
                 err,
@@ -194,11 +208,21 @@ fn check(file: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8
     EXIT_INVALID
 }
 
+/// What `replay` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Reports,
+    /// `--dry-run`: every message, nothing written.
+    DryRun,
+    /// `--emf`: each report followed by the batch's metrics.
+    ReportsAndMetrics,
+}
+
 async fn replay(
     app: &App,
     database_url: Option<&str>,
     config: Option<&std::path::Path>,
-    dry_run: bool,
+    output: Output,
     files: &[PathBuf],
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -217,7 +241,7 @@ async fn replay(
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
-    if dry_run {
+    if output == Output::DryRun {
         let pipeline = match app.pipeline(&config) {
             Ok(p) => p,
             Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
@@ -248,12 +272,25 @@ async fn replay(
         Ok(h) => h,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
+    let metrics = (output == Output::ReportsAndMetrics).then(|| Metrics::from_env(app.name));
     for (file, event) in events {
-        match handler.handle(&event).await {
+        let started = std::time::Instant::now();
+        let outcome = handler.handle(&event).await;
+        let emf_line = metrics
+            .as_ref()
+            .map(|m| m.line(&event, outcome.as_ref(), started.elapsed()));
+        if let (Err(_), Some(line)) = (&outcome, &emf_line) {
+            let _ = writeln!(out, "{line}");
+        }
+        match outcome {
             Ok(report) => {
                 let written = serde_json::to_writer_pretty(&mut *out, &report)
                     .map_err(std::io::Error::from)
-                    .and_then(|()| writeln!(out));
+                    .and_then(|()| writeln!(out))
+                    .and_then(|()| match &emf_line {
+                        Some(line) => writeln!(out, "{line}"),
+                        None => Ok(()),
+                    });
                 if let Err(e) = written {
                     return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
                 }
@@ -263,6 +300,9 @@ async fn replay(
             }
             Err(e @ HandlerError::Transient(_)) => {
                 return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
+            }
+            Err(e @ HandlerError::Misconfigured(_)) => {
+                return fail(err, EXIT_INVALID, &format!("{}: {e}", file.display()));
             }
         }
     }
@@ -318,6 +358,7 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
     options.max_records = args.max_records;
     options.exit_when_idle = args.exit_when_idle;
     options.progress_every = args.progress_every;
+    options.emf = args.emf.then(|| Metrics::from_env(app.name));
     let stop = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn({
         let stop = Arc::clone(&stop);

@@ -89,6 +89,8 @@ pub struct ConsumeOptions {
     pub exit_when_idle: Option<Duration>,
     /// How often a progress line is written.
     pub progress_every: Duration,
+    /// Writes each batch's metrics on stdout in CloudWatch Embedded Metric Format (`consume --emf`).
+    pub emf: Option<crate::metrics::Metrics>,
 }
 
 impl ConsumeOptions {
@@ -105,6 +107,7 @@ impl ConsumeOptions {
             max_records: None,
             exit_when_idle: None,
             progress_every: Duration::from_secs(10),
+            emf: None,
         }
     }
 }
@@ -471,7 +474,12 @@ impl<H: BatchHandler> Runner<H> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let event = to_event(&batch, &self.options.brokers);
+            let batch_started = Instant::now();
             let outcome = self.runtime.block_on(self.handler.handle(&event));
+            if let Some(metrics) = &self.options.emf {
+                let line = metrics.line(&event, outcome.as_ref(), batch_started.elapsed());
+                println!("{line}");
+            }
             let error = match outcome {
                 Ok(report) => {
                     self.commit(&batch);
@@ -487,6 +495,9 @@ impl<H: BatchHandler> Runner<H> {
                     return Ok(());
                 }
                 Err(HandlerError::Invalid(e)) => return Err(ConsumeError::Invalid(e)),
+                Err(e @ HandlerError::Misconfigured(_)) => {
+                    return Err(ConsumeError::Invalid(e.to_string()));
+                }
                 Err(HandlerError::Transient(e)) => e,
             };
             self.summary.retries += 1;
