@@ -81,7 +81,7 @@ pub async fn run(app: App) -> ExitCode {
 
 /// What serves the batches: a handler on a database URL known at start-up, or one whose URL is read from a
 /// secret at the first batch.
-pub enum Serve {
+enum Serve {
     Handler(Box<Handler>),
     Secret(Box<SecretHandler>),
 }
@@ -161,22 +161,6 @@ pub async fn invoke_raw(
         MskEvent::parse(payload.get()),
         partial,
         None,
-    )
-    .await
-}
-
-/// One invocation of a function whose database URL is in a secret, with its metrics written on stdout.
-pub async fn invoke_raw_with_secret(
-    handler: &SecretHandler,
-    payload: &RawValue,
-    partial: bool,
-    metrics: Option<&Metrics>,
-) -> Result<Response, Diagnostic> {
-    respond(
-        ServeRef::Secret(handler),
-        MskEvent::parse(payload.get()),
-        partial,
-        metrics,
     )
     .await
 }
