@@ -18,10 +18,12 @@
 //!   apply, dead letters.
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
 //! - [`report`]: the batch report, which is also the Lambda response.
+//! - [`metrics`]: a batch's report as CloudWatch Embedded Metric Format (Lambda's stdout, `--emf`).
 //! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
 //! - [`config`]: the configuration file and its validation.
 //! - [`run`]: the ways in: Lambda, `replay`, `config check`, and the local runner on a Kafka broker (`consume`,
-//!   `publish`, feature `kafka`). The only module that knows about Lambda or Kafka clients.
+//!   `publish`, feature `kafka`), and the database secret read from Secrets Manager (`run::secret`, feature `aws`).
+//!   The only module that knows about Lambda, Kafka or AWS clients.
 
 pub mod change;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod event;
 pub mod filter;
 pub mod mask;
 pub mod message;
+pub mod metrics;
 mod path;
 pub mod pipeline;
 pub mod report;

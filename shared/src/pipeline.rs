@@ -526,6 +526,12 @@ impl Handler {
         &self.sink
     }
 
+    /// Puts a new database in place of the old one (the same tables, a re-read secret's new credentials),
+    /// keeping the compiled pipeline; returns the old one.
+    pub fn replace_sink(&mut self, sink: Sink) -> Sink {
+        std::mem::replace(&mut self.sink, sink)
+    }
+
     /// Any JSON payload (tests, and callers that hold a `Value`).
     pub async fn handle_json(&self, payload: Value) -> Result<BatchReport, HandlerError> {
         let event =

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use super::{App, DATABASE_URL_ENV, redact};
 use crate::config::Config;
 use crate::event::MskEvent;
+use crate::metrics::Metrics;
 use crate::pipeline::HandlerError;
 
 pub const EXIT_OK: u8 = 0;
@@ -42,6 +43,10 @@ enum Command {
         /// write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// After each batch report, print the batch's metrics as Lambda writes them: one CloudWatch Embedded
+        /// Metric Format object (namespace $MSK_SYNC_METRICS_NAMESPACE, default msk-sync).
+        #[arg(long, conflicts_with = "dry_run")]
+        emf: bool,
         /// MSK event files.
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
@@ -119,6 +124,9 @@ struct ConsumeArgs {
     /// Config file (as for replay).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print each batch's metrics on stdout as Lambda writes them (CloudWatch Embedded Metric Format).
+    #[arg(long)]
+    emf: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,13 +182,19 @@ where
             database_url,
             config,
             dry_run,
+            emf,
             events,
         } => {
+            let output = match (dry_run, emf) {
+                (true, _) => Output::DryRun,
+                (false, true) => Output::ReportsAndMetrics,
+                (false, false) => Output::Reports,
+            };
             replay(
                 app,
                 database_url.as_deref(),
                 config.as_deref(),
-                dry_run,
+                output,
                 &events,
                 out,
                 err,
@@ -261,11 +275,21 @@ async fn check_database(
         .map_err(|e| format!("database {}: {e}", redact(url)))
 }
 
+/// What `replay` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Reports,
+    /// `--dry-run`: every message, nothing written.
+    DryRun,
+    /// `--emf`: each report followed by the batch's metrics.
+    ReportsAndMetrics,
+}
+
 async fn replay(
     app: &App,
     database_url: Option<&str>,
     config: Option<&std::path::Path>,
-    dry_run: bool,
+    output: Output,
     files: &[PathBuf],
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -284,7 +308,7 @@ async fn replay(
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
-    if dry_run {
+    if output == Output::DryRun {
         let pipeline = match app.pipeline(&config) {
             Ok(p) => p,
             Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
@@ -315,12 +339,25 @@ async fn replay(
         Ok(h) => h,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
+    let metrics = (output == Output::ReportsAndMetrics).then(|| Metrics::from_env(app.name));
     for (file, event) in events {
-        match handler.handle(&event).await {
+        let started = std::time::Instant::now();
+        let outcome = handler.handle(&event).await;
+        let emf_line = metrics
+            .as_ref()
+            .map(|m| m.line(&event, outcome.as_ref(), started.elapsed()));
+        if let (Err(_), Some(line)) = (&outcome, &emf_line) {
+            let _ = writeln!(out, "{line}");
+        }
+        match outcome {
             Ok(report) => {
                 let written = serde_json::to_writer_pretty(&mut *out, &report)
                     .map_err(std::io::Error::from)
-                    .and_then(|()| writeln!(out));
+                    .and_then(|()| writeln!(out))
+                    .and_then(|()| match &emf_line {
+                        Some(line) => writeln!(out, "{line}"),
+                        None => Ok(()),
+                    });
                 if let Err(e) = written {
                     return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
                 }
@@ -391,6 +428,7 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
         .exit_when_idle
         .map(|_| super::local::DEFAULT_ASSIGNMENT_TIMEOUT));
     options.progress_every = args.progress_every;
+    options.emf = args.emf.then(|| Metrics::from_env(app.name));
     let stop = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn({
         let stop = Arc::clone(&stop);

@@ -3,10 +3,15 @@
 //! invocation so that Lambda retries the batch; with `ReportBatchItemFailures` turned on for the event
 //! source mapping (`MSK_SYNC_PARTIAL_BATCH_RESPONSE=true`, provisioned mode) it is reported as item
 //! failures instead.
+//!
+//! With `DATABASE_SECRET_ARN` (and no `DATABASE_URL`) the database URL is read from Secrets Manager at the first
+//! batch ([`super::secret`]). Every batch writes its metrics on stdout in CloudWatch Embedded Metric Format
+//! ([`crate::metrics`]).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde::Serialize;
@@ -14,7 +19,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::App;
+use super::secret::{SecretHandler, SecretSource, env_secret_arn};
 use crate::event::{MskEvent, NotAnMskEvent};
+use crate::metrics::Metrics;
 use crate::pipeline::{Handler, HandlerError};
 use crate::report::BatchReport;
 
@@ -25,9 +32,23 @@ pub async fn run(app: App) -> ExitCode {
     init_logging();
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let handler = match app.load_config(None) {
-        Ok(config) => app.handler(&config, None).await,
+        // DATABASE_URL first, as everywhere: the secret is the deployed function's way.
+        Ok(config) => match env_secret_arn().filter(|_| super::env_database_url().is_none()) {
+            Some(arn) => app.pipeline(&config).map(|pipeline| {
+                Serve::Secret(Box::new(SecretHandler::new(
+                    pipeline,
+                    super::sink_options(&config),
+                    SecretSource::new(arn),
+                )))
+            }),
+            None => app
+                .handler(&config, None)
+                .await
+                .map(|h| Serve::Handler(Box::new(h))),
+        },
         Err(e) => Err(e),
     };
+    let metrics = Arc::new(Metrics::from_env(app.name));
     let handler = match handler {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -44,6 +65,7 @@ pub async fn run(app: App) -> ExitCode {
     // stays ours.
     let service = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
         let handler = Arc::clone(&handler);
+        let metrics = Arc::clone(&metrics);
         async move {
             if let Some(reason) = not_json_reason(event.payload.get()) {
                 return Err(HandlerError::Invalid(format!(
@@ -51,7 +73,8 @@ pub async fn run(app: App) -> ExitCode {
                 ))
                 .into());
             }
-            invoke_raw(&handler, &event.payload, partial).await
+            let event = MskEvent::parse(event.payload.get());
+            respond(handler.as_ref().into(), event, partial, Some(&metrics)).await
         }
     });
     // What lambda_runtime::run does, plus NotJsonLayer (added last, so it sees each invocation first).
@@ -195,6 +218,37 @@ fn init_logging() {
     };
 }
 
+/// What serves the batches: a handler on a database URL known at start-up, or one whose URL is read from a
+/// secret at the first batch.
+enum Serve {
+    Handler(Box<Handler>),
+    Secret(Box<SecretHandler>),
+}
+
+#[derive(Clone, Copy)]
+enum ServeRef<'h> {
+    Handler(&'h Handler),
+    Secret(&'h SecretHandler),
+}
+
+impl<'h> From<&'h Serve> for ServeRef<'h> {
+    fn from(serve: &'h Serve) -> Self {
+        match serve {
+            Serve::Handler(h) => Self::Handler(h),
+            Serve::Secret(s) => Self::Secret(s),
+        }
+    }
+}
+
+impl ServeRef<'_> {
+    async fn handle(self, event: &MskEvent<'_>) -> Result<BatchReport, HandlerError> {
+        match self {
+            Self::Handler(h) => h.handle(event).await,
+            Self::Secret(s) => s.handle(event).await,
+        }
+    }
+}
+
 /// The response body: the report, plus `batchItemFailures` in partial-batch mode.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -226,7 +280,13 @@ pub async fn invoke(
     payload: Value,
     partial: bool,
 ) -> Result<Response, Diagnostic> {
-    respond(handler, MskEvent::from_value(payload), partial).await
+    respond(
+        ServeRef::Handler(handler),
+        MskEvent::from_value(payload),
+        partial,
+        None,
+    )
+    .await
 }
 
 /// One invocation as the runtime delivers it: the payload's JSON text. `partial` as for [`invoke`].
@@ -235,16 +295,31 @@ pub async fn invoke_raw(
     payload: &RawValue,
     partial: bool,
 ) -> Result<Response, Diagnostic> {
-    respond(handler, MskEvent::parse(payload.get()), partial).await
+    respond(
+        ServeRef::Handler(handler),
+        MskEvent::parse(payload.get()),
+        partial,
+        None,
+    )
+    .await
 }
 
 async fn respond(
-    handler: &Handler,
+    handler: ServeRef<'_>,
     event: Result<MskEvent<'_>, NotAnMskEvent>,
     partial: bool,
+    metrics: Option<&Metrics>,
 ) -> Result<Response, Diagnostic> {
     let event = event.map_err(|e| HandlerError::Invalid(e.to_string()))?;
-    match handler.handle(&event).await {
+    let started = Instant::now();
+    let outcome = handler.handle(&event).await;
+    if let Some(metrics) = metrics {
+        // One line, under stdout's lock: CloudWatch Logs reads an EMF object only whole, alone on its line.
+        use std::io::Write;
+        let line = metrics.line(&event, outcome.as_ref(), started.elapsed());
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+    match outcome {
         Ok(report) => Ok(Response {
             report: Some(report),
             batch_item_failures: partial.then(Vec::new),

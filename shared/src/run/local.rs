@@ -104,6 +104,8 @@ pub struct ConsumeOptions {
     pub assignment_timeout: Option<Duration>,
     /// How often a progress line is written.
     pub progress_every: Duration,
+    /// Writes each batch's metrics on stdout in CloudWatch Embedded Metric Format (`consume --emf`).
+    pub emf: Option<crate::metrics::Metrics>,
 }
 
 impl ConsumeOptions {
@@ -121,6 +123,7 @@ impl ConsumeOptions {
             exit_when_idle: None,
             assignment_timeout: None,
             progress_every: Duration::from_secs(10),
+            emf: None,
         }
     }
 }
@@ -671,7 +674,12 @@ impl<H: BatchHandler> Runner<H> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let event = to_event(&batch, &self.options.brokers);
+            let batch_started = Instant::now();
             let outcome = self.runtime.block_on(self.handler.handle(&event));
+            if let Some(metrics) = &self.options.emf {
+                let line = metrics.line(&event, outcome.as_ref(), batch_started.elapsed());
+                println!("{line}");
+            }
             let error = match outcome {
                 Ok(report) => {
                     self.commit(&batch);

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod lambda;
 #[cfg(feature = "kafka")]
 pub mod local;
+#[cfg(feature = "aws")]
+pub mod secret;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -147,32 +149,50 @@ impl App {
         let pipeline = self.pipeline(config)?;
         let url = database_url
             .map(str::to_string)
-            .or_else(|| {
-                std::env::var(DATABASE_URL_ENV)
-                    .ok()
-                    .filter(|u| !u.is_empty())
-            })
+            .or_else(env_database_url)
             .or_else(|| config.database.url.clone())
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
-        let mut options = SinkOptions::default();
-        if let Some(t) = &config.database.dead_letter_table {
-            options.dead_letter_table = t.clone();
-        }
-        if let Some(n) = config.database.max_rows_per_statement {
-            options.max_rows_per_statement = n;
-        }
-        let sink = Sink::open(&url, pipeline.mappings().to_vec(), options)
-            .await
-            .map_err(|e| {
-                SetupError(format!(
-                    "database URL {}: {}",
-                    redact_url(&url),
-                    scrub(&e.to_string(), &url)
-                ))
-            })?;
+        let sink = open_sink(&url, &pipeline, sink_options(config)).await?;
         Ok(Handler::new(pipeline, sink))
     }
 }
+
+/// `DATABASE_URL`, when set and not empty.
+pub fn env_database_url() -> Option<String> {
+    std::env::var(DATABASE_URL_ENV)
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// The database settings of a config that are not the URL.
+pub fn sink_options(config: &Config) -> SinkOptions {
+    let mut options = SinkOptions::default();
+    if let Some(t) = &config.database.dead_letter_table {
+        options.dead_letter_table = t.clone();
+    }
+    if let Some(n) = config.database.max_rows_per_statement {
+        options.max_rows_per_statement = n;
+    }
+    options
+}
+
+/// The pipeline's tables on `url`; the pool connects lazily. Also what a re-read secret's new URL opens.
+pub async fn open_sink(
+    url: &str,
+    pipeline: &Pipeline,
+    options: SinkOptions,
+) -> Result<Sink, SetupError> {
+    Sink::open(url, pipeline.mappings().to_vec(), options)
+        .await
+        .map_err(|e| {
+            SetupError(format!(
+                "database URL {}: {}",
+                redact_url(url),
+                scrub(&e.to_string(), url)
+            ))
+        })
+}
+
 
 /// A database URL fit for a message or a log line: the password of its user info and the value of every
 /// query parameter that may hold a secret (`password`, `sslpassword`, `…token…`, `…secret…`) replaced by

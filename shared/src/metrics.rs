@@ -1,0 +1,393 @@
+//! A batch's metrics in CloudWatch Embedded Metric Format (EMF): one JSON object per batch, which Lambda mode
+//! writes on stdout, where CloudWatch Logs turns it into metrics (what Powertools Metrics writes). `replay
+//! --emf` and `consume --emf` print the same object, for local checks.
+//!
+//! The format, from the specification
+//! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html>):
+//! a top-level `_aws` object with `Timestamp` (epoch ms) and `CloudWatchMetrics`, a list of directives, each
+//! with a `Namespace`, `Dimensions` (a list of dimension sets, each a list of member names) and `Metrics`
+//! (`Name`, `Unit`); every dimension and metric a directive names is a top-level member of the object.
+//! [`validate`] checks exactly those rules.
+//!
+//! Metrics (dimension `FunctionName`, and `FunctionName` + `Topic` when the whole batch is of one topic):
+//! `Records`, `Upserted`, `Deleted`, `DeadLettered`, `Filtered`, `Superseded`, `BatchDurationMs`,
+//! `MaxRecordAgeMs` (now − the oldest record's Kafka timestamp: how far behind the function is), and
+//! `Misconfigured` / `TransientFailure` (1 for a batch that failed so, else 0: an alarm on them sees data
+//! every batch).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::event::MskEvent;
+use crate::pipeline::HandlerError;
+use crate::report::BatchReport;
+
+/// The CloudWatch namespace of the metrics; the template sets it from its `MetricsNamespace` parameter.
+pub const NAMESPACE_ENV: &str = "MSK_SYNC_METRICS_NAMESPACE";
+pub const DEFAULT_NAMESPACE: &str = "msk-sync";
+/// Set by Lambda: the function's name, the metrics' dimension.
+pub const FUNCTION_NAME_ENV: &str = "AWS_LAMBDA_FUNCTION_NAME";
+
+/// The units the EMF specification allows (CloudWatch's `StandardUnit`).
+pub const UNITS: &[&str] = &[
+    "Seconds",
+    "Microseconds",
+    "Milliseconds",
+    "Bytes",
+    "Kilobytes",
+    "Megabytes",
+    "Gigabytes",
+    "Terabytes",
+    "Bits",
+    "Kilobits",
+    "Megabits",
+    "Gigabits",
+    "Terabits",
+    "Percent",
+    "Count",
+    "Bytes/Second",
+    "Kilobytes/Second",
+    "Megabytes/Second",
+    "Gigabytes/Second",
+    "Terabytes/Second",
+    "Bits/Second",
+    "Kilobits/Second",
+    "Megabits/Second",
+    "Gigabits/Second",
+    "Terabits/Second",
+    "Count/Second",
+    "None",
+];
+
+/// Where a batch's metrics go and under which names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    pub namespace: String,
+    pub function_name: String,
+}
+
+impl Metrics {
+    pub fn new(namespace: impl Into<String>, function_name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            function_name: function_name.into(),
+        }
+    }
+
+    /// The namespace from `MSK_SYNC_METRICS_NAMESPACE` (default `msk-sync`), the function's name from
+    /// `AWS_LAMBDA_FUNCTION_NAME` (Lambda), else `function_name`.
+    pub fn from_env(function_name: &str) -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Self::new(
+            var(NAMESPACE_ENV).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            var(FUNCTION_NAME_ENV).unwrap_or_else(|| function_name.to_string()),
+        )
+    }
+
+    /// The EMF object of one batch: `outcome` is what the handler returned, `took` how long it took,
+    /// `now_ms` the time (epoch ms) the record ages are measured at and the object is stamped with.
+    pub fn batch(
+        &self,
+        event: &MskEvent<'_>,
+        outcome: Result<&BatchReport, &HandlerError>,
+        took: Duration,
+        now_ms: i64,
+    ) -> Value {
+        let mut topics = event.records.iter().map(|r| r.topic.as_ref());
+        let first = topics.next();
+        let topic = first.filter(|t| topics.all(|other| other == *t));
+        let oldest = event.records.iter().map(|r| r.timestamp).min();
+        let max_age = oldest.map_or(0, |t| now_ms.saturating_sub(t).max(0));
+        let (report, failure) = match outcome {
+            Ok(report) => (Some(report), None),
+            Err(e) => (None, Some(e)),
+        };
+        let count = |f: fn(&BatchReport) -> usize| report.map_or(0, f);
+        let failed = |is: fn(&HandlerError) -> bool| u64::from(failure.is_some_and(is));
+        let values: [(&str, &str, Value); 10] = [
+            ("Records", "Count", json!(event.record_count())),
+            ("Upserted", "Count", json!(count(|r| r.upserted))),
+            ("Deleted", "Count", json!(count(|r| r.deleted))),
+            ("DeadLettered", "Count", json!(count(|r| r.dead_lettered))),
+            ("Filtered", "Count", json!(count(|r| r.filtered))),
+            ("Superseded", "Count", json!(count(|r| r.superseded))),
+            // `Stale` (changes older than their row, issue "Versions") goes here, once the report counts them.
+            (
+                "BatchDurationMs",
+                "Milliseconds",
+                json!((took.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+            ),
+            ("MaxRecordAgeMs", "Milliseconds", json!(max_age)),
+            (
+                "Misconfigured",
+                "Count",
+                json!(failed(|e| matches!(e, HandlerError::Misconfigured(_)))),
+            ),
+            (
+                "TransientFailure",
+                "Count",
+                json!(failed(|e| matches!(e, HandlerError::Transient(_)))),
+            ),
+        ];
+        let mut dimensions = vec![json!(["FunctionName"])];
+        let mut object = Map::new();
+        object.insert("FunctionName".into(), json!(self.function_name));
+        if let Some(topic) = topic {
+            dimensions.push(json!(["FunctionName", "Topic"]));
+            object.insert("Topic".into(), json!(topic));
+        }
+        let directive = json!({
+            "Namespace": self.namespace,
+            "Dimensions": dimensions,
+            "Metrics": values.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+        });
+        object.insert(
+            "_aws".into(),
+            json!({"Timestamp": now_ms, "CloudWatchMetrics": [directive]}),
+        );
+        for (name, _, value) in values {
+            object.insert(name.into(), value);
+        }
+        Value::Object(object)
+    }
+
+    /// [`Metrics::batch`] stamped now, as one line of JSON.
+    pub fn line(
+        &self,
+        event: &MskEvent<'_>,
+        outcome: Result<&BatchReport, &HandlerError>,
+        took: Duration,
+    ) -> String {
+        self.batch(event, outcome, took, chrono::Utc::now().timestamp_millis())
+            .to_string()
+    }
+}
+
+/// Checks an object against the EMF specification's rules (the `_aws` metadata, its directives, their
+/// dimension and metric names present as top-level members, the units). Each problem is one line.
+pub fn validate(object: &Value) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let Some(root) = object.as_object() else {
+        return Err(vec!["not a JSON object".into()]);
+    };
+    let Some(aws) = root.get("_aws").and_then(Value::as_object) else {
+        return Err(vec!["no _aws object".into()]);
+    };
+    if !aws.get("Timestamp").is_some_and(Value::is_u64) {
+        problems.push("_aws.Timestamp is not a non-negative integer (epoch ms)".into());
+    }
+    let Some(directives) = aws.get("CloudWatchMetrics").and_then(Value::as_array) else {
+        problems.push("_aws.CloudWatchMetrics is not an array".into());
+        return Err(problems);
+    };
+    let name_ok = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 255);
+    for (i, d) in directives.iter().enumerate() {
+        let at = format!("CloudWatchMetrics[{i}]");
+        let namespace = d.get("Namespace");
+        if !namespace.is_some_and(|n| name_ok(n) && n.as_str().is_some_and(|s| s.trim() == s)) {
+            problems.push(format!(
+                "{at}.Namespace is not a name of 1 to 255 characters"
+            ));
+        }
+        match d.get("Dimensions").and_then(Value::as_array) {
+            None => problems.push(format!("{at}.Dimensions is not an array")),
+            Some(sets) => {
+                for set in sets {
+                    let Some(set) = set.as_array() else {
+                        problems.push(format!("{at}: a dimension set is not an array"));
+                        continue;
+                    };
+                    if set.len() > 30 {
+                        problems.push(format!("{at}: a dimension set has more than 30 dimensions"));
+                    }
+                    for name in set {
+                        match name.as_str() {
+                            Some(n) if root.get(n).is_some_and(Value::is_string) => {}
+                            _ => problems.push(format!(
+                                "{at}: dimension {name} is not a top-level string member"
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        match d.get("Metrics").and_then(Value::as_array) {
+            None => problems.push(format!("{at}.Metrics is not an array")),
+            Some(metrics) if metrics.len() > 100 => {
+                problems.push(format!("{at}.Metrics has more than 100 metrics"))
+            }
+            Some(metrics) => {
+                for m in metrics {
+                    let Some(name) = m.get("Name").filter(|n| name_ok(n)).and_then(Value::as_str)
+                    else {
+                        problems.push(format!("{at}: a metric has no valid Name"));
+                        continue;
+                    };
+                    if let Some(unit) = m.get("Unit")
+                        && !unit.as_str().is_some_and(|u| UNITS.contains(&u))
+                    {
+                        problems.push(format!(
+                            "{at}: metric {name} has unit {unit}, not an EMF unit"
+                        ));
+                    }
+                    let numeric = match root.get(name) {
+                        Some(Value::Number(_)) => true,
+                        Some(Value::Array(values)) => {
+                            !values.is_empty()
+                                && values.len() <= 100
+                                && values.iter().all(Value::is_number)
+                        }
+                        _ => false,
+                    };
+                    if !numeric {
+                        problems.push(format!(
+                            "{at}: metric {name} is not a top-level number (or list of numbers)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Record;
+
+    fn event(records: &[(&'static str, i64)]) -> MskEvent<'static> {
+        MskEvent {
+            event_source: "aws:kafka".into(),
+            records: records
+                .iter()
+                .enumerate()
+                .map(|(i, (topic, timestamp))| Record {
+                    topic: (*topic).into(),
+                    offset: i as i64,
+                    timestamp: *timestamp,
+                    ..Record::default()
+                })
+                .collect(),
+            ..MskEvent::default()
+        }
+    }
+
+    const NOW: i64 = 1_700_000_010_000;
+
+    #[test]
+    fn an_applied_batch_gives_a_valid_emf_object_with_its_counts() {
+        let report = BatchReport {
+            status: 400,
+            received: 3,
+            messages: 3,
+            upserted: 1,
+            deleted: 1,
+            dead_lettered: 1,
+            ..BatchReport::default()
+        };
+        let metrics = Metrics::new("acme/sync", "entity-sync-prod");
+        let event = event(&[("t", NOW - 4_000), ("t", NOW - 9_000), ("t", NOW - 1_000)]);
+        let object = metrics.batch(&event, Ok(&report), Duration::from_micros(12_345), NOW);
+        assert_eq!(validate(&object), Ok(()), "{object}");
+        assert_eq!(object["_aws"]["Timestamp"], NOW);
+        let directive = &object["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "acme/sync");
+        assert_eq!(
+            directive["Dimensions"],
+            json!([["FunctionName"], ["FunctionName", "Topic"]])
+        );
+        let names: Vec<&str> = directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Records",
+                "Upserted",
+                "Deleted",
+                "DeadLettered",
+                "Filtered",
+                "Superseded",
+                "BatchDurationMs",
+                "MaxRecordAgeMs",
+                "Misconfigured",
+                "TransientFailure"
+            ]
+        );
+        assert_eq!(object["FunctionName"], "entity-sync-prod");
+        assert_eq!(object["Topic"], "t");
+        assert_eq!(object["Records"], 3);
+        assert_eq!(object["Upserted"], 1);
+        assert_eq!(object["Deleted"], 1);
+        assert_eq!(object["DeadLettered"], 1);
+        assert_eq!(object["BatchDurationMs"], 12.345);
+        assert_eq!(object["MaxRecordAgeMs"], 9_000);
+        assert_eq!(object["Misconfigured"], 0);
+        assert_eq!(object["TransientFailure"], 0);
+    }
+
+    #[test]
+    fn a_failed_batch_counts_its_failure_class() {
+        let metrics = Metrics::new("msk-sync", "f");
+        let event = event(&[("a", NOW - 5), ("b", NOW - 7)]);
+        let transient = HandlerError::Transient("database away".into());
+        let object = metrics.batch(&event, Err(&transient), Duration::ZERO, NOW);
+        assert_eq!(validate(&object), Ok(()), "{object}");
+        assert_eq!(object["TransientFailure"], 1);
+        assert_eq!(object["Misconfigured"], 0);
+        assert_eq!(object["Records"], 2);
+        assert_eq!(object["Upserted"], 0);
+        assert_eq!(object["MaxRecordAgeMs"], 7);
+        // Two topics: no Topic dimension (its counts are the batch's, not one topic's).
+        assert_eq!(
+            object["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["FunctionName"]])
+        );
+        assert!(object.get("Topic").is_none());
+        let misconfigured = HandlerError::Misconfigured("no unique key".into());
+        let object = metrics.batch(&event, Err(&misconfigured), Duration::ZERO, NOW);
+        assert_eq!(object["Misconfigured"], 1);
+        assert_eq!(object["TransientFailure"], 0);
+        // A record stamped in the future is not a negative age.
+        let object = metrics.batch(&event, Err(&misconfigured), Duration::ZERO, NOW - 1_000);
+        assert_eq!(object["MaxRecordAgeMs"], 0);
+    }
+
+    #[test]
+    fn the_validator_catches_what_the_specification_forbids() {
+        let good = Metrics::new("n", "f").batch(
+            &event(&[("t", NOW)]),
+            Ok(&BatchReport::default()),
+            Duration::ZERO,
+            NOW,
+        );
+        let broken = |edit: &dyn Fn(&mut Value)| {
+            let mut v = good.clone();
+            edit(&mut v);
+            validate(&v).expect_err(&v.to_string())
+        };
+        broken(&|v| {
+            v.as_object_mut().unwrap().remove("_aws");
+        });
+        broken(&|v| v["_aws"]["Timestamp"] = json!("now"));
+        broken(&|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] = json!(""));
+        broken(&|v| v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] = json!("Rows"));
+        broken(&|v| {
+            v.as_object_mut().unwrap().remove("Records");
+        });
+        broken(&|v| v["Records"] = json!("3"));
+        broken(&|v| {
+            v.as_object_mut().unwrap().remove("FunctionName");
+        });
+        broken(&|v| v["_aws"]["CloudWatchMetrics"][0]["Dimensions"] = json!(["FunctionName"]));
+    }
+}

@@ -1,0 +1,448 @@
+//! The database secret, read from AWS Secrets Manager at run time (Lambda mode, `DATABASE_SECRET_ARN`).
+//!
+//! The function's configuration carries the secret's ARN, never its value: the value is read at the first
+//! batch, kept for the life of the instance, and read once more when the database refuses the credentials (the
+//! secret was rotated), before the batch fails as transient. The secret is either a database URL or the JSON
+//! that RDS and Aurora keep for a managed or rotated database user
+//! (`{"engine", "host", "port", "username", "password", "dbname"}`).
+//!
+//! Where the database URL comes from, first found wins: `--database-url`, `DATABASE_URL` (so `replay`,
+//! `consume` and tests keep working as before), `DATABASE_SECRET_ARN` (Lambda mode), the config's
+//! `database.url`, the SQLite default.
+//!
+//! The AWS client is built at the first batch, not at start-up, so a cold start does not pay for it; the
+//! credentials and region are the ones Lambda puts in the environment (`AWS_ENDPOINT_URL` too, which the tests
+//! point at an emulator). Nothing here logs the secret's value or the URL made of it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, ConfigLoader};
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
+use sea_orm::{DbErr, RuntimeErr};
+use serde_json::Value;
+use tokio::sync::{Mutex, OnceCell};
+
+use super::open_sink;
+use crate::event::MskEvent;
+use crate::pipeline::{Handler, HandlerError, Pipeline};
+use crate::report::BatchReport;
+use crate::sync::SinkOptions;
+
+/// The ARN (or name) of the secret that holds the database URL or the RDS JSON.
+pub const DATABASE_SECRET_ARN_ENV: &str = "DATABASE_SECRET_ARN";
+
+/// How long the check "did the database refuse the credentials?" may take after a failed batch. A refusal
+/// comes back at once; a database that is away must not make the failed batch twice as slow.
+const CREDENTIALS_CHECK: Duration = Duration::from_secs(3);
+
+/// `DATABASE_SECRET_ARN`, when set and not empty.
+pub fn env_secret_arn() -> Option<String> {
+    std::env::var(DATABASE_SECRET_ARN_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+type Customize = Arc<dyn Fn(ConfigLoader) -> ConfigLoader + Send + Sync>;
+
+/// One secret in Secrets Manager, read on demand with a client built on first use.
+pub struct SecretSource {
+    secret_id: String,
+    customize: Option<Customize>,
+    client: OnceCell<Client>,
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSource")
+            .field("secret_id", &self.secret_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the secret gave no database URL. The text names the secret and what was wrong, never a value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("database secret {secret_id}: {reason}")]
+pub struct SecretError {
+    pub secret_id: String,
+    pub reason: String,
+}
+
+impl SecretSource {
+    /// The secret `secret_id` (an ARN or a name), read with the environment's region and credentials.
+    pub fn new(secret_id: impl Into<String>) -> Self {
+        Self {
+            secret_id: secret_id.into(),
+            customize: None,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// Adjusts the AWS configuration before the client is built (an endpoint, credentials, a region): for
+    /// callers that cannot use the environment, such as tests running side by side in one process.
+    pub fn with_config(
+        mut self,
+        customize: impl Fn(ConfigLoader) -> ConfigLoader + Send + Sync + 'static,
+    ) -> Self {
+        self.customize = Some(Arc::new(customize));
+        self
+    }
+
+    pub fn secret_id(&self) -> &str {
+        &self.secret_id
+    }
+
+    /// The AWS configuration the client is built from: the environment's, over rustls with `ring`.
+    pub fn config_loader(&self) -> ConfigLoader {
+        let loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+        match &self.customize {
+            Some(customize) => customize(loader),
+            None => loader,
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async { Client::new(&self.config_loader().load().await) })
+            .await
+    }
+
+    /// Reads the secret now and turns it into a database URL.
+    pub async fn database_url(&self) -> Result<String, SecretError> {
+        // The SDK's futures nest deep enough to overflow the compiler's layout query of every future that
+        // awaits them, up to a function's `main`; behind `dyn` they are one pointer.
+        let read: Pin<Box<dyn Future<Output = Result<String, SecretError>> + Send + '_>> =
+            Box::pin(self.read_now());
+        read.await
+    }
+
+    async fn read_now(&self) -> Result<String, SecretError> {
+        let error = |reason: String| SecretError {
+            secret_id: self.secret_id.clone(),
+            reason,
+        };
+        let output = self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                // AccessDeniedException, ResourceNotFoundException, DecryptionFailure…: the service's own
+                // words, which name the secret and the principal; an error never carries a secret's value.
+                let coded = e
+                    .as_service_error()
+                    .and_then(|s| Some(format!("{}: {}", s.code()?, s.message().unwrap_or(""))));
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                error(match (coded, status) {
+                    (Some(coded), _) => coded,
+                    // An error body the SDK could not read (an emulator's XML, a proxy's page): as it came.
+                    (None, Some(status)) => {
+                        let body = e
+                            .raw_response()
+                            .and_then(|r| r.body().bytes())
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
+                        let body: String = body.chars().take(500).collect();
+                        format!("HTTP {status}: {body}")
+                    }
+                    (None, None) => format!("cannot read it: {}", DisplayErrorContext(&e)),
+                })
+            })?;
+        let text = output
+            .secret_string()
+            .ok_or_else(|| error("it has no SecretString (a binary secret is not read)".into()))?;
+        url_from_secret(text).map_err(error)
+    }
+}
+
+/// The HTTPS client of the AWS SDK: hyper on rustls with `ring` (aws-lc-rs is the SDK's default, a C build
+/// that the rest of the binary does not need), the system's root certificates.
+pub fn http_client() -> aws_sdk_secretsmanager::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// A database URL from a secret's text: a URL as it is, or the RDS / Aurora JSON shape. Errors name the
+/// field at fault, never a value.
+pub fn url_from_secret(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if !text.starts_with('{') {
+        return match text.split_once("://") {
+            Some((scheme, _)) if URL_SCHEMES.contains(&scheme) => Ok(text.to_string()),
+            _ => Err(format!(
+                "it is neither a database URL ({}://…) nor the RDS JSON \
+                 ({{\"engine\", \"host\", \"port\", \"username\", \"password\", \"dbname\"}})",
+                URL_SCHEMES.join("://…, ")
+            )),
+        };
+    }
+    // Not serde's error text: it can quote a piece of the secret.
+    let json: Value = serde_json::from_str(text)
+        .map_err(|_| "it starts with { but is not valid JSON".to_string())?;
+    let field = |name: &str| -> Result<Option<String>, String> {
+        match json.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(format!("field {name:?} is neither a string nor a number")),
+        }
+    };
+    let required = |name: &str| {
+        field(name)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("field {name:?} is missing"))
+    };
+    let engine = required("engine")?;
+    let (scheme, default_port) = match engine.as_str() {
+        "postgres" | "postgresql" | "aurora-postgresql" => ("postgres", 5432),
+        "mysql" | "mariadb" | "aurora-mysql" | "aurora" => ("mysql", 3306),
+        other => {
+            return Err(format!(
+                "engine {other:?} is not supported (postgres, aurora-postgresql, mysql, mariadb, aurora-mysql)"
+            ));
+        }
+    };
+    let host = required("host")?;
+    if host.contains(['/', '@', '?', '#', ' ']) {
+        return Err("field \"host\" is not a host name".into());
+    }
+    let port = match field("port")? {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| "field \"port\" is not a port number".to_string())?,
+    };
+    let user = percent_encode(&required("username")?);
+    let password = percent_encode(&required("password")?);
+    let mut url = format!("{scheme}://{user}:{password}@{host}:{port}");
+    if let Some(db) = field("dbname")?.filter(|d| !d.is_empty()) {
+        url.push('/');
+        url.push_str(&percent_encode(&db));
+    }
+    Ok(url)
+}
+
+const URL_SCHEMES: &[&str] = &["postgres", "postgresql", "mysql", "mariadb", "sqlite"];
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters: a password may hold `@`, `:`, `/`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Did the database refuse the credentials? SQLSTATE class 28 (invalid authorization: PostgreSQL 28P01 and
+/// 28000, MySQL / MariaDB 28000) or MySQL error 1045 (access denied).
+pub fn credentials_refused(e: &DbErr) -> bool {
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = e
+    else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(db) = &**e else {
+        return false;
+    };
+    let mysql_denied = db
+        .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|m| m.number() == 1045);
+    mysql_denied || db.code().is_some_and(|c| c.starts_with("28"))
+}
+
+/// A handler whose database URL comes from a secret: read at the first batch, read again once when the
+/// database refuses the credentials. What Lambda mode runs when `DATABASE_SECRET_ARN` is set.
+pub struct SecretHandler {
+    source: SecretSource,
+    options: SinkOptions,
+    // Lambda hands an instance one batch at a time; the lock only makes the swap of the pool safe.
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Until the first batch: the compiled pipeline, waiting for a database.
+    pipeline: Option<Pipeline>,
+    handler: Option<Handler>,
+    /// The URL the handler's pool uses, to tell whether a re-read found new credentials.
+    url: String,
+}
+
+impl std::fmt::Debug for SecretHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretHandler")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretHandler {
+    /// Nothing is read or connected here: the first batch does it.
+    pub fn new(pipeline: Pipeline, options: SinkOptions, source: SecretSource) -> Self {
+        Self {
+            source,
+            options,
+            state: Mutex::new(State {
+                pipeline: Some(pipeline),
+                handler: None,
+                url: String::new(),
+            }),
+        }
+    }
+
+    pub fn source(&self) -> &SecretSource {
+        &self.source
+    }
+
+    /// One batch, as [`Handler::handle`]. A secret that cannot be read or used fails the batch as transient
+    /// (nothing is written): an IAM policy or a secret fixed in the meantime lets the retry through.
+    pub async fn handle(&self, event: &MskEvent<'_>) -> Result<BatchReport, HandlerError> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        if state.handler.is_none() {
+            let url = self.read().await?;
+            let Some(pipeline) = state.pipeline.take() else {
+                return Err(self.unusable("no pipeline to open the database with".into()));
+            };
+            match open_sink(&url, &pipeline, self.options.clone()).await {
+                Ok(sink) => {
+                    state.url = url;
+                    state.handler = Some(Handler::new(pipeline, sink));
+                }
+                Err(e) => {
+                    state.pipeline = Some(pipeline);
+                    return Err(self.unusable(e.to_string()));
+                }
+            }
+        }
+        let Some(handler) = state.handler.as_mut() else {
+            return Err(self.unusable("no database handler".into()));
+        };
+        let error = match handler.handle(event).await {
+            Err(HandlerError::Transient(e)) => e,
+            other => return other,
+        };
+        // The batch failed; was it the credentials? The handler's error is text by now, so ask the pool
+        // itself: a connection with the same credentials is refused again, at once, with the database's code.
+        let refused = matches!(
+            tokio::time::timeout(CREDENTIALS_CHECK, handler.sink().connection().ping()).await,
+            Ok(Err(e)) if credentials_refused(&e)
+        );
+        if !refused {
+            return Err(HandlerError::Transient(error));
+        }
+        tracing::warn!(secret = %self.source.secret_id, "the database refused the credentials: reading the secret again (rotation)");
+        let url = self.read().await?;
+        if url == state.url {
+            tracing::warn!(secret = %self.source.secret_id, "the secret did not change: the batch fails");
+            return Err(HandlerError::Transient(error));
+        }
+        let sink = open_sink(&url, handler.pipeline(), self.options.clone())
+            .await
+            .map_err(|e| self.unusable(e.to_string()))?;
+        let old = handler.replace_sink(sink);
+        state.url = url;
+        // Connections of the old credentials still open would keep working until they close; closing them now
+        // keeps one set of credentials per instance.
+        let _ = old.connection().close_by_ref().await;
+        handler.handle(event).await
+    }
+
+    async fn read(&self) -> Result<String, HandlerError> {
+        self.source.database_url().await.map_err(|e| {
+            tracing::error!(error = %e, "database secret not read");
+            HandlerError::Transient(e.to_string())
+        })
+    }
+
+    fn unusable(&self, reason: String) -> HandlerError {
+        let e = SecretError {
+            secret_id: self.source.secret_id.clone(),
+            reason,
+        };
+        tracing::error!(error = %e, "database secret not usable");
+        HandlerError::Transient(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_secret_is_taken_as_it_is() {
+        assert_eq!(
+            url_from_secret(" postgres://u:p@h:5432/db\n").unwrap(),
+            "postgres://u:p@h:5432/db"
+        );
+        assert_eq!(
+            url_from_secret("mysql://u:p@h/db").unwrap(),
+            "mysql://u:p@h/db"
+        );
+        let e = url_from_secret("hunter2").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn rds_json_becomes_a_url_with_user_and_password_encoded() {
+        let pg = r#"{"engine":"postgres","host":"db.example","port":5432,"username":"app",
+                     "password":"p@ss:w/rd%","dbname":"orders","dbInstanceIdentifier":"x"}"#;
+        assert_eq!(
+            url_from_secret(pg).unwrap(),
+            "postgres://app:p%40ss%3Aw%2Frd%25@db.example:5432/orders"
+        );
+        let aurora = r#"{"engine":"aurora-mysql","host":"c.cluster","port":"3307","username":"a b","password":"x"}"#;
+        assert_eq!(
+            url_from_secret(aurora).unwrap(),
+            "mysql://a%20b:x@c.cluster:3307"
+        );
+        let mariadb =
+            r#"{"engine":"mariadb","host":"m","username":"u","password":"p","dbname":"d"}"#;
+        assert_eq!(url_from_secret(mariadb).unwrap(), "mysql://u:p@m:3306/d");
+        let aurora_pg =
+            r#"{"engine":"aurora-postgresql","host":"h","username":"u","password":"p"}"#;
+        assert_eq!(url_from_secret(aurora_pg).unwrap(), "postgres://u:p@h:5432");
+    }
+
+    #[test]
+    fn bad_rds_json_names_the_field_never_a_value() {
+        let cases = [
+            (
+                r#"{"engine":"oracle","host":"h","username":"u","password":"s3cret"}"#,
+                "oracle",
+            ),
+            (
+                r#"{"engine":"postgres","host":"h","username":"u"}"#,
+                "\"password\" is missing",
+            ),
+            (
+                r#"{"engine":"postgres","host":"h","port":"s3cret","username":"u","password":"p"}"#,
+                "\"port\"",
+            ),
+            (
+                r#"{"engine":"postgres","host":"h","username":"u","password":["s3cret"]}"#,
+                "\"password\" is neither",
+            ),
+            (
+                r#"{"engine":"postgres", "password":"s3cret""#,
+                "not valid JSON",
+            ),
+        ];
+        for (secret, expected) in cases {
+            let e = url_from_secret(secret).unwrap_err();
+            assert!(e.contains(expected), "{secret}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
+}
