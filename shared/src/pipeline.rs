@@ -151,7 +151,7 @@ impl Pipeline {
             .mappings
             .items
             .iter()
-            .map(|m| Changes::with_capacity(m.table().key.clone(), room))
+            .map(|m| Changes::with_capacity(m.table().key.clone(), room).with_version(m.version()))
             .collect();
         let mut dead_letters = Vec::new();
         let order = event.order();
@@ -185,9 +185,11 @@ impl Pipeline {
                     // A tombstone has no message: it can only delete by record key.
                     report.messages += 1;
                     let mapping = &self.mappings.items[t];
-                    let deleted = mapping
-                        .tombstone_key(&meta)
-                        .map(|k| changes[t].delete(k, origin(0)));
+                    let deleted = mapping.tombstone_key(&meta).and_then(|k| {
+                        let version = mapping.delete_version(&Message::Null, &meta)?;
+                        changes[t].delete_at(k, version, origin(0));
+                        Ok(())
+                    });
                     let (outcome, reason) = match &deleted {
                         Ok(()) => (Outcome::Delete, None),
                         Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
@@ -290,7 +292,9 @@ impl Pipeline {
                                 Ok(Outcome::Upsert)
                             }
                             Change::Delete => {
-                                changes[t].delete(mapping.key(&message, &meta)?, origin(index));
+                                let key = mapping.key(&message, &meta)?;
+                                let version = mapping.delete_version(&message, &meta)?;
+                                changes[t].delete_at(key, version, origin(index));
                                 Ok(Outcome::Delete)
                             }
                         });
@@ -447,7 +451,19 @@ impl Handler {
         })?;
         report.upserted = applied.upserted;
         report.deleted = applied.deleted;
-        if !applied.rejected.is_empty() {
+        for origin in &applied.stale {
+            let record = &records[origin.record];
+            report.note(RecordResult {
+                topic: record.topic.to_string(),
+                partition: record.partition,
+                offset: record.offset,
+                index: origin.index,
+                status: STATUS_OK,
+                outcome: Outcome::Stale,
+                reason: None,
+            });
+        }
+        if !applied.rejected.is_empty() || !applied.stale.is_empty() {
             for (origin, reason) in &applied.rejected {
                 note_dead_letter(&mut report, &records[origin.record], origin.index, reason);
             }
@@ -477,6 +493,7 @@ impl Handler {
             superseded = report.superseded,
             filtered = report.filtered,
             dead_lettered = report.dead_lettered,
+            stale = report.stale,
             status = report.status,
             "batch applied"
         );

@@ -15,7 +15,7 @@ pub struct BatchReport {
     /// Records in the event.
     pub received: usize,
     /// Messages decoded from them (a record that did not decode counts as one).
-    /// `messages = upserted + deleted + superseded + filtered + deadLettered`.
+    /// `messages = upserted + deleted + superseded + filtered + deadLettered + stale`.
     pub messages: usize,
     /// Rows upserted / deleted, after collapsing the batch to one change per entity key.
     pub upserted: usize,
@@ -25,6 +25,10 @@ pub struct BatchReport {
     /// Messages the emit filter dropped; not an error.
     pub filtered: usize,
     pub dead_lettered: usize,
+    /// Messages not applied because the row, or the memory of its delete, has a newer version (syncs with a
+    /// version column only); each is listed in `records` with the outcome `stale`.
+    #[serde(default)]
+    pub stale: usize,
     /// Every message that was not applied, in batch order.
     pub records: Vec<RecordResult>,
 }
@@ -51,6 +55,8 @@ pub enum Outcome {
     Delete,
     Filtered,
     DeadLetter,
+    /// Older than the row or its tombstone: not applied, not an error.
+    Stale,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -63,6 +69,7 @@ impl BatchReport {
         match result.outcome {
             Outcome::Filtered => self.filtered += 1,
             Outcome::DeadLetter => self.dead_lettered += 1,
+            Outcome::Stale => self.stale += 1,
             Outcome::Upsert | Outcome::Delete => return,
         }
         self.records.push(result);

@@ -161,6 +161,9 @@ impl App {
         if let Some(n) = config.database.max_rows_per_statement {
             options.max_rows_per_statement = n;
         }
+        if let Some(s) = config.database.tombstone_retention_seconds {
+            options.tombstone_retention = std::time::Duration::from_secs(s);
+        }
         let sink = Sink::open(&url, pipeline.mappings().to_vec(), options)
             .await
             .map_err(|e| SetupError(format!("database URL {}: {e}", redact(&url))))?;
