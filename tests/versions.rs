@@ -27,6 +27,7 @@ on_every_backend!(
     the_sql_guard_alone_keeps_a_newer_row,
     a_message_without_its_version_is_dead_lettered,
     the_kafka_timestamp_as_version,
+    the_sample_batch_shows_a_stale_change,
 );
 
 const TABLE: &str = "planet_v";
@@ -336,4 +337,42 @@ columns = [
     let r = apply(&h, &[up("a", 0, "at-55")], 55).await;
     assert_eq!(r.stale, 1);
     assert_eq!(db.count(TABLE).await, 0);
+}
+
+async fn the_sample_batch_shows_a_stale_change(backend: Backend) {
+    let db = TestDb::new(backend, "versions_sample").await;
+    let config = event_file("versioned.toml").display().to_string();
+    let run = replay_with(
+        &entity_sync(),
+        &db,
+        Some(&config),
+        &["versioned.json", "versioned-stale.json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports = run.reports();
+    let counts = |r: &BatchReport| (r.messages, r.upserted, r.deleted, r.superseded, r.stale);
+    // Pluto is created and deleted (version 3) in the first batch.
+    assert_eq!(counts(&reports[0]), (4, 2, 1, 1, 0), "{:?}", reports[0]);
+    // Mars' version 1 is older than its row, Pluto's create older than its delete: both stale. Venus' version 4
+    // wins over the 2 and the 3 of the same batch.
+    assert_eq!(counts(&reports[1]), (5, 1, 0, 2, 2), "{:?}", reports[1]);
+    let stale: Vec<i64> = reports[1]
+        .records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Stale)
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(stale, vec![40, 41]);
+    assert!(run.stdout.contains(r#""stale": 2"#), "{}", run.stdout);
+    let rows = db
+        .rows("servicea_planet_versioned", &["name", "version"], "uuid")
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            vec!["Mars".to_string(), "2".to_string()],
+            vec!["Venus (renamed)".to_string(), "4".to_string()]
+        ]
+    );
 }
