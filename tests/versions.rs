@@ -28,6 +28,7 @@ on_every_backend!(
     a_message_without_its_version_is_dead_lettered,
     the_kafka_timestamp_as_version,
     the_sample_batch_shows_a_stale_change,
+    large_versioned_batches_are_chunked,
 );
 
 const TABLE: &str = "planet_v";
@@ -375,4 +376,24 @@ async fn the_sample_batch_shows_a_stale_change(backend: Backend) {
             vec!["Venus (renamed)".to_string(), "4".to_string()]
         ]
     );
+}
+
+async fn large_versioned_batches_are_chunked(backend: Backend) {
+    // More keys than one statement takes (2000 rows; 250 keys per guarded DELETE, under SQLite's expression
+    // depth limit), and more than one version read takes.
+    let db = TestDb::new(backend, "versions_large").await;
+    let h = handler(&db, &config(None)).await;
+    let keys: Vec<String> = (0..4500).map(|i| format!("k{i:05}")).collect();
+    let created: Vec<Change> = keys.iter().map(|k| up(k, 1, "one")).collect();
+    assert_eq!(apply(&h, &created, 0).await.upserted, 4500);
+    let deleted: Vec<Change> = keys.iter().map(|k| del(k, 2)).collect();
+    assert_eq!(apply(&h, &deleted, 10_000).await.deleted, 4500);
+    assert_eq!(db.count(TABLE).await, 0);
+    assert_eq!(db.count("msk_sync_tombstone").await, 4500);
+    let r = apply(&h, &created, 20_000).await;
+    assert_eq!((r.upserted, r.stale), (0, 4500));
+    let recreated: Vec<Change> = keys.iter().map(|k| up(k, 3, "three")).collect();
+    assert_eq!(apply(&h, &recreated, 30_000).await.upserted, 4500);
+    assert_eq!(db.count(TABLE).await, 4500);
+    assert_eq!(db.count("msk_sync_tombstone").await, 0);
 }

@@ -35,6 +35,9 @@ pub const TOMBSTONE_TABLE: &str = "msk_sync_tombstone";
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Pruning is one DELETE; once an hour per instance is plenty (more often only with a shorter retention).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Keys per guarded DELETE: its `OR` of conditions is one level of SQLite's expression tree per key, and
+/// SQLite refuses a tree deeper than 1000.
+const MAX_GUARDED_DELETES: usize = 250;
 /// Longest key (as JSON) a tombstone holds: with the table name it fits MySQL's 3072-byte index limit.
 const MAX_KEY_JSON: u32 = 700;
 
@@ -249,11 +252,10 @@ fn now_millis() -> i64 {
 
 /// A change after the versions were compared.
 struct Decided<'a> {
-    upserts: Vec<Values<'a>>,
+    /// With the JSON key of the tombstone the upsert clears, if there is one.
+    upserts: Vec<(Values<'a>, Option<String>)>,
     /// (key, version, origin)
     deletes: Vec<(&'a [SqlValue], &'a SqlValue, Origin)>,
-    /// Keys with a tombstone that an applied upsert clears.
-    cleared: Vec<String>,
     stale: Vec<Origin>,
 }
 
@@ -294,11 +296,16 @@ impl Sink {
         };
         let tombstones = tombstone_def();
         let tomb_rows = self.rows_per_statement(backend, tombstones.columns.len());
+        let mut cleared: Vec<&str> = Vec::new();
         if row_by_row {
-            for (row, origin) in &decided.upserts {
+            for ((row, origin), clears) in &decided.upserts {
                 let stmt = guarded_upsert(table, &[row], version, backend)?;
-                self.savepoint(txn, &stmt, *origin, table, applied, true)
-                    .await?;
+                if self
+                    .savepoint(txn, &stmt, *origin, table, applied, true)
+                    .await?
+                {
+                    cleared.extend(clears.as_deref());
+                }
             }
             for (key, at, origin) in &decided.deletes {
                 let stmt = guarded_delete(table, version, &[(key, at)]);
@@ -317,13 +324,16 @@ impl Sink {
             }
         } else {
             let rows = self.rows_per_statement(backend, table.columns.len());
+            cleared.extend(decided.upserts.iter().filter_map(|(_, c)| c.as_deref()));
             for chunk in decided.upserts.chunks(rows) {
-                let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(row, _)| *row).collect();
+                let chunk: Vec<&[SqlValue]> = chunk.iter().map(|((row, _), _)| *row).collect();
                 txn.execute(&guarded_upsert(table, &chunk, version, backend)?)
                     .await?;
             }
             applied.upserted += decided.upserts.len();
-            let keys = self.rows_per_statement(backend, table.key.len() + 1);
+            let keys = self
+                .rows_per_statement(backend, table.key.len() + 1)
+                .min(MAX_GUARDED_DELETES);
             for chunk in decided.deletes.chunks(keys) {
                 let chunk: Vec<(&[SqlValue], &SqlValue)> =
                     chunk.iter().map(|(k, v, _)| (*k, *v)).collect();
@@ -345,12 +355,14 @@ impl Sink {
                 .await?;
             }
         }
-        for chunk in decided.cleared.chunks(tomb_rows) {
+        for chunk in cleared.chunks(tomb_rows) {
             let mut clear = Query::delete();
             clear
                 .from_table(Alias::new(TOMBSTONE_TABLE))
                 .and_where(Expr::col(Alias::new("table_name")).eq(table.name.clone()))
-                .and_where(Expr::col(Alias::new("key_json")).is_in(chunk.iter().cloned()));
+                .and_where(
+                    Expr::col(Alias::new("key_json")).is_in(chunk.iter().map(|j| j.to_string())),
+                );
             txn.execute(&clear).await?;
         }
         Ok(())
@@ -472,7 +484,6 @@ impl Sink {
         let mut decided = Decided {
             upserts: Vec::with_capacity(upserts.len()),
             deletes: Vec::with_capacity(deletes.len()),
-            cleared: Vec::new(),
             stale: Vec::new(),
         };
         let newest = |json: &str| current.get(json).max(tombs.get(json)).copied();
@@ -484,10 +495,8 @@ impl Sink {
                 decided.stale.push(origin);
                 continue;
             }
-            if tombs.contains_key(&json) {
-                decided.cleared.push(json);
-            }
-            decided.upserts.push((row, origin));
+            let clears = tombs.contains_key(&json).then_some(json);
+            decided.upserts.push(((row, origin), clears));
         }
         for (values, origin) in deletes {
             let json = jsons.next().unwrap_or_default();
