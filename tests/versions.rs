@@ -366,6 +366,12 @@ async fn the_sample_batch_shows_a_stale_change(backend: Backend) {
         .collect();
     assert_eq!(stale, vec![40, 41]);
     assert!(run.stdout.contains(r#""stale": 2"#), "{}", run.stdout);
+    // The Lambda response is the report: it carries the count too.
+    let response = msk_sync::run::lambda::Response {
+        report: Some(reports[1].clone()),
+        batch_item_failures: None,
+    };
+    assert_eq!(serde_json::to_value(&response).unwrap()["stale"], json!(2));
     let rows = db
         .rows("servicea_planet_versioned", &["name", "version"], "uuid")
         .await;
