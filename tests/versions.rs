@@ -29,6 +29,7 @@ on_every_backend!(
     the_kafka_timestamp_as_version,
     the_sample_batch_shows_a_stale_change,
     large_versioned_batches_are_chunked,
+    a_typed_sync_declares_its_version_column,
 );
 
 const TABLE: &str = "planet_v";
@@ -402,4 +403,61 @@ async fn large_versioned_batches_are_chunked(backend: Backend) {
     assert_eq!(apply(&h, &recreated, 30_000).await.upserted, 4500);
     assert_eq!(db.count(TABLE).await, 4500);
     assert_eq!(db.count("msk_sync_tombstone").await, 0);
+}
+
+/// A typed sync with a version column (planet-sync has none: bedrock's semantics).
+mod versioned_planet {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "typed_planet_v")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub uuid: String,
+        pub name: String,
+        pub version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+impl msk_sync::sync::typed::FromKafkaEvent for versioned_planet::Model {
+    fn from_kafka_event(message: &msk_sync::message::Message<'_>) -> Result<Self, String> {
+        use msk_sync::sync::typed::{field, optional_field};
+        Ok(Self {
+            uuid: field(message, "planetUuid")?,
+            name: optional_field(message, "planetName")?.unwrap_or_default(),
+            version: field(message, "version")?,
+        })
+    }
+
+    fn version_column() -> Option<versioned_planet::Column> {
+        Some(versioned_planet::Column::Version)
+    }
+}
+
+async fn a_typed_sync_declares_its_version_column(backend: Backend) {
+    use msk_sync::sync::typed::TypedMapping;
+    let db = TestDb::new(backend, "versions_typed").await;
+    let mapping: std::sync::Arc<dyn msk_sync::sync::Mapping> =
+        std::sync::Arc::new(TypedMapping::<versioned_planet::Entity>::new("planet"));
+    assert_eq!(mapping.version(), Some(2));
+    let app = msk_sync::run::App::typed("typed-versions", vec![(vec!["*".to_string()], mapping)]);
+    let h = app
+        .handler(&msk_sync::config::Config::default(), Some(&db.url))
+        .await
+        .unwrap();
+    apply(&h, &[up("a", 5, "five"), del("b", 4)], 0).await;
+    let r = apply(&h, &[up("a", 3, "three"), up("b", 2, "two")], 10).await;
+    assert_eq!((r.upserted, r.stale), (0, 2), "{r:?}");
+    let rows = db
+        .rows("typed_planet_v", &["uuid", "name", "version"], "uuid")
+        .await;
+    assert_eq!(
+        rows,
+        vec![vec!["a".to_string(), "five".to_string(), "5".to_string()]]
+    );
 }
