@@ -4,6 +4,7 @@
 //! - [`declarative`]: syncs described in config; [`typed`]: syncs over a sea-orm entity;
 //! - [`table`]: table definitions and the identifier rule; [`dead_letter`]: the dead-letter table;
 //! - [`preflight`]: every table compared with the config before the first batch (the misconfigured class);
+//! - [`version`]: the version guard of syncs with a version column, tombstones, stale changes;
 //! - this file: the [`Changes`] of one batch and the [`Sink`] that writes them.
 
 pub mod dead_letter;
