@@ -95,6 +95,7 @@ async fn apply(h: &Handler, changes: &[Change], first_offset: i64) -> BatchRepor
             + report.deleted
             + report.superseded
             + report.filtered
+            + report.empty
             + report.dead_lettered
             + report.stale,
         "{report:?}"

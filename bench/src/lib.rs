@@ -160,6 +160,55 @@ pub fn generate(cfg: &GenConfig) -> Value {
         "records": records})
 }
 
+/// An Avro container file (null codec) of `records` records `{"n": 0}`, one byte each: many messages in few
+/// bytes. Every message lacks `planetUuid`, so the repository's config dead-letters them all.
+pub fn tiny_records_ocf(records: usize) -> Result<Vec<u8>, apache_avro::Error> {
+    let schema = Schema::parse_str(
+        r#"{"type": "record", "name": "Tiny", "fields": [{"name": "n", "type": "int"}]}"#,
+    )?;
+    let mut writer = apache_avro::Writer::new(&schema, Vec::new())?;
+    for _ in 0..records {
+        writer.append_value(Avro::Record(vec![("n".into(), Avro::Int(0))]))?;
+    }
+    writer.into_inner()
+}
+
+/// An Avro container file of planet changes, each `(changeType, planetUuid, planetName)`.
+pub fn planets_ocf(planets: &[(Option<&str>, &str, &str)]) -> Result<Vec<u8>, apache_avro::Error> {
+    let schema = Schema::parse_str(
+        r#"{"type": "record", "name": "PlanetChange", "fields": [
+            {"name": "changeType", "type": ["null", "string"]},
+            {"name": "planetUuid", "type": "string"},
+            {"name": "planetName", "type": "string"}]}"#,
+    )?;
+    let mut writer = apache_avro::Writer::new(&schema, Vec::new())?;
+    for (change, uuid, name) in planets {
+        let change = match change {
+            Some(c) => Avro::Union(1, Box::new(Avro::String(c.to_string()))),
+            None => Avro::Union(0, Box::new(Avro::Null)),
+        };
+        writer.append_value(Avro::Record(vec![
+            ("changeType".into(), change),
+            ("planetUuid".into(), Avro::String(uuid.to_string())),
+            ("planetName".into(), Avro::String(name.to_string())),
+        ]))?;
+    }
+    writer.into_inner()
+}
+
+/// An MSK event of one record on `servicea.planet` whose value is [`tiny_records_ocf`] (40,000 records make
+/// a 54 KB event whose every message is dead-lettered: `gen-event ocf 40000`).
+pub fn tiny_records_event(records: usize) -> Result<Value, apache_avro::Error> {
+    let value = base64::engine::general_purpose::STANDARD.encode(tiny_records_ocf(records)?);
+    Ok(
+        json!({"eventSource": "aws:kafka", "records": {"servicea.planet-0": [{
+            "topic": "servicea.planet", "partition": 0, "offset": 0, "timestamp": 1_764_000_000_000_i64,
+            "timestampType": "CREATE_TIME", "key": base64::engine::general_purpose::STANDARD.encode("k"),
+            "value": value, "headers": []
+        }]}}),
+    )
+}
+
 /// The largest batch of this shape whose serialized event stays under `bytes` (e.g. [`LAMBDA_PAYLOAD_LIMIT`]).
 pub fn generate_to_size(bytes: usize, mut cfg: GenConfig) -> (Value, usize) {
     cfg.records = 1_000;

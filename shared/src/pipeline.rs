@@ -4,19 +4,21 @@
 //! and is what Lambda, `replay` and the local runner call.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
+use sea_orm::sea_query::Value as SqlValue;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::change::{Change, route};
-use crate::decode::{Codec, DecodeError, Decoded};
+use crate::decode::{Codec, DecodeError, Decoded, Decoder};
 use crate::event::{MskEvent, Record};
 use crate::filter::Filter;
-use crate::mask::MaskRule;
+use crate::mask::{Mask, MaskRule};
 use crate::message::Message;
-use crate::report::{BatchReport, Outcome, RecordResult, STATUS_DEAD_LETTER, STATUS_OK};
-use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink};
+use crate::report::{BatchReport, Outcome, RecordResult, STATUS_OK};
+use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink, dead_letter};
 use crate::topics::TopicRouter;
 
 /// The compiled, database-free part of a function: codec, routing and mappings.
@@ -78,15 +80,222 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// A batch turned into writes, not yet applied. [`Origin::record`] indexes the event's `records`.
+/// A batch turned into writes, not yet applied. It borrows its dead letters' records from the event.
 #[derive(Debug)]
-pub struct Plan {
+pub struct Plan<'e> {
     /// One entry per mapping, in mapping order.
     pub changes: Vec<Changes>,
-    pub dead_letters: Vec<DeadLetter>,
+    /// In batch order, each record's raw data on its first dead letter only.
+    pub dead_letters: Vec<DeadLetter<'e>>,
     pub report: BatchReport,
-    /// Indices of the event's records in the order they were applied.
+    /// Indices of the event's records in the order they were applied: [`Origin::record`] is a position in it.
     pub order: Vec<usize>,
+}
+
+/// What happened to one message: the answer of the per-message steps, settled by [`Batch::settle`].
+#[derive(Debug)]
+enum Fate {
+    /// A row for the sync at this index of the pipeline's mappings.
+    Upsert(usize, Vec<SqlValue>),
+    /// The key of an entity the sync at this index deletes.
+    Delete(usize, Vec<SqlValue>),
+    /// The emit filter dropped it.
+    Filtered,
+    /// The record's value held no message: nothing to apply, but the record is accounted for.
+    Empty,
+    /// It can never be applied, for this reason.
+    DeadLetter(String),
+}
+
+impl Fate {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Fate::Upsert(..) => Outcome::Upsert,
+            Fate::Delete(..) => Outcome::Delete,
+            Fate::Filtered => Outcome::Filtered,
+            Fate::Empty => Outcome::Empty,
+            Fate::DeadLetter(_) => Outcome::DeadLetter,
+        }
+    }
+}
+
+/// Which message a fate is about, and what `inspect` may show of it.
+#[derive(Clone, Copy)]
+struct Seen<'s, 'e> {
+    record: &'e Record<'e>,
+    at: Origin,
+    key: Option<&'s str>,
+    sync: Option<&'s str>,
+    /// The message as it would be mapped; `None` when it was not decoded, filtered, or could not be masked.
+    message: Option<&'s Message<'s>>,
+}
+
+impl<'e> Seen<'_, 'e> {
+    /// A record's first (or only) message, before anything is known of it.
+    fn new(record: &'e Record<'e>, position: usize) -> Self {
+        Seen {
+            record,
+            at: Origin {
+                record: position,
+                index: 0,
+            },
+            key: None,
+            sync: None,
+            message: None,
+        }
+    }
+}
+
+/// A record opened: its messages for the sync at this index, or its fate as a whole, with the sync it was
+/// routed to when it got that far.
+enum Opened<'m> {
+    Messages(usize, Decoded<'m>),
+    Settled(Option<usize>, Fate),
+}
+
+/// A decoder's answer by failure class: `Err` (transient) fails the batch, `Ok(Err(reason))` dead-letters.
+fn permanent<T>(decoded: Result<T, DecodeError>) -> Result<Result<T, String>, DecodeError> {
+    match decoded {
+        Ok(v) => Ok(Ok(v)),
+        Err(DecodeError::Permanent(reason)) => Ok(Err(reason)),
+        Err(transient) => Err(transient),
+    }
+}
+
+/// The longest reason msk-sync keeps: a reason quotes names (topics, schema fields) that a producer chooses,
+/// and a container file repeats its reason for each of its messages.
+const MAX_REASON_CHARS: usize = 1_000;
+
+/// What a batch has come to so far. [`Batch::settle`] is the only code that counts a message in the report,
+/// records its change, keeps its dead letter and shows it to `inspect`.
+struct Batch<'e> {
+    report: BatchReport,
+    changes: Vec<Changes>,
+    dead_letters: Vec<DeadLetter<'e>>,
+}
+
+impl<'e> Batch<'e> {
+    fn new(mappings: &[Arc<dyn Mapping>], received: usize) -> Self {
+        // A function with one sync (the usual) gets room for the whole batch at once; with several, each grows.
+        let room = if mappings.len() == 1 { received } else { 0 };
+        Self {
+            report: BatchReport {
+                status: STATUS_OK,
+                received,
+                ..BatchReport::default()
+            },
+            changes: mappings
+                .iter()
+                .map(|m| {
+                    Changes::with_capacity(m.table().key.clone(), room).with_version(m.version())
+                })
+                .collect(),
+            dead_letters: Vec::new(),
+        }
+    }
+
+    fn settle(&mut self, seen: Seen<'_, 'e>, fate: Fate, inspect: &mut dyn FnMut(Inspection<'_>)) {
+        let fate = match fate {
+            Fate::DeadLetter(reason) => Fate::DeadLetter(bounded_reason(reason)),
+            other => other,
+        };
+        let record = seen.record;
+        self.report.messages += 1;
+        inspect(Inspection {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            index: seen.at.index,
+            key: seen.key,
+            outcome: fate.outcome(),
+            sync: seen.sync,
+            reason: match &fate {
+                Fate::DeadLetter(reason) => Some(reason),
+                _ => None,
+            },
+            message: seen.message,
+        });
+        match fate {
+            Fate::Upsert(sync, row) => self.changes[sync].upsert(row, seen.at),
+            Fate::Delete(sync, key) => self.changes[sync].delete(key, seen.at),
+            Fate::Filtered | Fate::Empty => {
+                note(&mut self.report, record, seen.at, fate.outcome(), None)
+            }
+            Fate::DeadLetter(reason) => {
+                note(
+                    &mut self.report,
+                    record,
+                    seen.at,
+                    Outcome::DeadLetter,
+                    Some(&reason),
+                );
+                // Its occurrence is counted once the batch is planned, and only if something was dead-lettered.
+                self.dead_letters
+                    .push(DeadLetter::new(record, seen.at, 0, reason));
+            }
+        }
+    }
+
+    fn finish(mut self, records: &[Record<'_>], order: Vec<usize>) -> Plan<'e> {
+        self.report.superseded = self.changes.iter().map(Changes::superseded).sum();
+        if !self.dead_letters.is_empty() {
+            let occurrences = occurrences(records, &order);
+            for d in &mut self.dead_letters {
+                d.occurrence = occurrences[d.at.record];
+            }
+            dead_letter::share_raw(&mut self.dead_letters);
+        }
+        Plan {
+            changes: self.changes,
+            dead_letters: self.dead_letters,
+            report: self.report,
+            order,
+        }
+    }
+}
+
+/// Lists a message that was not applied in the report.
+fn note(
+    report: &mut BatchReport,
+    record: &Record<'_>,
+    at: Origin,
+    outcome: Outcome,
+    reason: Option<&str>,
+) {
+    report.note(RecordResult {
+        topic: record.topic.to_string(),
+        partition: record.partition,
+        offset: record.offset,
+        index: at.index,
+        status: outcome.status(),
+        outcome,
+        reason: reason.map(str::to_string),
+        position: at.record,
+    });
+}
+
+fn bounded_reason(reason: String) -> String {
+    match crate::text::bounded(&reason, MAX_REASON_CHARS) {
+        std::borrow::Cow::Borrowed(_) => reason,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+/// For each position in `order`, how many records before it have the same (topic, partition, offset): 0 but in
+/// hand-made events (Kafka never delivers a record twice in one batch), where each keeps its own dead letters.
+fn occurrences(records: &[Record<'_>], order: &[usize]) -> Vec<u32> {
+    let mut seen: HashMap<(&str, i32, i64), u32> = HashMap::with_capacity(order.len());
+    order
+        .iter()
+        .map(|&i| {
+            let r = &records[i];
+            let n = seen
+                .entry((r.topic.as_ref(), r.partition, r.offset))
+                .or_insert(0);
+            *n += 1;
+            *n - 1
+        })
+        .collect()
 }
 
 impl Pipeline {
@@ -132,200 +341,149 @@ impl Pipeline {
     ///
     /// Each record's key and value are decoded into two buffers that the whole batch reuses, and its messages
     /// borrow from them until they are mapped to rows: nothing of a message outlives its record.
-    pub fn plan(
+    pub fn plan<'e>(
         &self,
-        event: &MskEvent<'_>,
+        event: &'e MskEvent<'_>,
         inspect: &mut dyn FnMut(Inspection<'_>),
-    ) -> Result<Plan, DecodeError> {
-        let mut report = BatchReport {
-            status: STATUS_OK,
-            received: event.record_count(),
-            ..BatchReport::default()
-        };
-        // A function with one sync (the usual) gets room for the whole batch at once; with several, each grows.
-        let room = match self.mappings.items.len() {
-            1 => event.record_count(),
-            _ => 0,
-        };
-        let mut changes: Vec<Changes> = self
-            .mappings
-            .items
-            .iter()
-            .map(|m| Changes::with_capacity(m.table().key.clone(), room).with_version(m.version()))
-            .collect();
-        let mut dead_letters = Vec::new();
+    ) -> Result<Plan<'e>, DecodeError> {
         let order = event.order();
+        let mut batch = Batch::new(&self.mappings.items, event.record_count());
         let decoder = self.codec.decoder();
         let (mut key_buf, mut value_buf) = (Vec::new(), Vec::new());
-        for &at in &order {
-            let record = &event.records[at];
-            let origin = |index| Origin { record: at, index };
-            let key_value = match decoder.decode_key(record.key.as_deref(), &mut key_buf) {
-                Ok(v) => v,
-                Err(DecodeError::Permanent(reason)) => {
-                    report.messages += 1;
-                    reject(record, 0, reason, &mut report, &mut dead_letters);
-                    continue;
-                }
-                Err(transient) => return Err(transient),
-            };
-            let key: Option<Cow<'_, str>> = key_value.as_ref().map(|v| match v {
-                Message::String(s) => Cow::Borrowed(s.as_ref()),
-                other => Cow::Owned(other.to_json_string()),
-            });
-            let target = self.mappings.router.route(&record.topic);
+        for (position, &i) in order.iter().enumerate() {
+            let record = &event.records[i];
+            let mut seen = Seen::new(record, position);
+            let key_value =
+                match permanent(decoder.decode_key(record.key.as_deref(), &mut key_buf))? {
+                    Ok(key_value) => key_value,
+                    Err(reason) => {
+                        batch.settle(seen, Fate::DeadLetter(reason), inspect);
+                        continue;
+                    }
+                };
+            let key = key_value.as_ref().map(key_text);
+            seen.key = key.as_deref();
             let meta = Meta {
                 record,
                 key: key.as_deref(),
                 key_value: key_value.as_ref(),
             };
-            let messages = match (&record.value, target) {
-                (_, None) => Err(format!("no sync is configured for topic {}", record.topic)),
-                (None, Some(t)) => {
-                    // A tombstone has no message: it can only delete by record key.
-                    report.messages += 1;
-                    let mapping = &self.mappings.items[t];
-                    let deleted = mapping.tombstone_key(&meta).and_then(|k| {
-                        let version = mapping.delete_version(&Message::Null, &meta)?;
-                        changes[t].delete_at(k, version, origin(0));
-                        Ok(())
-                    });
-                    let (outcome, reason) = match &deleted {
-                        Ok(()) => (Outcome::Delete, None),
-                        Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
-                    };
-                    inspect(Inspection {
-                        topic: &record.topic,
-                        partition: record.partition,
-                        offset: record.offset,
-                        index: 0,
-                        key: key.as_deref(),
-                        outcome,
-                        sync: Some(mapping.name()),
-                        reason,
-                        message: None,
-                    });
-                    if let Err(e) = deleted {
-                        reject(record, 0, e, &mut report, &mut dead_letters);
+            let (sync, Decoded { messages, schema }) =
+                match self.open(&decoder, &meta, &mut value_buf)? {
+                    Opened::Messages(sync, decoded) => (sync, decoded),
+                    Opened::Settled(sync, fate) => {
+                        seen.sync = sync.map(|s| self.mappings.items[s].name());
+                        batch.settle(seen, fate, inspect);
+                        continue;
                     }
-                    continue;
-                }
-                (Some(value), Some(_)) => match decoder.decode_base64(
-                    value,
-                    record.value_schema_metadata.as_deref(),
-                    &mut value_buf,
-                ) {
-                    Ok(messages) => Ok(messages),
-                    Err(DecodeError::Permanent(e)) => Err(e),
-                    Err(transient) => return Err(transient),
-                },
-            };
-            let Decoded { messages, schema } = match messages {
-                Ok(m) => m,
-                Err(reason) => {
-                    report.messages += 1;
-                    inspect(Inspection {
-                        topic: &record.topic,
-                        partition: record.partition,
-                        offset: record.offset,
-                        index: 0,
-                        key: key.as_deref(),
-                        outcome: Outcome::DeadLetter,
-                        sync: None,
-                        reason: Some(&reason),
-                        message: None,
-                    });
-                    reject(record, 0, reason, &mut report, &mut dead_letters);
-                    continue;
-                }
-            };
-            let Some(t) = target else { continue };
-            let mapping = &self.mappings.items[t];
+                };
+            seen.sync = Some(self.mappings.items[sync].name());
             let filter = self.filters.get(&record.topic);
             let mask = self
                 .masks
                 .get(&record.topic)
                 .map(|rule| rule.mask_for(schema.as_deref()));
             for (index, mut message) in messages.into_iter().enumerate() {
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                report.messages += 1;
                 inject(&mut message, record);
-                if filter.is_some_and(|f| !f.passes(&message)) {
-                    report.note(RecordResult {
-                        topic: record.topic.to_string(),
-                        partition: record.partition,
-                        offset: record.offset,
-                        index,
-                        status: STATUS_OK,
-                        outcome: Outcome::Filtered,
-                        reason: None,
-                    });
-                    inspect(Inspection {
-                        topic: &record.topic,
-                        partition: record.partition,
-                        offset: record.offset,
-                        index,
-                        key: key.as_deref(),
-                        outcome: Outcome::Filtered,
-                        sync: Some(mapping.name()),
-                        reason: None,
-                        message: None,
-                    });
-                    continue;
-                }
-                // Before mapping and before anything is logged or shown: a removed field goes nowhere.
-                let masked = match &mask {
-                    None => Ok(()),
-                    Some(Ok(mask)) => {
-                        mask.apply(&mut message);
-                        Ok(())
-                    }
-                    Some(Err(reason)) => Err(reason.clone()),
+                let fate = self.step(sync, &mut message, filter, mask.as_ref(), &meta);
+                // A message that was filtered out, or could not be masked, is never shown.
+                let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
+                let at = Origin {
+                    record: position,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
                 };
-                let shown = masked.is_ok();
-                let result =
-                    masked
-                        .and_then(|()| route(&message))
-                        .and_then(|change| match change {
-                            Change::Upsert => {
-                                changes[t].upsert(mapping.row(&message, &meta)?, origin(index));
-                                Ok(Outcome::Upsert)
-                            }
-                            Change::Delete => {
-                                let key = mapping.key(&message, &meta)?;
-                                let version = mapping.delete_version(&message, &meta)?;
-                                changes[t].delete_at(key, version, origin(index));
-                                Ok(Outcome::Delete)
-                            }
-                        });
-                let (outcome, reason) = match &result {
-                    Ok(o) => (*o, None),
-                    Err(e) => (Outcome::DeadLetter, Some(e.as_str())),
-                };
-                inspect(Inspection {
-                    topic: &record.topic,
-                    partition: record.partition,
-                    offset: record.offset,
-                    index,
-                    key: key.as_deref(),
-                    outcome,
-                    sync: Some(mapping.name()),
-                    reason,
-                    // A message that could not be masked is never shown.
-                    message: shown.then_some(&message),
-                });
-                if let Err(e) = result {
-                    reject(record, index, e, &mut report, &mut dead_letters);
-                }
+                let message = shown.then_some(&message);
+                batch.settle(
+                    Seen {
+                        at,
+                        message,
+                        ..seen
+                    },
+                    fate,
+                    inspect,
+                );
             }
         }
-        report.superseded = changes.iter().map(Changes::superseded).sum();
-        Ok(Plan {
-            changes,
-            dead_letters,
-            report,
-            order,
-        })
+        Ok(batch.finish(&event.records, order))
+    }
+
+    /// A record's sync and its value decoded into messages, or the fate of the whole record when it has no
+    /// message to go on with: no sync for its topic, a tombstone, a value that does not decode, or holds none.
+    fn open<'b>(
+        &self,
+        decoder: &'b Decoder<'_>,
+        meta: &Meta<'_>,
+        value_buf: &'b mut Vec<u8>,
+    ) -> Result<Opened<'b>, DecodeError> {
+        let record = meta.record;
+        let Some(sync) = self.mappings.router.route(&record.topic) else {
+            let reason = format!("no sync is configured for topic {}", record.topic);
+            return Ok(Opened::Settled(None, Fate::DeadLetter(reason)));
+        };
+        let Some(value) = &record.value else {
+            // A tombstone has no message: it can only delete by record key.
+            let mapping = &self.mappings.items[sync];
+            // With a version column, the delete carries its version after the key ([`Changes::delete_at`]).
+            let fate = match mapping.tombstone_key(meta).and_then(|mut key| {
+                key.extend(mapping.delete_version(&Message::Null, meta)?);
+                Ok(key)
+            }) {
+                Ok(key) => Fate::Delete(sync, key),
+                Err(reason) => Fate::DeadLetter(reason),
+            };
+            return Ok(Opened::Settled(Some(sync), fate));
+        };
+        let metadata = record.value_schema_metadata.as_deref();
+        Ok(
+            match permanent(decoder.decode_base64(value, metadata, value_buf))? {
+                Err(reason) => Opened::Settled(None, Fate::DeadLetter(reason)),
+                Ok(decoded) if decoded.messages.is_empty() => {
+                    Opened::Settled(Some(sync), Fate::Empty)
+                }
+                Ok(decoded) => Opened::Messages(sync, decoded),
+            },
+        )
+    }
+
+    /// One message through the emit filter, the mask, changeType routing and its sync's mapping.
+    fn step(
+        &self,
+        sync: usize,
+        message: &mut Message<'_>,
+        filter: Option<&Filter>,
+        mask: Option<&Result<Arc<Mask>, String>>,
+        meta: &Meta<'_>,
+    ) -> Fate {
+        if filter.is_some_and(|f| !f.passes(message)) {
+            return Fate::Filtered;
+        }
+        // Before mapping and before anything is logged or shown: a removed field goes nowhere.
+        match mask {
+            None => {}
+            Some(Ok(mask)) => mask.apply(message),
+            Some(Err(reason)) => return Fate::DeadLetter(reason.clone()),
+        }
+        let mapping = &self.mappings.items[sync];
+        let fate = match route(message) {
+            Ok(Change::Upsert) => mapping
+                .row(message, meta)
+                .map(|row| Fate::Upsert(sync, row)),
+            Ok(Change::Delete) => mapping.key(message, meta).and_then(|mut key| {
+                // With a version column, the delete carries its version after the key.
+                key.extend(mapping.delete_version(message, meta)?);
+                Ok(Fate::Delete(sync, key))
+            }),
+            Err(reason) => Err(reason),
+        };
+        fate.unwrap_or_else(Fate::DeadLetter)
+    }
+}
+
+/// The record key as mappings and reports see it: a string as it is, any other key as compact JSON.
+fn key_text<'k>(key: &'k Message<'_>) -> Cow<'k, str> {
+    match key {
+        Message::String(s) => Cow::Borrowed(s.as_ref()),
+        other => Cow::Owned(other.to_json_string()),
     }
 }
 
@@ -338,41 +496,8 @@ fn inject<'a>(message: &mut Message<'a>, record: &'a Record<'_>) {
     }
 }
 
-fn reject(
-    record: &Record<'_>,
-    index: u32,
-    reason: String,
-    report: &mut BatchReport,
-    dead: &mut Vec<DeadLetter>,
-) {
-    note_dead_letter(report, record, index, &reason);
-    dead.push(dead_letter(record, index, reason));
-}
-
-fn note_dead_letter(report: &mut BatchReport, record: &Record<'_>, index: u32, reason: &str) {
-    report.note(RecordResult {
-        topic: record.topic.to_string(),
-        partition: record.partition,
-        offset: record.offset,
-        index,
-        status: STATUS_DEAD_LETTER,
-        outcome: Outcome::DeadLetter,
-        reason: Some(reason.to_string()),
-    });
-}
-
-fn dead_letter(record: &Record<'_>, index: u32, reason: String) -> DeadLetter {
-    DeadLetter {
-        topic: record.topic.to_string(),
-        partition: record.partition,
-        offset: record.offset,
-        index,
-        timestamp: record.timestamp,
-        key_base64: record.key.as_deref().map(str::to_string),
-        value_base64: record.value.as_deref().map(str::to_string),
-        error: reason,
-    }
-}
+/// The most dead letters of one batch logged one line each; the rest are counted in one line.
+const MAX_LOGGED_DEAD_LETTERS: usize = 100;
 
 /// Why a batch was not processed.
 #[derive(Debug, thiserror::Error)]
@@ -442,8 +567,18 @@ impl Handler {
             .plan(event, &mut |_| {})
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
         let records = &event.records;
-        let reject = |origin: Origin, reason: &str| {
-            dead_letter(&records[origin.record], origin.index, reason.to_string())
+        // Rows the database refuses are dead-lettered while the batch is applied, with the same coordinates
+        // (and occurrence) as the plan would have given them.
+        let occurrence = OnceLock::new();
+        let reject = |at: Origin, reason: &str| {
+            let occurrences = occurrence.get_or_init(|| occurrences(records, &order));
+            let reason = bounded_reason(reason.to_string());
+            DeadLetter::new(
+                &records[order[at.record]],
+                at,
+                occurrences[at.record],
+                reason,
+            )
         };
         let applied = self.sink.apply(&changes, &dead_letters, &reject).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = report.received, error = %e, "batch rolled back");
@@ -451,39 +586,28 @@ impl Handler {
         })?;
         report.upserted = applied.upserted;
         report.deleted = applied.deleted;
-        for origin in &applied.stale {
-            let record = &records[origin.record];
-            report.note(RecordResult {
-                topic: record.topic.to_string(),
-                partition: record.partition,
-                offset: record.offset,
-                index: origin.index,
-                status: STATUS_OK,
-                outcome: Outcome::Stale,
-                reason: None,
-            });
+        for at in &applied.stale {
+            note(
+                &mut report,
+                &records[order[at.record]],
+                *at,
+                Outcome::Stale,
+                None,
+            );
         }
         if !applied.rejected.is_empty() || !applied.stale.is_empty() {
-            for (origin, reason) in &applied.rejected {
-                note_dead_letter(&mut report, &records[origin.record], origin.index, reason);
+            for (at, reason) in &applied.rejected {
+                let reason = bounded_reason(reason.clone());
+                note(
+                    &mut report,
+                    &records[order[at.record]],
+                    *at,
+                    Outcome::DeadLetter,
+                    Some(&reason),
+                );
             }
-            // Keep the report's list in batch order: the refused rows were found after the others.
-            let position: std::collections::HashMap<(&str, i32, i64), usize> = order
-                .iter()
-                .enumerate()
-                .map(|(i, &r)| {
-                    let r = &records[r];
-                    ((r.topic.as_ref(), r.partition, r.offset), i)
-                })
-                .collect();
-            report.records.sort_by_key(|r| {
-                (
-                    position
-                        .get(&(r.topic.as_str(), r.partition, r.offset))
-                        .copied(),
-                    r.index,
-                )
-            });
+            // The refused rows were found after the others: put them in their place.
+            report.sort();
         }
         tracing::info!(
             event_source = %source,
@@ -492,17 +616,33 @@ impl Handler {
             deleted = report.deleted,
             superseded = report.superseded,
             filtered = report.filtered,
+            empty = report.empty,
             dead_lettered = report.dead_lettered,
             stale = report.stale,
             status = report.status,
             "batch applied"
         );
-        for r in &report.records {
-            if r.outcome == Outcome::DeadLetter {
-                // Coordinates and reason only: reasons never quote message values.
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, index = r.index,
-                    reason = r.reason.as_deref().unwrap_or_default(), "record dead-lettered");
-            }
+        // One line per dead letter, up to a bound: a container file of 40,000 failing messages would otherwise
+        // write 40,000 lines for one record. The dead-letter table has them all.
+        let dead = report
+            .records
+            .iter()
+            .filter(|r| r.outcome == Outcome::DeadLetter)
+            .take(MAX_LOGGED_DEAD_LETTERS);
+        let mut logged = 0;
+        for r in dead {
+            // Coordinates and reason only: a reason quotes no message value but a changeType (see README).
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, index = r.index,
+                reason = r.reason.as_deref().unwrap_or_default(), "record dead-lettered");
+            logged += 1;
+        }
+        let not_logged = report.dead_lettered.saturating_sub(logged);
+        if not_logged > 0 {
+            tracing::warn!(
+                event_source = %source,
+                dead_letters_not_logged = not_logged,
+                "more records dead-lettered in this batch: see the dead-letter table"
+            );
         }
         Ok(report)
     }

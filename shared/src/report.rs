@@ -14,8 +14,8 @@ pub struct BatchReport {
     pub status: u16,
     /// Records in the event.
     pub received: usize,
-    /// Messages decoded from them (a record that did not decode counts as one).
-    /// `messages = upserted + deleted + superseded + filtered + deadLettered + stale`.
+    /// Messages decoded from them (a record that did not decode, or holds no message, counts as one).
+    /// `messages = upserted + deleted + superseded + filtered + empty + deadLettered + stale`.
     pub messages: usize,
     /// Rows upserted / deleted, after collapsing the batch to one change per entity key.
     pub upserted: usize,
@@ -24,14 +24,27 @@ pub struct BatchReport {
     pub superseded: usize,
     /// Messages the emit filter dropped; not an error.
     pub filtered: usize,
+    /// Records whose value held no message (an Avro container file with no record): nothing to apply.
+    #[serde(default)]
+    pub empty: usize,
     pub dead_lettered: usize,
     /// Messages not applied because the row, or the memory of its delete, has a newer version (syncs with a
     /// version column only); each is listed in `records` with the outcome `stale`.
     #[serde(default)]
     pub stale: usize,
-    /// Every message that was not applied, in batch order.
+    /// The messages that were not applied, in batch order: the first [`MAX_LISTED`] of them.
     pub records: Vec<RecordResult>,
+    /// Messages not applied beyond the first [`MAX_LISTED`]: counted above, kept in the dead-letter table,
+    /// but not listed here.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub unlisted: usize,
 }
+
+/// The most messages a report lists. One container file can hold tens of thousands of messages that all
+/// fail; listing each would make the report (the Lambda response, at most 6 MB) grow past what Lambda
+/// accepts, and a response Lambda refuses fails the batch on every retry: a blocked partition. The
+/// dead-letter table holds every one of them.
+pub const MAX_LISTED: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,6 +59,10 @@ pub struct RecordResult {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the record stands in the batch's order, so that results found late (rows the database refused)
+    /// are put in their place by a plain sort.
+    #[serde(skip)]
+    pub(crate) position: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,24 +71,57 @@ pub enum Outcome {
     Upsert,
     Delete,
     Filtered,
+    /// The record's value held no message (an Avro container file with no record).
+    Empty,
     DeadLetter,
     /// Older than the row or its tombstone: not applied, not an error.
     Stale,
+}
+
+impl Outcome {
+    /// The status of a message with this outcome (bedrock gives a dead-lettered one 400).
+    pub fn status(self) -> u16 {
+        match self {
+            Outcome::DeadLetter => STATUS_DEAD_LETTER,
+            _ => STATUS_OK,
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
 impl BatchReport {
+    /// Counts a message that was not applied and lists it. Applied messages are counted from what the
+    /// database wrote, after collapsing.
     pub(crate) fn note(&mut self, result: RecordResult) {
         self.status = self.status.max(result.status);
         match result.outcome {
             Outcome::Filtered => self.filtered += 1,
+            Outcome::Empty => self.empty += 1,
             Outcome::DeadLetter => self.dead_lettered += 1,
             Outcome::Stale => self.stale += 1,
             Outcome::Upsert | Outcome::Delete => return,
         }
-        self.records.push(result);
+        if self.records.len() < MAX_LISTED {
+            self.records.push(result);
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// Puts the listed messages in batch order (message order within a record), keeping the first
+    /// [`MAX_LISTED`] (rows the database refused are noted after the others, past the limit too).
+    pub(crate) fn sort(&mut self) {
+        self.records.sort_by_key(|r| (r.position, r.index));
+        if self.records.len() > MAX_LISTED {
+            self.unlisted += self.records.len() - MAX_LISTED;
+            self.records.truncate(MAX_LISTED);
+        }
     }
 }

@@ -36,3 +36,67 @@ impl<'de> Visitor<'de> for Name {
         Ok(Cow::Owned(v))
     }
 }
+
+/// `text` as it may be written anywhere a database, a log line or a terminal reads it: control characters
+/// (NUL included, which PostgreSQL refuses in text) escaped as a JSON string escapes them (`\n`, `\u0000`), and
+/// `\` as `\\`, so the escaping can be undone and two different texts never read the same. Borrowed when
+/// there is nothing to escape, which is almost always.
+pub(crate) fn escaped(text: &str) -> Cow<'_, str> {
+    let needs = |c: char| c == '\\' || c.is_control();
+    let Some(first) = text.find(needs) else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    out.push_str(&text[..first]);
+    for c in text[first..].chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `text` cut to at most `max` (≥ 1) characters, the cut marked with `…`.
+pub(crate) fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some(_) => {
+            let keep = text
+                .char_indices()
+                .nth(max.saturating_sub(1))
+                .map_or(0, |(i, _)| i);
+            Cow::Owned(format!("{}…", &text[..keep]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_is_borrowed_when_clean_and_reversible_otherwise() {
+        assert!(matches!(escaped("servicea.planet"), Cow::Borrowed(_)));
+        assert_eq!(escaped("X\0Y"), "X\\u0000Y");
+        assert_eq!(escaped("a\nb\tc\u{7f}\u{85}"), "a\\nb\\tc\\u007f\\u0085");
+        // A literal backslash-u never reads like an escaped NUL.
+        assert_eq!(escaped("X\\u0000Y"), "X\\\\u0000Y");
+        assert_eq!(escaped("é…🦀"), "é…🦀");
+    }
+
+    #[test]
+    fn bounding_counts_characters() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "ab…");
+        assert_eq!(bounded("ééé🦀", 3), "éé…");
+        assert_eq!(bounded("", 0), "");
+    }
+}

@@ -1,16 +1,37 @@
 //! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro] [BYTES | --records N]` prints an MSK event of at
 //! most BYTES (default: Lambda's 6 MB payload limit), or of N records, for measuring `replay` (peak memory, time)
 //! on a full batch. The benchmarks run it too, so that generating a batch leaves nothing in their own heap.
+//!
+//! `gen-event ocf N` prints one record whose value is an Avro container file of N one-byte records, all of
+//! which the repository's config dead-letters (default 40,000: a 54 KB event).
 
-use msk_sync_bench::{Format, GenConfig, LAMBDA_PAYLOAD_LIMIT, generate, generate_to_size};
+use msk_sync_bench::{
+    Format, GenConfig, LAMBDA_PAYLOAD_LIMIT, generate, generate_to_size, tiny_records_event,
+};
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let format = match args.next().as_deref() {
         None | Some("json") => Format::Json,
         Some("avro") => Format::Avro,
+        Some("ocf") => {
+            let records = args.next().map_or(Ok(40_000), |n| n.parse::<usize>());
+            return match records
+                .map_err(|e| e.to_string())
+                .and_then(|n| tiny_records_event(n).map_err(|e| e.to_string()))
+            {
+                Ok(event) => {
+                    println!("{event}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gen-event: ocf: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
         Some(other) => {
-            eprintln!("gen-event: unknown format {other:?} (json or avro)");
+            eprintln!("gen-event: unknown format {other:?} (json, avro or ocf)");
             return std::process::ExitCode::from(2);
         }
     };

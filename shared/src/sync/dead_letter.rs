@@ -1,86 +1,320 @@
-//! The dead-letter table: every record that cannot be applied, with its reason, written in the same
+//! The dead-letter table: every message that cannot be applied, with its reason, written in the same
 //! transaction as the batch's changes, so that a committed batch never loses a record unseen.
 //!
-//! Rows are keyed by Kafka coordinates, so replaying a batch rewrites the same rows instead of adding copies.
+//! One row per message, keyed by where it came from: `(kafka_topic, kafka_partition, kafka_offset,
+//! record_occurrence, message_index)`. Replaying a batch rewrites the same rows instead of adding copies.
+//!
+//! - `record_occurrence` is 0 for the first record of a batch with these coordinates, 1 for the second, and so
+//!   on in batch order. Kafka never delivers two records with the same coordinates in one batch, but a
+//!   hand-made event can, and each of them keeps its own dead letters.
+//! - `message_index` is the message's place in its record (an Avro container file holds several), else 0.
+//! - `kafka_topic` is the topic itself whenever it is a topic Kafka allows (at most 249 characters, no control
+//!   characters). Any other topic (longer, or with a NUL…) would not fit a key column on every database, so it
+//!   gets a bounded stand-in: its first 180 characters (escaped), `…`, and the hex SHA-256 of the whole topic.
+//!   The same topic always gets the same stand-in, so a replay rewrites the same rows; the full topic is in
+//!   `kafka_topic_full`. A stand-in always contains `…`, which no topic kept as it is does.
+//!
+//! A record's raw data — `key_base64` and `value_base64` exactly as the event carried them, and
+//! `kafka_topic_full` when the topic has a stand-in — is stored **once per record**, on its dead-letter row
+//! with the lowest `message_index`. Every other row of the same record has them NULL and says in
+//! `raw_message_index` which `message_index` holds them (NULL on the row that holds them; a tombstone's row has
+//! a NULL value and a NULL `raw_message_index`). A container file of 40,000 messages that all fail thus stores
+//! its value once, not 40,000 times: storage (and the memory the batch needs) grows with the batch's bytes.
+//! Rows are never deleted, so a `raw_message_index` written by any replay keeps pointing at a row that exists.
+//!
+//! Writing a dead letter never fails on data: every text msk-sync writes here is escaped as a JSON string
+//! escapes it (control characters such as NUL as `\u0000`, `\` as `\\`) — a base64 key or value never needs
+//! it, a key or value that is not base64 is kept with only those escapes — and every column holds any length.
+
+use std::borrow::Cow;
 
 use sea_orm::DbBackend;
 use sea_orm::sea_query::{Alias, ColumnDef, Expr, TableCreateStatement, Value as SqlValue};
+use sha2::{Digest, Sha256};
 
+use super::Origin;
 use super::table::{self, TableDef};
+use crate::event::Record;
+use crate::text::escaped;
 
 pub const DEFAULT_TABLE: &str = "msk_sync_dead_letter";
 
-/// One record (or one message of a multi-message record) that was not applied.
+/// What msk-sync expects of a dead-letter column (the table it creates, and what the preflight checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnKind {
+    /// Text of up to [`TOPIC_COLUMN_CHARS`] characters (VARCHAR(255)): it is part of the primary key.
+    KeyText,
+    /// A 32-bit integer.
+    Integer,
+    /// A 64-bit integer.
+    BigInteger,
+    /// Text of any length (TEXT; LONGTEXT on MySQL / MariaDB).
+    Text,
+    /// A timestamp the database fills in (`DEFAULT CURRENT_TIMESTAMP`); msk-sync never writes it.
+    Timestamp,
+}
+
+/// One column of the dead-letter table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub kind: ColumnKind,
+    pub nullable: bool,
+    /// Part of the primary key, in the order of [`COLUMNS`].
+    pub key: bool,
+}
+
+const fn column(name: &'static str, kind: ColumnKind, nullable: bool, key: bool) -> Column {
+    Column {
+        name,
+        kind,
+        nullable,
+        key,
+    }
+}
+
+/// Every column of the dead-letter table, in the order msk-sync writes them: the one list the table's
+/// creation, its writes and the preflight read. `created_at` (last) is the database's.
+pub(crate) const COLUMNS: [Column; 12] = {
+    use ColumnKind::*;
+    [
+        column("kafka_topic", KeyText, false, true),
+        column("kafka_partition", Integer, false, true),
+        column("kafka_offset", BigInteger, false, true),
+        column("record_occurrence", Integer, false, true),
+        column("message_index", Integer, false, true),
+        column("kafka_timestamp", BigInteger, false, false),
+        column("kafka_topic_full", Text, true, false),
+        column("key_base64", Text, true, false),
+        column("value_base64", Text, true, false),
+        column("raw_message_index", Integer, true, false),
+        column("error", Text, false, false),
+        // Never updated by a replay, so the table stays the same when a batch is applied twice.
+        column("created_at", Timestamp, false, false),
+    ]
+};
+
+/// The declared length of `kafka_topic`.
+pub(crate) const TOPIC_COLUMN_CHARS: u32 = 255;
+/// The longest topic kept as it is in `kafka_topic`: Kafka's own limit, so every real topic is.
+const TOPIC_KEPT_CHARS: usize = 249;
+/// How much of a topic its stand-in shows (180 + `…` + 64 hex digits stay within [`TOPIC_KEPT_CHARS`]).
+const TOPIC_PREFIX_CHARS: usize = 180;
+
+/// One message that was not applied. It borrows its record from the event, so a record's key and value are
+/// never copied per message (a container file may hold tens of thousands).
 #[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// Which message of the record (Avro container files carry several); 0 otherwise.
-    pub index: u32,
-    pub timestamp: i64,
-    /// Key and value exactly as the event carried them (base64), so nothing is lost in decoding.
-    pub key_base64: Option<String>,
-    pub value_base64: Option<String>,
+pub struct DeadLetter<'e> {
+    pub record: &'e Record<'e>,
+    /// The record's position in the batch's order, and which of its messages.
+    pub at: Origin,
+    /// How many records before this one in the batch have the same (topic, partition, offset).
+    pub occurrence: u32,
+    /// `None` when this row carries the record's raw key and value; else the `message_index` of the row of the
+    /// same record that does (see [`share_raw`]).
+    pub raw_at: Option<u32>,
     pub error: String,
 }
 
-const COLUMNS: [&str; 8] = [
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-    "message_index",
-    "kafka_timestamp",
-    "key_base64",
-    "value_base64",
-    "error",
-];
+impl<'e> DeadLetter<'e> {
+    pub fn new(record: &'e Record<'e>, at: Origin, occurrence: u32, error: String) -> Self {
+        Self {
+            record,
+            at,
+            occurrence,
+            raw_at: None,
+            error,
+        }
+    }
+
+    /// The values of [`COLUMNS`] that msk-sync writes, in order.
+    pub(crate) fn row(&self) -> Vec<SqlValue> {
+        let r = self.record;
+        let (topic, stand_in) = topic_key(&r.topic);
+        let holds_raw = self.raw_at.is_none();
+        let raw = |text: Option<&str>| {
+            SqlValue::String(text.filter(|_| holds_raw).map(|t| escaped(t).into_owned()))
+        };
+        vec![
+            SqlValue::String(Some(topic.into_owned())),
+            r.partition.into(),
+            r.offset.into(),
+            int(self.occurrence),
+            int(self.at.index),
+            r.timestamp.into(),
+            raw(stand_in.then_some(r.topic.as_ref())),
+            raw(r.key.as_deref()),
+            raw(r.value.as_deref()),
+            SqlValue::Int(self.raw_at.map(|i| i32::try_from(i).unwrap_or(i32::MAX))),
+            SqlValue::String(Some(escaped(&self.error).into_owned())),
+        ]
+    }
+}
+
+fn int(n: u32) -> SqlValue {
+    SqlValue::Int(Some(i32::try_from(n).unwrap_or(i32::MAX)))
+}
+
+/// Puts dead letters in batch order and lets the first of each record carry the record's raw data, the others
+/// pointing to it: storage grows with the number of messages, not with messages × value size.
+pub(crate) fn share_raw(dead: &mut [DeadLetter<'_>]) {
+    dead.sort_by_key(|d| (d.at.record, d.at.index));
+    let mut holder: Option<Origin> = None;
+    for d in dead {
+        d.raw_at = match holder {
+            Some(h) if h.record == d.at.record => Some(h.index),
+            _ => {
+                holder = Some(d.at);
+                None
+            }
+        };
+    }
+}
+
+/// The `kafka_topic` of a topic, and whether it is a stand-in (see the module doc).
+fn topic_key(topic: &str) -> (Cow<'_, str>, bool) {
+    let kept = !topic.contains(|c: char| c.is_control() || c == '…')
+        && topic.chars().nth(TOPIC_KEPT_CHARS).is_none();
+    if kept {
+        return (Cow::Borrowed(topic), false);
+    }
+    let mut key: String = escaped(topic).chars().take(TOPIC_PREFIX_CHARS).collect();
+    key.push('…');
+    for byte in Sha256::digest(topic.as_bytes()) {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    (Cow::Owned(key), true)
+}
 
 pub(crate) fn table_def(name: &str) -> TableDef {
+    let written = COLUMNS.iter().filter(|c| c.kind != ColumnKind::Timestamp);
     TableDef {
         name: name.to_string(),
-        columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
-        key: vec![0, 1, 2, 3],
+        columns: written.clone().map(|c| c.name.to_string()).collect(),
+        key: written
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect(),
     }
 }
 
 pub(crate) fn create_table(name: &str, backend: DbBackend) -> TableCreateStatement {
-    // Key, value and reason are kept whatever their size: a record is never refused here.
-    let text = |n: &str| table::long_text(&mut ColumnDef::new(Alias::new(n)), backend).to_owned();
-    let col = |n: &str| ColumnDef::new(Alias::new(n));
-    table::create_table(
-        name,
-        vec![
-            col("kafka_topic").string().not_null().to_owned(),
-            col("kafka_partition").integer().not_null().to_owned(),
-            col("kafka_offset").big_integer().not_null().to_owned(),
-            col("message_index").integer().not_null().to_owned(),
-            col("kafka_timestamp").big_integer().not_null().to_owned(),
-            text("key_base64").null().to_owned(),
-            text("value_base64").null().to_owned(),
-            text("error").not_null().to_owned(),
-            // Never updated by a replay, so the table stays the same when a batch is applied twice.
-            col("created_at")
-                .timestamp()
-                .not_null()
-                .default(Expr::current_timestamp())
-                .to_owned(),
-        ],
-        &COLUMNS[..4],
-    )
+    let columns = COLUMNS
+        .iter()
+        .map(|c| {
+            let mut def = ColumnDef::new(Alias::new(c.name));
+            match c.kind {
+                ColumnKind::KeyText => def.string_len(TOPIC_COLUMN_CHARS),
+                ColumnKind::Integer => def.integer(),
+                ColumnKind::BigInteger => def.big_integer(),
+                // Key, value and reason are kept whatever their size: a record is never refused here.
+                ColumnKind::Text => table::long_text(&mut def, backend),
+                ColumnKind::Timestamp => def.timestamp().default(Expr::current_timestamp()),
+            };
+            if c.nullable {
+                def.null();
+            } else {
+                def.not_null();
+            }
+            def
+        })
+        .collect();
+    let key: Vec<&str> = COLUMNS.iter().filter(|c| c.key).map(|c| c.name).collect();
+    table::create_table(name, columns, &key)
 }
 
-impl DeadLetter {
-    pub(crate) fn row(&self) -> Vec<SqlValue> {
-        vec![
-            self.topic.clone().into(),
-            self.partition.into(),
-            self.offset.into(),
-            SqlValue::Int(Some(self.index as i32)),
-            self.timestamp.into(),
-            SqlValue::String(self.key_base64.clone()),
-            SqlValue::String(self.value_base64.clone()),
-            self.error.clone().into(),
-        ]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_kafka_allows_are_kept_others_get_a_bounded_deterministic_stand_in() {
+        assert_eq!(
+            topic_key("servicea.planet"),
+            (Cow::Borrowed("servicea.planet"), false)
+        );
+        let longest = "t".repeat(TOPIC_KEPT_CHARS);
+        assert_eq!(
+            topic_key(&longest),
+            (Cow::Borrowed(longest.as_str()), false)
+        );
+        for topic in [
+            "t".repeat(TOPIC_KEPT_CHARS + 1),
+            "é".repeat(10_000),
+            "a\0b".to_string(),
+            "a…b".to_string(),
+        ] {
+            let (key, stand_in) = topic_key(&topic);
+            assert!(stand_in, "{topic:?}");
+            assert!(key.chars().count() <= TOPIC_KEPT_CHARS, "{key}");
+            assert!(!key.contains('\0'), "{key:?}");
+            assert_eq!(topic_key(&topic).0, key, "the same every time");
+        }
+        // Topics that share their first 180 characters still get different keys.
+        let a = format!("{}a", "x".repeat(300));
+        let b = format!("{}b", "x".repeat(300));
+        assert_ne!(topic_key(&a).0, topic_key(&b).0);
+    }
+
+    #[test]
+    fn a_record_s_raw_data_is_on_its_first_dead_letter_only() {
+        let record = Record {
+            value: Some("AAAA".into()),
+            ..Record::default()
+        };
+        let at = |record, index| Origin { record, index };
+        let mut dead: Vec<DeadLetter<'_>> = [at(1, 5), at(0, 0), at(1, 2), at(1, 9)]
+            .into_iter()
+            .map(|o| DeadLetter::new(&record, o, 0, "why".into()))
+            .collect();
+        share_raw(&mut dead);
+        let linked: Vec<(Origin, Option<u32>)> = dead.iter().map(|d| (d.at, d.raw_at)).collect();
+        assert_eq!(
+            linked,
+            [
+                (at(0, 0), None),
+                (at(1, 2), None),
+                (at(1, 5), Some(2)),
+                (at(1, 9), Some(2))
+            ]
+        );
+        let value = |d: &DeadLetter<'_>| d.row()[8].clone();
+        assert_eq!(value(&dead[1]), SqlValue::String(Some("AAAA".into())));
+        assert_eq!(value(&dead[2]), SqlValue::String(None));
+        assert_eq!(dead[2].row()[9], SqlValue::Int(Some(2)));
+    }
+
+    #[test]
+    fn the_table_and_its_writes_follow_the_one_column_list() {
+        let def = table_def(DEFAULT_TABLE);
+        assert_eq!(def.columns.len(), COLUMNS.len() - 1);
+        assert_eq!(
+            def.key_columns().collect::<Vec<_>>(),
+            [
+                "kafka_topic",
+                "kafka_partition",
+                "kafka_offset",
+                "record_occurrence",
+                "message_index"
+            ]
+        );
+        let record = Record::default();
+        let d = DeadLetter::new(
+            &record,
+            Origin {
+                record: 0,
+                index: 0,
+            },
+            0,
+            "x\0".into(),
+        );
+        let row = d.row();
+        assert_eq!(row.len(), def.columns.len());
+        assert_eq!(
+            row[10],
+            SqlValue::String(Some("x\\u0000".into())),
+            "the reason is escaped"
+        );
     }
 }

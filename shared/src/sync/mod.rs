@@ -122,7 +122,8 @@ impl Changes {
         self.push(Op::Upsert(row), origin);
     }
 
-    /// Records a delete of the entity whose key values are `key`.
+    /// Records a delete of the entity whose key values are `key` (with a version column, followed by the
+    /// delete's version, as [`Changes::delete_at`] puts it).
     pub fn delete(&mut self, key: Vec<SqlValue>, origin: Origin) {
         self.push(Op::Delete(key), origin);
     }
@@ -387,11 +388,11 @@ impl Sink {
     /// when the bulk attempt fails with such an error, the batch is applied again row by row (each in a
     /// savepoint) and the refused rows are dead-lettered through `reject`, which builds the dead letter of an
     /// [`Origin`]. Any other error (connection, deadlock, timeout, permissions) is returned for a retry.
-    pub async fn apply(
+    pub async fn apply<'e>(
         &self,
         changes: &[Changes],
-        dead_letters: &[DeadLetter],
-        reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
+        dead_letters: &[DeadLetter<'e>],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
     ) -> Result<Applied, DbErr> {
         self.ensure_tables().await?;
         match self.apply_bulk(changes, dead_letters).await {
@@ -406,7 +407,7 @@ impl Sink {
     async fn apply_bulk(
         &self,
         changes: &[Changes],
-        dead_letters: &[DeadLetter],
+        dead_letters: &[DeadLetter<'_>],
     ) -> Result<Applied, DbErr> {
         let backend = self.backend();
         let txn = self.db.begin().await?;
@@ -438,11 +439,11 @@ impl Sink {
         Ok(applied)
     }
 
-    async fn apply_row_by_row(
+    async fn apply_row_by_row<'e>(
         &self,
         changes: &[Changes],
-        dead_letters: &[DeadLetter],
-        reject: &(dyn Fn(Origin, &str) -> DeadLetter + Sync),
+        dead_letters: &[DeadLetter<'e>],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
     ) -> Result<Applied, DbErr> {
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
@@ -487,13 +488,14 @@ impl Sink {
                 }
             }
         }
-        let mut all: Vec<DeadLetter> = dead_letters.to_vec();
+        let mut all: Vec<DeadLetter<'e>> = dead_letters.to_vec();
         all.extend(
             applied
                 .rejected
                 .iter()
                 .map(|(origin, reason)| reject(*origin, reason)),
         );
+        dead_letter::share_raw(&mut all);
         self.write_dead_letters(&txn, &all).await?;
         applied.dead_lettered = all.len();
         txn.commit().await?;
@@ -503,15 +505,16 @@ impl Sink {
     async fn write_dead_letters(
         &self,
         txn: &impl ConnectionTrait,
-        dead_letters: &[DeadLetter],
+        dead_letters: &[DeadLetter<'_>],
     ) -> Result<(), DbErr> {
         let table = dead_letter::table_def(&self.options.dead_letter_table);
         let rows = self.rows_per_statement(self.backend(), table.columns.len());
         for chunk in dead_letters.chunks(rows) {
             let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
             let rows: Vec<&[SqlValue]> = rows.iter().map(Vec::as_slice).collect();
-            txn.execute(&upsert_statement_only(&table, &rows, &["error"])?)
-                .await?;
+            // Every column but the key and `created_at`: a replay writes the same values again, and a record
+            // that reuses coordinates (a hand-made event) never pairs its reason with another record's value.
+            txn.execute(&upsert_statement(&table, &rows)?).await?;
         }
         Ok(())
     }
