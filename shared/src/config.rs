@@ -4,6 +4,7 @@
 //! [database]                      # all optional; the URL usually comes from --database-url / DATABASE_URL
 //! dead_letter_table = "msk_sync_dead_letter"
 //! max_rows_per_statement = 2000
+//! tombstone_retention_seconds = 604800   # how long a versioned sync remembers a delete
 //!
 //! [[sync]]
 //! topics = ["servicea.planet"]    # names or globs; "*" is the default
@@ -61,6 +62,9 @@ pub struct DatabaseConfig {
     pub dead_letter_table: Option<String>,
     #[serde(default)]
     pub max_rows_per_statement: Option<usize>,
+    /// How long a versioned sync remembers a delete (its tombstone), in seconds; 7 days by default.
+    #[serde(default)]
+    pub tombstone_retention_seconds: Option<u64>,
 }
 
 /// A config that cannot be used; the message lists every problem.

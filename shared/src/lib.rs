@@ -15,7 +15,7 @@
 //! - [`change`]: `changeType` → upsert or delete (bedrock's routing).
 //! - [`topics`]: which sync receives a topic (exact names, globs, `*`).
 //! - [`sync`]: mappings (declarative and typed), the preflight against the database, collapse per key, bulk
-//!   apply, dead letters.
+//!   apply, dead letters, the version guard.
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
 //! - [`report`]: the batch report, which is also the Lambda response.
 //! - [`metrics`]: a batch's report as CloudWatch Embedded Metric Format (Lambda's stdout, `--emf`).

@@ -10,7 +10,7 @@
 //! [`validate`] checks exactly those rules.
 //!
 //! Metrics (dimension `FunctionName`, and `FunctionName` + `Topic` when the whole batch is of one topic):
-//! `Records`, `Upserted`, `Deleted`, `DeadLettered`, `Filtered`, `Superseded`, `BatchDurationMs`,
+//! `Records`, `Upserted`, `Deleted`, `DeadLettered`, `Filtered`, `Superseded`, `Stale`, `BatchDurationMs`,
 //! `MaxRecordAgeMs` (now − the oldest record's Kafka timestamp: how far behind the function is), and
 //! `Misconfigured` / `TransientFailure` (1 for a batch that failed so, else 0: an alarm on them sees data
 //! every batch).
@@ -105,14 +105,15 @@ impl Metrics {
         };
         let count = |f: fn(&BatchReport) -> usize| report.map_or(0, f);
         let failed = |is: fn(&HandlerError) -> bool| u64::from(failure.is_some_and(is));
-        let values: [(&str, &str, Value); 10] = [
+        let values: [(&str, &str, Value); 11] = [
             ("Records", "Count", json!(event.record_count())),
             ("Upserted", "Count", json!(count(|r| r.upserted))),
             ("Deleted", "Count", json!(count(|r| r.deleted))),
             ("DeadLettered", "Count", json!(count(|r| r.dead_lettered))),
             ("Filtered", "Count", json!(count(|r| r.filtered))),
             ("Superseded", "Count", json!(count(|r| r.superseded))),
-            // `Stale` (changes older than their row, issue "Versions") goes here, once the report counts them.
+            // Changes older than their row or its tombstone (a version column): skipped, never applied.
+            ("Stale", "Count", json!(count(|r| r.stale))),
             (
                 "BatchDurationMs",
                 "Milliseconds",
@@ -317,6 +318,7 @@ mod tests {
                 "DeadLettered",
                 "Filtered",
                 "Superseded",
+                "Stale",
                 "BatchDurationMs",
                 "MaxRecordAgeMs",
                 "Misconfigured",

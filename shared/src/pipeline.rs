@@ -186,7 +186,9 @@ impl<'e> Batch<'e> {
             },
             changes: mappings
                 .iter()
-                .map(|m| Changes::with_capacity(m.table().key.clone(), room))
+                .map(|m| {
+                    Changes::with_capacity(m.table().key.clone(), room).with_version(m.version())
+                })
                 .collect(),
             dead_letters: Vec::new(),
         }
@@ -420,7 +422,12 @@ impl Pipeline {
         };
         let Some(value) = &record.value else {
             // A tombstone has no message: it can only delete by record key.
-            let fate = match self.mappings.items[sync].tombstone_key(meta) {
+            let mapping = &self.mappings.items[sync];
+            // With a version column, the delete carries its version after the key ([`Changes::delete_at`]).
+            let fate = match mapping.tombstone_key(meta).and_then(|mut key| {
+                key.extend(mapping.delete_version(&Message::Null, meta)?);
+                Ok(key)
+            }) {
                 Ok(key) => Fate::Delete(sync, key),
                 Err(reason) => Fate::DeadLetter(reason),
             };
@@ -461,9 +468,11 @@ impl Pipeline {
             Ok(Change::Upsert) => mapping
                 .row(message, meta)
                 .map(|row| Fate::Upsert(sync, row)),
-            Ok(Change::Delete) => mapping
-                .key(message, meta)
-                .map(|key| Fate::Delete(sync, key)),
+            Ok(Change::Delete) => mapping.key(message, meta).and_then(|mut key| {
+                // With a version column, the delete carries its version after the key.
+                key.extend(mapping.delete_version(message, meta)?);
+                Ok(Fate::Delete(sync, key))
+            }),
             Err(reason) => Err(reason),
         };
         fate.unwrap_or_else(Fate::DeadLetter)
@@ -584,7 +593,16 @@ impl Handler {
         })?;
         report.upserted = applied.upserted;
         report.deleted = applied.deleted;
-        if !applied.rejected.is_empty() {
+        for at in &applied.stale {
+            note(
+                &mut report,
+                &records[order[at.record]],
+                *at,
+                Outcome::Stale,
+                None,
+            );
+        }
+        if !applied.rejected.is_empty() || !applied.stale.is_empty() {
             for (at, reason) in &applied.rejected {
                 let reason = bounded_reason(reason.clone());
                 note(
@@ -607,6 +625,7 @@ impl Handler {
             filtered = report.filtered,
             empty = report.empty,
             dead_lettered = report.dead_lettered,
+            stale = report.stale,
             status = report.status,
             "batch applied"
         );

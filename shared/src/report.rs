@@ -15,7 +15,7 @@ pub struct BatchReport {
     /// Records in the event.
     pub received: usize,
     /// Messages decoded from them (a record that did not decode, or holds no message, counts as one).
-    /// `messages = upserted + deleted + superseded + filtered + empty + deadLettered`.
+    /// `messages = upserted + deleted + superseded + filtered + empty + deadLettered + stale`.
     pub messages: usize,
     /// Rows upserted / deleted, after collapsing the batch to one change per entity key.
     pub upserted: usize,
@@ -28,6 +28,10 @@ pub struct BatchReport {
     #[serde(default)]
     pub empty: usize,
     pub dead_lettered: usize,
+    /// Messages not applied because the row, or the memory of its delete, has a newer version (syncs with a
+    /// version column only); each is listed in `records` with the outcome `stale`.
+    #[serde(default)]
+    pub stale: usize,
     /// The messages that were not applied, in batch order: the first [`MAX_LISTED`] of them.
     pub records: Vec<RecordResult>,
     /// Messages not applied beyond the first [`MAX_LISTED`]: counted above, kept in the dead-letter table,
@@ -70,6 +74,8 @@ pub enum Outcome {
     /// The record's value held no message (an Avro container file with no record).
     Empty,
     DeadLetter,
+    /// Older than the row or its tombstone: not applied, not an error.
+    Stale,
 }
 
 impl Outcome {
@@ -99,6 +105,7 @@ impl BatchReport {
             Outcome::Filtered => self.filtered += 1,
             Outcome::Empty => self.empty += 1,
             Outcome::DeadLetter => self.dead_lettered += 1,
+            Outcome::Stale => self.stale += 1,
             Outcome::Upsert | Outcome::Delete => return,
         }
         if self.records.len() < MAX_LISTED {

@@ -173,6 +173,9 @@ pub fn sink_options(config: &Config) -> SinkOptions {
     if let Some(n) = config.database.max_rows_per_statement {
         options.max_rows_per_statement = n;
     }
+    if let Some(s) = config.database.tombstone_retention_seconds {
+        options.tombstone_retention = std::time::Duration::from_secs(s);
+    }
     options
 }
 
@@ -192,7 +195,6 @@ pub async fn open_sink(
             ))
         })
 }
-
 
 /// A database URL fit for a message or a log line: the password of its user info and the value of every
 /// query parameter that may hold a secret (`password`, `sslpassword`, `…token…`, `…secret…`) replaced by

@@ -44,6 +44,10 @@ pub struct ColumnConfig {
     /// A non-key column is NULL when its path matches nothing, unless it is required.
     #[serde(default)]
     pub required: bool,
+    /// This column's value is the version of the change (at most one column, integer or timestamp): a change
+    /// older than the row is stale ([`super::version`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub version: bool,
 }
 
 fn default_type() -> String {
@@ -275,6 +279,8 @@ pub struct DeclarativeMapping {
     name: String,
     table: TableDef,
     columns: Vec<Column>,
+    /// The version column's index, if the sync has one.
+    version: Option<usize>,
 }
 
 impl DeclarativeMapping {
@@ -348,9 +354,36 @@ impl DeclarativeMapping {
                     source,
                     spec,
                     ty,
-                    required: c.required || is_key,
+                    // A change without a version cannot be compared: it is dead-lettered.
+                    required: c.required || is_key || c.version,
                     is_key,
                 });
+            }
+        }
+        let versions: Vec<&ColumnConfig> = cfg.columns.iter().filter(|c| c.version).collect();
+        if versions.len() > 1 {
+            say(format!(
+                "{} columns are marked version = true ({}): at most one may be",
+                versions.len(),
+                versions
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for c in &versions {
+            if c.ty != "integer" && c.ty != "timestamp" {
+                say(format!(
+                    "column {:?}: a version column must be of type integer or timestamp, not {:?}",
+                    c.name, c.ty
+                ));
+            }
+            if cfg.key.contains(&c.name) {
+                say(format!(
+                    "column {:?}: a key column cannot be the version column",
+                    c.name
+                ));
             }
         }
         let mut key = Vec::new();
@@ -371,6 +404,7 @@ impl DeclarativeMapping {
                 key,
             },
             columns,
+            version: cfg.columns.iter().position(|c| c.version),
         })
     }
 
@@ -434,6 +468,21 @@ impl Mapping for DeclarativeMapping {
 
     fn key(&self, message: &Message<'_>, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
         self.key_values(message, meta)
+    }
+
+    fn version(&self) -> Option<usize> {
+        self.version
+    }
+
+    fn delete_version(
+        &self,
+        message: &Message<'_>,
+        meta: &Meta<'_>,
+    ) -> Result<Option<SqlValue>, String> {
+        match self.version.and_then(|v| self.columns.get(v)) {
+            None => Ok(None),
+            Some(column) => column.value(message, meta).map(Some),
+        }
     }
 
     fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
@@ -690,6 +739,73 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(problems.iter().all(|p| p.starts_with("sync 1 (t): ")));
+    }
+
+    #[test]
+    fn at_most_one_version_column_of_type_integer_or_timestamp() {
+        let check = |columns: Value| {
+            DeclarativeMapping::compile(&config(columns, &["id"]), "s")
+                .err()
+                .unwrap_or_default()
+                .join("\n")
+        };
+        let ok = DeclarativeMapping::compile(
+            &config(
+                json!([{"name": "id", "path": "$.id"}, {"name": "v", "path": "$.v", "type": "integer", "version": true}]),
+                &["id"],
+            ),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(ok.version(), Some(1));
+        assert!(
+            check(json!([{"name": "id", "path": "$.id"}, {"name": "t", "from": "timestamp", "type": "timestamp", "version": true}]))
+                .is_empty()
+        );
+        let text = check(
+            json!([{"name": "id", "path": "$.id"}, {"name": "v", "path": "$.v", "type": "text", "version": true}]),
+        );
+        assert!(
+            text.contains(
+                "column \"v\": a version column must be of type integer or timestamp, not \"text\""
+            ),
+            "{text}"
+        );
+        let text = check(json!([
+            {"name": "id", "path": "$.id"},
+            {"name": "v", "path": "$.v", "type": "integer", "version": true},
+            {"name": "w", "from": "timestamp", "type": "timestamp", "version": true}
+        ]));
+        assert!(
+            text.contains("2 columns are marked version = true (v, w)"),
+            "{text}"
+        );
+        let text =
+            check(json!([{"name": "id", "path": "$.id", "type": "integer", "version": true}]));
+        assert!(
+            text.contains("a key column cannot be the version column"),
+            "{text}"
+        );
+        // A message without its version is dead-lettered with a reason naming the column.
+        let r = record();
+        let meta = Meta {
+            record: &r,
+            key: None,
+            key_value: None,
+        };
+        let err = ok.row(&msg(json!({"id": "a"})), &meta).unwrap_err();
+        assert_eq!(err, "column v: $.v matched nothing");
+        let err = ok
+            .delete_version(&msg(json!({"id": "a", "v": "x"})), &meta)
+            .unwrap_err();
+        assert!(
+            err.starts_with("column v ($.v): expected an integer"),
+            "{err}"
+        );
+        assert_eq!(
+            ok.delete_version(&msg(json!({"id": "a", "v": 4})), &meta),
+            Ok(Some(SqlValue::BigInt(Some(4))))
+        );
     }
 
     #[test]

@@ -37,4 +37,21 @@ pub trait Mapping: Send + Sync + std::fmt::Debug {
     /// The key of the entity a tombstone (a record with a null value) deletes, from the record key; an `Err`
     /// says why this mapping cannot tell, and the tombstone is dead-lettered with it.
     fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+
+    /// Where the version is in a row, if this mapping has a version column: then a change applies only if it
+    /// is not older than the row ([`super::version`]). By default none: the last batch applied wins.
+    fn version(&self) -> Option<usize> {
+        None
+    }
+
+    /// The version of a delete (of a tombstone: `message` is null), when [`Mapping::version`] is set; an `Err`
+    /// (a missing or unfit version) dead-letters the record.
+    fn delete_version(
+        &self,
+        message: &Message<'_>,
+        meta: &Meta<'_>,
+    ) -> Result<Option<SqlValue>, String> {
+        let _ = (message, meta);
+        Ok(None)
+    }
 }

@@ -4,6 +4,7 @@
 //! - [`declarative`]: syncs described in config; [`typed`]: syncs over a sea-orm entity;
 //! - [`table`]: table definitions and the identifier rule; [`dead_letter`]: the dead-letter table;
 //! - [`preflight`]: every table compared with the config before the first batch (the misconfigured class);
+//! - [`version`]: the version guard of syncs with a version column, tombstones, stale changes;
 //! - this file: the [`Changes`] of one batch and the [`Sink`] that writes them.
 
 pub mod dead_letter;
@@ -12,6 +13,7 @@ pub mod mapping;
 pub mod preflight;
 pub mod table;
 pub mod typed;
+pub mod version;
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -50,6 +52,9 @@ pub struct Changes {
     slots: hashbrown::HashTable<(u64, usize)>,
     hasher: hashbrown::DefaultHashBuilder,
     superseded: usize,
+    /// Where the version is in an upserted row, when the mapping has one ([`version`]); a delete then carries
+    /// its version after its key values.
+    version: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -68,7 +73,13 @@ fn key_of<'o>(key: &'o [usize], op: &'o Op) -> impl Iterator<Item = &'o SqlValue
         .into_iter()
         .flatten()
         .filter_map(move |&i| row.get(i));
-    let all = positions.is_none().then_some(row).into_iter().flatten();
+    // A versioned delete carries its version after the key values.
+    let all = positions
+        .is_none()
+        .then_some(row)
+        .into_iter()
+        .flatten()
+        .take(key.len());
     picked.chain(all)
 }
 
@@ -90,12 +101,29 @@ impl Changes {
         changes
     }
 
+    /// With a version at `version` in every upserted row: within the batch, the highest version per key wins
+    /// (ties: batch order), and deletes carry their version ([`Changes::delete_at`]).
+    pub fn with_version(mut self, version: Option<usize>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Records a delete with its version (`None` when the mapping has no version column).
+    pub fn delete_at(&mut self, key: Vec<SqlValue>, version: Option<SqlValue>, origin: Origin) {
+        let mut values = key;
+        if self.version.is_some() {
+            values.extend(version);
+        }
+        self.push(Op::Delete(values), origin);
+    }
+
     /// Records an upsert of `row`; a later change of the same key replaces it.
     pub fn upsert(&mut self, row: Vec<SqlValue>, origin: Origin) {
         self.push(Op::Upsert(row), origin);
     }
 
-    /// Records a delete of the entity whose key values are `key`.
+    /// Records a delete of the entity whose key values are `key` (with a version column, followed by the
+    /// delete's version, as [`Changes::delete_at`] puts it).
     pub fn delete(&mut self, key: Vec<SqlValue>, origin: Origin) {
         self.push(Op::Delete(key), origin);
     }
@@ -116,10 +144,19 @@ impl Changes {
         };
         match self.slots.find_mut(hash, same) {
             Some((_, previous)) => {
+                self.superseded += 1;
+                let version = |op: &Op| version::of_op(self.version, self.key.len(), op);
+                let older = self.version.is_some()
+                    && self.ops[*previous]
+                        .as_ref()
+                        .is_some_and(|(prev, _)| version(&op) < version(prev));
+                if older {
+                    // A lower version than the key's change so far: it loses, wherever it is in the batch.
+                    return;
+                }
                 // Last in batch order wins: the earlier change would be overwritten anyway, so never send it.
                 self.ops[*previous] = None;
                 *previous = slot;
-                self.superseded += 1;
             }
             None => {
                 self.slots.insert_unique(hash, (hash, slot), |&(h, _)| h);
@@ -252,6 +289,8 @@ pub struct Applied {
     /// Changes the database refused as data (a value out of its column's range, an invalid byte sequence…),
     /// with the reason: they were dead-lettered instead of failing the batch forever.
     pub rejected: Vec<(Origin, String)>,
+    /// Changes not applied because the row or its tombstone has a newer version ([`version`]).
+    pub stale: Vec<Origin>,
 }
 
 /// Why [`Sink::apply`] did not apply a batch, or cannot tell whether it did. Both are transient: applying a
@@ -286,6 +325,8 @@ pub struct SinkOptions {
     pub max_rows_per_statement: usize,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// How long a versioned sync's delete is remembered ([`version`]).
+    pub tombstone_retention: Duration,
 }
 
 impl Default for SinkOptions {
@@ -296,6 +337,7 @@ impl Default for SinkOptions {
             // One batch at a time per instance: one connection, and one spare for table creation.
             max_connections: 2,
             connect_timeout: Duration::from_secs(10),
+            tombstone_retention: version::DEFAULT_RETENTION,
         }
     }
 }
@@ -310,6 +352,7 @@ pub struct Sink {
     lock_conflicts: std::sync::atomic::AtomicUsize,
     /// host:port of a database server (never the URL: it may hold a password), for connection errors.
     address: Option<String>,
+    pruning: version::Pruning,
 }
 
 impl Sink {
@@ -337,6 +380,7 @@ impl Sink {
             ready: OnceCell::new(),
             lock_conflicts: Default::default(),
             address: server_address(url),
+            pruning: version::Pruning::default(),
         })
     }
 
@@ -430,10 +474,22 @@ impl Sink {
         Ok((problems, missing))
     }
 
-    /// Every table the mappings write, then the dead-letter table (its columns as [`dead_letter`] defines them).
+    /// Every table the mappings write, then the dead-letter table (its columns as [`dead_letter`] defines them),
+    /// and the tombstones when a mapping has a version column.
     fn expected_tables(&self) -> Vec<preflight::Expected> {
         let backend = self.backend();
         let name = &self.options.dead_letter_table;
+        let tombstones = self
+            .mappings
+            .iter()
+            .any(|m| m.version().is_some())
+            .then(|| {
+                preflight::Expected::new(
+                    version::tombstone_def(),
+                    version::create_tombstone_table(backend),
+                    true,
+                )
+            });
         self.mappings
             .iter()
             .map(|m| preflight::Expected::new(m.table().clone(), m.create_table(backend), true))
@@ -442,6 +498,7 @@ impl Sink {
                 dead_letter::create_table(name, backend),
                 false,
             )])
+            .chain(tombstones)
             .collect()
     }
 
@@ -552,6 +609,11 @@ impl Sink {
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
         for (mapping, changes) in self.mappings.iter().zip(changes) {
+            if let Some(v) = mapping.version() {
+                self.apply_versioned(&txn, mapping.as_ref(), v, changes, false, &mut applied)
+                    .await?;
+                continue;
+            }
             let table = mapping.table();
             let (upserts, deletes) = changes.split();
             applied.upserted += upserts.len();
@@ -582,6 +644,11 @@ impl Sink {
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
         for (mapping, changes) in self.mappings.iter().zip(changes) {
+            if let Some(v) = mapping.version() {
+                self.apply_versioned(&txn, mapping.as_ref(), v, changes, true, &mut applied)
+                    .await?;
+                continue;
+            }
             let table = mapping.table();
             let (upserts, deletes) = changes.split();
             let ops = upserts.into_iter().map(|(row, o)| (true, row, o));

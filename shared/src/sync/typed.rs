@@ -28,6 +28,21 @@ pub trait FromKafkaEvent: ModelTrait + Sized {
             .collect())
     }
 
+    /// The column whose value is the version of a change: then a change older than the row is stale
+    /// ([`super::version`]). None by default: the last batch applied wins.
+    fn version_column() -> Option<<Self::Entity as EntityTrait>::Column> {
+        None
+    }
+
+    /// The version of a DELETED message, when [`FromKafkaEvent::version_column`] names one. The default builds
+    /// the whole model and reads that column; override it when delete events carry only the key and version.
+    fn delete_version(message: &Message<'_>) -> Result<Option<SqlValue>, String> {
+        match Self::version_column() {
+            None => Ok(None),
+            Some(column) => Ok(Some(Self::from_kafka_event(message)?.get(column))),
+        }
+    }
+
     /// The primary-key values of the entity a tombstone (null value) with this record key deletes; by default
     /// a tombstone cannot be mapped and is dead-lettered.
     fn tombstone_key(key: &str) -> Result<Vec<SqlValue>, String> {
@@ -70,6 +85,8 @@ pub fn optional_field<T: DeserializeOwned>(
 pub struct TypedMapping<E: EntityTrait> {
     name: String,
     table: TableDef,
+    /// Where [`FromKafkaEvent::version_column`] is in a row.
+    version: Option<usize>,
     entity: PhantomData<fn() -> E>,
 }
 
@@ -95,6 +112,8 @@ where
                 columns.iter().position(|c| c.as_str() == col.as_str())
             })
             .collect();
+        let version = E::Model::version_column()
+            .and_then(|v| columns.iter().position(|c| c.as_str() == v.as_str()));
         Self {
             name: name.into(),
             table: TableDef {
@@ -102,6 +121,7 @@ where
                 columns: columns.iter().map(|c| c.as_str().to_string()).collect(),
                 key,
             },
+            version,
             entity: PhantomData,
         }
     }
@@ -141,6 +161,25 @@ where
 
     fn key(&self, message: &Message<'_>, _meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
         E::Model::delete_key(message)
+    }
+
+    fn version(&self) -> Option<usize> {
+        self.version
+    }
+
+    fn delete_version(
+        &self,
+        message: &Message<'_>,
+        _meta: &Meta<'_>,
+    ) -> Result<Option<SqlValue>, String> {
+        match (self.version, message) {
+            (None, _) => Ok(None),
+            (Some(_), Message::Null) => Err(
+                "tombstone (null value): this entity has a version column, and a tombstone carries no version"
+                    .into(),
+            ),
+            (Some(_), message) => E::Model::delete_version(message),
+        }
     }
 
     fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String> {
