@@ -8,7 +8,8 @@
 # Needs the nightly toolchain (rustup); installs cargo-fuzz into ~/.cargo/bin when it is missing. Each target
 # starts from its committed seed corpus (fuzz/corpus/<target>, read-only here: new inputs go to a temporary
 # directory). A crashing input is kept in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run
-# <target> <file>). Builds land in fuzz/target (about 2 GB; the first build takes several minutes).
+# <target> <file>). Builds land in ~/.cache/msk-sync-fuzz-target (about 2 GB; the first build takes tens of
+# minutes on 2 cores, later ones seconds to minutes).
 set -euo pipefail
 
 seconds="${FUZZ_SECONDS:-60}"
@@ -21,6 +22,9 @@ timeout_s="${FUZZ_TIMEOUT:-60}"
 
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# The sanitizer build of the library and its dependencies (sea-orm, sqlx…) is the slow part: tens of minutes on
+# 2 cores. It goes to a cache outside the clone, so every later run (CI clones afresh) rebuilds only msk-sync.
+export CARGO_TARGET_DIR="${MSK_SYNC_FUZZ_TARGET:-$HOME/.cache/msk-sync-fuzz-target}"
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz into ~/.cargo/bin"

@@ -438,7 +438,7 @@ async fn a_batch_of_many_dead_letters_logs_a_bounded_number_of_lines() {
     let db = TestDb::new(Backend::Sqlite, "dl_log").await;
     let event = msk_sync_bench::tiny_records_event(5_000).unwrap();
     let file = db.write("event.json", &event.to_string());
-    let out = tokio::process::Command::new(env!("CARGO"))
+    let out = cargo_command(env!("CARGO"))
         .args([
             "run",
             "--quiet",

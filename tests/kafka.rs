@@ -722,25 +722,6 @@ impl Drop for Broker {
     }
 }
 
-/// A variable cargo sets for this test binary (its package's manifest dir, name, version…). Build scripts
-/// watch some of them (ring reruns when `CARGO_MANIFEST_DIR` changes): passed on to the `cargo build` below,
-/// they would make it rebuild half the dependency tree on every run, and the next `cargo build` again.
-fn set_for_this_package(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    name.starts_with("CARGO_PKG_")
-        || [
-            "CARGO_MANIFEST_DIR",
-            "CARGO_MANIFEST_PATH",
-            "CARGO_CRATE_NAME",
-            "CARGO_BIN_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-            "OUT_DIR",
-        ]
-        .contains(&name.as_ref())
-}
-
 /// entity-sync built with the local runner, as a user runs it.
 fn runner_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

@@ -34,7 +34,7 @@ struct Watch {
 impl Watch {
     async fn start(env: &[(&str, String)]) -> Self {
         let port = free_port();
-        let mut cmd = Command::new(cargo_lambda());
+        let mut cmd = cargo_command(cargo_lambda());
         cmd.arg("lambda").args([
             "watch",
             "--ignore-changes",

@@ -123,7 +123,7 @@ async fn serve(
 
 /// entity-sync in Lambda mode (`cargo run`, no arguments) against the runtime API on `port`.
 fn start_function(port: u16, env: &[(&str, String)]) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    let mut cmd = cargo_command(env!("CARGO"));
     cmd.args(["run", "--quiet", "-p", "entity-sync"])
         .current_dir(repo())
         .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))

@@ -7,7 +7,7 @@ const SENTINEL: &str = "S3ntinelPW9";
 
 /// `cargo run -p entity-sync -- replay --database-url URL …` at trace level: (exit code, stdout + stderr).
 async fn replay_binary(url: &str) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(env!("CARGO"))
+    let out = cargo_command(env!("CARGO"))
         .args(["run", "--quiet", "-p", "entity-sync", "--", "replay"])
         .arg("--database-url")
         .arg(url)

@@ -421,7 +421,7 @@ async fn lambda_mode_reads_the_secret_from_the_environment_and_writes_metrics() 
         .await;
     let port = free_port();
     let stdout = db.dir.path().join("watch.out");
-    let mut cmd = Command::new(cargo_lambda());
+    let mut cmd = cargo_command(cargo_lambda());
     cmd.arg("lambda")
         .args(["watch", "--ignore-changes", "--invoke-address", "127.0.0.1"])
         .arg("--invoke-port")

@@ -461,3 +461,32 @@ impl ToggleProxy {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
+
+/// A variable cargo sets for this test binary (its package's manifest dir, name, version…). Build scripts
+/// watch some of them (ring reruns when `CARGO_MANIFEST_DIR` changes): passed on to a nested `cargo build` /
+/// `cargo run` / `cargo lambda watch`, they would make it rebuild half the dependency tree on every run, and
+/// the next plain `cargo build` again.
+pub fn set_for_this_package(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with("CARGO_PKG_")
+        || [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&name.as_ref())
+}
+
+/// A command that runs cargo (`cargo`, `cargo lambda`) with this test's environment, less what cargo set
+/// for the test's own package ([`set_for_this_package`]).
+pub fn cargo_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| !set_for_this_package(k)));
+    cmd
+}

@@ -1,10 +1,10 @@
 //! `cargo xtask setup`: provisions what the tests need, idempotently (what is there already is kept, so a second
 //! run takes seconds): the PostgreSQL and MariaDB servers with their `test` databases (started when they are
 //! down), the Debian packages librdkafka's build needs, the tansu broker, and a Python venv with cargo-lambda,
-//! zig and confluent-kafka.
+//! zig, confluent-kafka and moto (the AWS API emulator).
 //!
 //! `cargo xtask test [ARGS…]`: the same, then `cargo test --workspace --locked ARGS…` with the tools on PATH and
-//! in the variables the tests read (`MSK_SYNC_TANSU`, `MSK_SYNC_TEST_PYTHON`). README's test command and CI's.
+//! in the variables the tests read (`MSK_SYNC_TANSU`, `MSK_SYNC_TEST_PYTHON`, `MSK_SYNC_MOTO`). README's test command and CI's.
 //!
 //! Anything that cannot be provisioned fails the run with what to do; nothing is skipped. std only, so that the
 //! tool itself compiles in about a second.
@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 const TANSU_VERSION: &str = "0.6.0";
 /// What tests/lambda.rs (cargo-lambda, with zig for its builds) and tests/kafka.rs (an independent producer)
 /// run. CI-only tools (cfn-lint, aws-sam-cli) stay in .ci/run: the tests never call them.
-const PYTHON_TOOLS: [&str; 3] = [
+/// moto in server mode is the AWS API emulator of tests/secrets.rs (Secrets Manager, IAM).
+const PYTHON_TOOLS: [&str; 4] = [
     "cargo-lambda==1.9.2",
     "ziglang==0.17.0",
     "confluent-kafka==2.16.1",
+    "moto[server]==5.2.5",
 ];
 /// librdkafka is compiled from source (rdkafka-sys, the `kafka` feature the tests turn on).
 const DEBIAN_PACKAGES: [&str; 4] = ["make", "zlib1g-dev", "libssl-dev", "pkg-config"];
@@ -84,6 +86,10 @@ impl Tools {
         vec![
             ("MSK_SYNC_TANSU", self.tansu.clone().into_os_string()),
             ("MSK_SYNC_TEST_PYTHON", self.python().into_os_string()),
+            (
+                "MSK_SYNC_MOTO",
+                self.venv.join("bin/moto_server").into_os_string(),
+            ),
             ("PATH", env::join_paths(paths).unwrap_or_default()),
         ]
     }
@@ -99,7 +105,7 @@ fn setup() -> Result<Tools> {
     debian_packages()?;
     step(&format!("tansu {TANSU_VERSION}"));
     let tansu = tansu()?;
-    step("Python venv (cargo-lambda, zig, confluent-kafka)");
+    step("Python venv (cargo-lambda, zig, confluent-kafka, moto)");
     let venv = venv()?;
     println!(
         "xtask: provisioned in {:.0} s",
