@@ -446,6 +446,46 @@ async fn consume_until_exit(db: &TestDb, args: &[&str]) -> (Option<i32>, String)
     finished(child).await
 }
 
+/// A target table that does not match the config holds the partition and stops the runner with exit 2 (the
+/// misconfigured class): nothing applied, nothing dead-lettered, nothing committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_table_stops_the_runner_with_exit_2() {
+    use sea_orm::ConnectionTrait;
+    let (_cluster, brokers) = mock_with_planets(2, 10, 10).await;
+    let db = TestDb::new(Backend::Postgres, "kafka_misconfigured").await;
+    db.conn
+        .execute_unprepared("CREATE TABLE servicea_planet (uuid TEXT, name TEXT)")
+        .await
+        .unwrap();
+    let (code, stderr) = consume_until_exit(
+        &db,
+        &[
+            "--brokers",
+            &brokers,
+            "--topic",
+            TOPIC,
+            "--group",
+            "misconfigured",
+            "--exit-when-idle",
+            "5s",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("misconfigured"), "{stderr}");
+    assert!(
+        stderr.contains("table servicea_planet: expected a primary key or unique index"),
+        "{stderr}"
+    );
+    assert_eq!(db.count("servicea_planet").await, 0);
+    assert_eq!(db.count_if_exists("msk_sync_dead_letter").await, 0);
+    assert_eq!(
+        committed(&brokers, "misconfigured", TOPIC, 2),
+        vec![-1, -1],
+        "nothing committed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_that_never_gets_partitions_fails_naming_the_broker_or_the_topic() {
     let db = TestDb::new(Backend::Sqlite, "kafka_unassigned").await;
