@@ -23,9 +23,9 @@
 //! - [`metrics`]: a batch's report as CloudWatch Embedded Metric Format (Lambda's stdout, `--emf`).
 //! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
 //! - [`config`]: the configuration file and its validation.
-//! - [`run`]: the ways in: Lambda, `replay`, `config check`, and the local runner on a Kafka broker (`consume`,
-//!   `publish`, feature `kafka`), and the database secret read from Secrets Manager (`run::secret`, feature `aws`).
-//!   The only module that knows about Lambda, Kafka or AWS clients.
+//! - [`run`]: the ways in: Lambda, `replay` (and `--plan`), `redrive`, `config check`, and the local runner on a
+//!   Kafka broker (`consume`, `publish`, feature `kafka`), and the database secret read from Secrets Manager
+//!   (`run::secret`, feature `aws`). The only module that knows about Lambda, Kafka or AWS clients.
 
 pub mod change;
 pub mod config;

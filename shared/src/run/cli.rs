@@ -1,5 +1,6 @@
-//! The command line: `replay` event files into a database, `config check` a config file, and with the `kafka`
-//! feature `consume` (the local runner) and `publish`.
+//! The command line: `replay` event files into a database (or `--plan` them), `redrive` the dead letters
+//! ([`versions`]), `config check` a config file, and with the `kafka` feature `consume` (the local runner) and
+//! `publish`.
 //!
 //! Exit codes follow the failure model: 0 processed (dead letters included), 1 transient failure (nothing
 //! of the failing batch was written; run it again), 2 bad invocation (unreadable file, not an MSK event, bad
