@@ -22,6 +22,7 @@ on_every_backend!(
     topic_selects_the_dead_letters,
     an_older_dead_letter_table_gets_its_new_columns_and_its_rows_are_redriven,
     a_container_file_redrives_only_its_dead_lettered_messages,
+    planet_sync_redrives_too,
 );
 
 const TABLE: &str = "planet_r";
@@ -423,4 +424,40 @@ async fn a_container_file_redrives_only_its_dead_lettered_messages(backend: Back
         "only the dead-lettered message ({rows_before} before)"
     );
     assert_eq!(db.count(DEAD).await, 0);
+}
+
+async fn planet_sync_redrives_too(backend: Backend) {
+    let db = TestDb::new(backend, "redrive_planet").await;
+    // Dead letters of servicea.planet (written here by entity-sync with a config that fails them)…
+    replay_event(
+        &db,
+        &config(NO_VERSION),
+        &event(
+            "servicea.planet",
+            &[("p1", 1, "Mercury"), ("p2", 1, "Venus")],
+            0,
+        ),
+        "p.json",
+    )
+    .await;
+    assert_eq!(dead_letters(&db).await.len(), 2);
+    // …redriven by planet-sync: its typed mapping, its table, the same dead-letter table.
+    let run = cli(&planet_sync::app(), &["redrive", "--database-url", &db.url]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports = run.reports();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (reports[0].upserted, reports[0].dead_lettered),
+        (2, 0),
+        "{:?}",
+        reports[0]
+    );
+    assert_eq!(
+        db.planets().await,
+        vec![
+            ("p1".to_string(), "Mercury".to_string()),
+            ("p2".to_string(), "Venus".to_string())
+        ]
+    );
+    assert_eq!(dead_letters(&db).await, vec![]);
 }
