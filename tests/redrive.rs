@@ -23,6 +23,7 @@ on_every_backend!(
     an_older_dead_letter_table_gets_its_new_columns_and_its_rows_are_redriven,
     a_container_file_redrives_only_its_dead_lettered_messages,
     planet_sync_redrives_too,
+    a_dry_run_shows_the_messages_and_writes_nothing,
 );
 
 const TABLE: &str = "planet_r";
@@ -460,4 +461,46 @@ async fn planet_sync_redrives_too(backend: Backend) {
         ]
     );
     assert_eq!(dead_letters(&db).await, vec![]);
+}
+
+async fn a_dry_run_shows_the_messages_and_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend, "redrive_dry").await;
+    replay_event(
+        &db,
+        &config(NO_VERSION),
+        &event("servicea.planet", &[("d1", 1, "one"), ("d2", 2, "two")], 0),
+        "d.json",
+    )
+    .await;
+    let dead = dead_letters(&db).await;
+    let path = db.write("sync.toml", &config(GOOD)).display().to_string();
+    let run = cli(
+        &entity_sync(),
+        &[
+            "redrive",
+            "--database-url",
+            &db.url,
+            "--config",
+            &path,
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let outcomes: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["outcome"].to_string())
+        .collect();
+    assert_eq!(outcomes, ["\"upsert\"", "\"upsert\""], "{}", run.stdout);
+    assert_eq!(
+        dead_letters(&db).await,
+        dead,
+        "the dead letters are untouched"
+    );
+    assert_eq!(
+        table(&db).await,
+        Vec::<Vec<String>>::new(),
+        "nothing applied"
+    );
 }
