@@ -651,3 +651,60 @@ async fn typed_sync_tables_are_checked_from_the_entity() {
         assert_eq!(db.count("servicea_planet").await, 0);
     }
 }
+
+// --- the dead-letter table's newer columns (#15) ----------------------------------------------------------
+
+/// A dead-letter table made before redrive existed lacks `headers` (and its siblings): the preflight adds it,
+/// and a user who may not alter the table gets the misconfigured class naming the statement to run.
+async fn an_older_dead_letter_table_gets_its_columns_or_names_the_statement(backend: Backend) {
+    let db = TestDb::new(backend, "pf_dl_alter").await;
+    let run = replay_events(&db, &db.url, &[six_items()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    sql(&db, &format!("ALTER TABLE {DEAD} DROP COLUMN headers")).await;
+    let user = LeastPrivileged::create(&db, &["items", DEAD]).await;
+    let batch = event(
+        10,
+        &[serde_json::json!({"id": "item-7", "n": 7, "label": "x"})],
+    );
+    let run = replay_events(&db, &user.url, std::slice::from_ref(&batch)).await;
+    assert_misconfigured(
+        &run,
+        &[
+            &format!("table {DEAD}, column headers"),
+            "ADD COLUMN",
+            "ALTER TABLE was refused",
+        ],
+    );
+    assert_eq!(db.count("items").await, 6, "nothing applied");
+    // config check (read only) says what the first batch will add, and is not failed by it.
+    let config = db.write("preflight.toml", CONFIG);
+    let check = cli(
+        &entity_sync(),
+        &[
+            "config",
+            "check",
+            config.to_str().unwrap(),
+            "--database-url",
+            &user.url,
+        ],
+    )
+    .await;
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    assert!(check.stdout.contains("columns headers"), "{}", check.stdout);
+    // The owner's next batch adds the column; then the user applies batches again.
+    let run = replay_events(&db, &db.url, std::slice::from_ref(&batch)).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = replay_events(&db, &user.url, std::slice::from_ref(&batch)).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(db.count("items").await, 7);
+}
+
+#[tokio::test]
+async fn postgres_an_older_dead_letter_table_gets_its_columns_or_names_the_statement() {
+    an_older_dead_letter_table_gets_its_columns_or_names_the_statement(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_an_older_dead_letter_table_gets_its_columns_or_names_the_statement() {
+    an_older_dead_letter_table_gets_its_columns_or_names_the_statement(Backend::MariaDb).await;
+}

@@ -211,6 +211,55 @@ fn apply(c: &mut Criterion) {
     group.finish();
 }
 
+/// entity-sync's handler on `url` with one declarative planet sync whose `changed_at` column (the Kafka
+/// timestamp) is the version column when `versioned`, and a plain column otherwise: the same rows either way.
+fn declarative_handler(rt: &tokio::runtime::Runtime, url: &str, versioned: bool) -> Handler {
+    let version = if versioned { ", version = true" } else { "" };
+    let text = format!(
+        "[codec]\nvalue = \"json\"\n\n[[sync]]\ntopics = [\"servicea.planet\"]\ntable = \"servicea_planet_v\"\nkey = [\"uuid\"]\ncolumns = [\n  {{ name = \"uuid\", path = \"$.planetUuid\" }},\n  {{ name = \"name\", path = \"$.planetName\" }},\n  {{ name = \"galaxy\", path = \"$.location.galaxy\" }},\n  {{ name = \"changed_at\", from = \"timestamp\", type = \"timestamp\"{version} }},\n]\n"
+    );
+    let config = Config::from_toml(&text).expect("bench config");
+    let app = msk_sync::run::App::declarative("entity-sync");
+    rt.block_on(app.handler(&config, Some(url)))
+        .expect("handler")
+}
+
+/// The version guard's cost on the bulk path (#15): the same batch through the same declarative sync, with and
+/// without a version column, on each database, in one run. Each iteration applies the batch again, so the
+/// versioned sync reads every key's version and tombstone and writes through the guard (equal versions apply).
+fn versioned(c: &mut Criterion) {
+    let rt = runtime();
+    let (dbs, _dir) = rt.block_on(databases());
+    let (bytes, records) = batch(Format::Json);
+    let mut group = bench_group(
+        c,
+        "versioned",
+        Duration::from_secs(2),
+        Some(Duration::from_secs(20)),
+    );
+    group.throughput(Throughput::Elements(records as u64));
+    for (name, url) in &dbs {
+        for (label, versioned) in [("plain", false), ("version", true)] {
+            rt.block_on(async {
+                let db = Database::connect(url.as_str()).await.expect("connect");
+                for table in ["servicea_planet_v", "msk_sync_tombstone"] {
+                    db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+                        .await
+                        .expect("drop");
+                }
+            });
+            let handler = declarative_handler(&rt, url, versioned);
+            group.bench_function(BenchmarkId::new(label, name), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let event = MskEvent::from_slice(&bytes).expect("event");
+                    handler.handle(&event).await.expect("applied")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// bedrock's loop: for every record in order, read the planet, then insert, update or delete it.
 async fn naive(db: &sea_orm::DatabaseConnection, records: &[&msk_sync::event::Record<'_>]) {
     use base64::Engine;
@@ -323,5 +372,5 @@ fn payload(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, payload, apply, naive_vs_bulk);
+criterion_group!(benches, decode, payload, apply, naive_vs_bulk, versioned);
 criterion_main!(benches);

@@ -113,6 +113,17 @@ impl Headers<'_> {
         self.0.is_none()
     }
 
+    /// The JSON text of the list exactly as the event carried it (`None`: no headers); what a dead letter keeps.
+    pub fn json_text(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Headers from the JSON text of their list, as [`Headers::json_text`] gave it; read only when asked for,
+    /// like an event's.
+    pub fn from_json_text(text: Option<String>) -> Headers<'static> {
+        Headers(text.map(Cow::Owned))
+    }
+
     pub fn into_owned(self) -> Headers<'static> {
         Headers(self.0.map(|t| Cow::Owned(t.into_owned())))
     }

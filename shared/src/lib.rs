@@ -17,13 +17,15 @@
 //! - [`sync`]: mappings (declarative and typed), the preflight against the database, collapse per key, bulk
 //!   apply, dead letters, the version guard.
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
+//! - [`redrive`]: dead letters run again through the current config; [`preview`]: `replay --plan`, a batch
+//!   applied in a transaction that is rolled back, message by message.
 //! - [`report`]: the batch report, which is also the Lambda response.
 //! - [`metrics`]: a batch's report as CloudWatch Embedded Metric Format (Lambda's stdout, `--emf`).
 //! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
 //! - [`config`]: the configuration file and its validation.
-//! - [`run`]: the ways in: Lambda, `replay`, `config check`, and the local runner on a Kafka broker (`consume`,
-//!   `publish`, feature `kafka`), and the database secret read from Secrets Manager (`run::secret`, feature `aws`).
-//!   The only module that knows about Lambda, Kafka or AWS clients.
+//! - [`run`]: the ways in: Lambda, `replay` (and `--plan`), `redrive`, `config check`, and the local runner on a
+//!   Kafka broker (`consume`, `publish`, feature `kafka`), and the database secret read from Secrets Manager
+//!   (`run::secret`, feature `aws`). The only module that knows about Lambda, Kafka or AWS clients.
 
 pub mod change;
 pub mod config;
@@ -35,6 +37,8 @@ pub mod message;
 pub mod metrics;
 mod path;
 pub mod pipeline;
+pub mod preview;
+pub mod redrive;
 pub mod report;
 pub mod run;
 pub mod sync;

@@ -74,6 +74,9 @@ pub struct Inspection<'a> {
     /// The message as it would be mapped: decoded, with Kafka fields injected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<&'a Message<'a>>,
+    /// Where its record stands in the batch's order ([`Origin::record`]).
+    #[serde(skip)]
+    pub position: usize,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -93,7 +96,7 @@ pub struct Plan<'e> {
 }
 
 /// What happened to one message: the answer of the per-message steps, settled by [`Batch::settle`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Fate {
     /// A row for the sync at this index of the pipeline's mappings.
     Upsert(usize, Vec<SqlValue>),
@@ -214,6 +217,7 @@ impl<'e> Batch<'e> {
                 _ => None,
             },
             message: seen.message,
+            position: seen.at.record,
         });
         match fate {
             Fate::Upsert(sync, row) => self.changes[sync].upsert(row, seen.at),
@@ -232,6 +236,25 @@ impl<'e> Batch<'e> {
                 // Its occurrence is counted once the batch is planned, and only if something was dead-lettered.
                 self.dead_letters
                     .push(DeadLetter::new(record, seen.at, 0, reason));
+            }
+        }
+    }
+
+    /// Settles a fate of a whole record: once, or once for each of its `only` (selected) messages.
+    fn settle_record(
+        &mut self,
+        only: Option<&[u32]>,
+        seen: Seen<'_, 'e>,
+        fate: Fate,
+        inspect: &mut dyn FnMut(Inspection<'_>),
+    ) {
+        match only {
+            None => self.settle(seen, fate, inspect),
+            Some(indices) => {
+                for &index in indices {
+                    let at = Origin { index, ..seen.at };
+                    self.settle(Seen { at, ..seen }, fate.clone(), inspect);
+                }
             }
         }
     }
@@ -255,7 +278,7 @@ impl<'e> Batch<'e> {
 }
 
 /// Lists a message that was not applied in the report.
-fn note(
+pub(crate) fn note(
     report: &mut BatchReport,
     record: &Record<'_>,
     at: Origin,
@@ -274,7 +297,7 @@ fn note(
     });
 }
 
-fn bounded_reason(reason: String) -> String {
+pub(crate) fn bounded_reason(reason: String) -> String {
     match crate::text::bounded(&reason, MAX_REASON_CHARS) {
         std::borrow::Cow::Borrowed(_) => reason,
         std::borrow::Cow::Owned(cut) => cut,
@@ -346,18 +369,34 @@ impl Pipeline {
         event: &'e MskEvent<'_>,
         inspect: &mut dyn FnMut(Inspection<'_>),
     ) -> Result<Plan<'e>, DecodeError> {
+        self.plan_selected(event, None, inspect)
+    }
+
+    /// [`Pipeline::plan`] of only some messages: `selected[i]` lists (ascending) the message indices of the
+    /// event's record `i` to plan (`redrive`: the ones that were dead-lettered; the others were applied
+    /// already). A record that fails as a whole settles each of its selected messages with that fate, and a
+    /// selected message the record no longer holds is dead-lettered, so that every selected message gets
+    /// exactly one fate. `None`: every message.
+    pub fn plan_selected<'e>(
+        &self,
+        event: &'e MskEvent<'_>,
+        selected: Option<&[Vec<u32>]>,
+        inspect: &mut dyn FnMut(Inspection<'_>),
+    ) -> Result<Plan<'e>, DecodeError> {
         let order = event.order();
         let mut batch = Batch::new(&self.mappings.items, event.record_count());
         let decoder = self.codec.decoder();
         let (mut key_buf, mut value_buf) = (Vec::new(), Vec::new());
         for (position, &i) in order.iter().enumerate() {
             let record = &event.records[i];
+            let only: Option<&[u32]> =
+                selected.map(|s| s.get(i).map(Vec::as_slice).unwrap_or_default());
             let mut seen = Seen::new(record, position);
             let key_value =
                 match permanent(decoder.decode_key(record.key.as_deref(), &mut key_buf))? {
                     Ok(key_value) => key_value,
                     Err(reason) => {
-                        batch.settle(seen, Fate::DeadLetter(reason), inspect);
+                        batch.settle_record(only, seen, Fate::DeadLetter(reason), inspect);
                         continue;
                     }
                 };
@@ -373,7 +412,7 @@ impl Pipeline {
                     Opened::Messages(sync, decoded) => (sync, decoded),
                     Opened::Settled(sync, fate) => {
                         seen.sync = sync.map(|s| self.mappings.items[s].name());
-                        batch.settle(seen, fate, inspect);
+                        batch.settle_record(only, seen, fate, inspect);
                         continue;
                     }
                 };
@@ -383,14 +422,19 @@ impl Pipeline {
                 .masks
                 .get(&record.topic)
                 .map(|rule| rule.mask_for(schema.as_deref()));
+            let held = messages.len();
             for (index, mut message) in messages.into_iter().enumerate() {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                if only.is_some_and(|o| o.binary_search(&index).is_err()) {
+                    continue;
+                }
                 inject(&mut message, record);
                 let fate = self.step(sync, &mut message, filter, mask.as_ref(), &meta);
                 // A message that was filtered out, or could not be masked, is never shown.
                 let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
                 let at = Origin {
                     record: position,
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    index,
                 };
                 let message = shown.then_some(&message);
                 batch.settle(
@@ -402,6 +446,20 @@ impl Pipeline {
                     fate,
                     inspect,
                 );
+            }
+            let gone = only
+                .unwrap_or_default()
+                .iter()
+                .filter(|&&i| usize::try_from(i).is_ok_and(|i| i >= held));
+            for &index in gone {
+                let at = Origin {
+                    record: position,
+                    index,
+                };
+                let reason = format!(
+                    "message {index} is not in the record any more: its value decodes to {held} message(s)"
+                );
+                batch.settle(Seen { at, ..seen }, Fate::DeadLetter(reason), inspect);
             }
         }
         Ok(batch.finish(&event.records, order))

@@ -64,6 +64,20 @@ pub(crate) fn escaped(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The inverse of [`escaped`]: what a dead-letter column holds, back to the text msk-sync was given. A text
+/// that [`escaped`] did not produce (edited by hand) is returned as it is rather than refused.
+pub(crate) fn unescaped(text: &str) -> Cow<'_, str> {
+    if !text.contains('\\') {
+        return Cow::Borrowed(text);
+    }
+    // `escaped` writes JSON string escapes for everything but `"`: quote those, and JSON reads it back.
+    let quoted = format!("\"{}\"", text.replace('"', "\\\""));
+    match serde_json::from_str::<String>(&quoted) {
+        Ok(back) => Cow::Owned(back),
+        Err(_) => Cow::Borrowed(text),
+    }
+}
+
 /// `text` cut to at most `max` (≥ 1) characters, the cut marked with `…`.
 pub(crate) fn bounded(text: &str, max: usize) -> Cow<'_, str> {
     match text.char_indices().nth(max) {
@@ -90,6 +104,21 @@ mod tests {
         // A literal backslash-u never reads like an escaped NUL.
         assert_eq!(escaped("X\\u0000Y"), "X\\\\u0000Y");
         assert_eq!(escaped("é…🦀"), "é…🦀");
+    }
+
+    #[test]
+    fn unescaping_gives_back_exactly_what_was_escaped() {
+        for text in [
+            "servicea.planet",
+            "X\0Y",
+            "a\nb\tc\u{7f}\u{85}",
+            "X\\u0000Y",
+            "say \"hi\" \\\"",
+            "{\"a\": [1, 2]}\n",
+            "é…🦀",
+        ] {
+            assert_eq!(unescaped(&escaped(text)), text, "{text:?}");
+        }
     }
 
     #[test]

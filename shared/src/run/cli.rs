@@ -1,5 +1,6 @@
-//! The command line: `replay` event files into a database, `config check` a config file, and with the `kafka`
-//! feature `consume` (the local runner) and `publish`.
+//! The command line: `replay` event files into a database (or `--plan` them), `redrive` the dead letters
+//! ([`versions`]), `config check` a config file, and with the `kafka` feature `consume` (the local runner) and
+//! `publish`.
 //!
 //! Exit codes follow the failure model: 0 processed (dead letters included), 1 transient failure (nothing
 //! of the failing batch was written; run it again), 2 bad invocation (unreadable file, not an MSK event, bad
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use super::{App, DATABASE_URL_ENV, redact};
+
+mod versions;
 use crate::config::Config;
 use crate::event::MskEvent;
 use crate::metrics::Metrics;
@@ -47,10 +50,19 @@ enum Command {
         /// Metric Format object (namespace $MSK_SYNC_METRICS_NAMESPACE, default msk-sync).
         #[arg(long, conflicts_with = "dry_run")]
         emf: bool,
+        /// Apply each batch in a transaction that is rolled back: print one JSON line per message with its
+        /// action (insert, update and the changed columns' names, unchanged, delete, stale, superseded,
+        /// filtered, empty, dead-letter), then a summary line with the counts. Nothing is written.
+        #[arg(long, conflicts_with_all = ["dry_run", "emf"])]
+        plan: bool,
         /// MSK event files.
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
+    /// Run the dead letters (all, or of --topic) again through the current config: what succeeds now is
+    /// applied and its dead letters deleted, in one transaction per chunk of records; what fails again stays,
+    /// with the new reason and one more attempt. Prints each chunk's report, as replay does each file's.
+    Redrive(versions::RedriveArgs),
     /// Consume topics from a Kafka broker as a consumer group and apply them batch by batch, as Lambda's
     /// event-source mapping would (the local runner). SIGINT / SIGTERM finish the batch in hand and exit 0.
     #[cfg(feature = "kafka")]
@@ -178,12 +190,31 @@ where
             timeout,
             events,
         } => publish(&brokers, &property, timeout, &events, out, err).await,
+        Command::Redrive(args) => versions::redrive(app, args, out, err).await,
+        Command::Replay {
+            database_url,
+            config,
+            plan: true,
+            events,
+            ..
+        } => {
+            versions::replay_plan(
+                app,
+                database_url.as_deref(),
+                config.as_deref(),
+                &events,
+                out,
+                err,
+            )
+            .await
+        }
         Command::Replay {
             database_url,
             config,
             dry_run,
             emf,
             events,
+            plan: false,
         } => {
             let output = match (dry_run, emf) {
                 (true, _) => Output::DryRun,
@@ -377,7 +408,7 @@ async fn replay(
 }
 
 /// Reads every event file before anything is done with them.
-fn read_files(files: &[PathBuf]) -> Result<Vec<(&PathBuf, Vec<u8>)>, String> {
+pub(super) fn read_files(files: &[PathBuf]) -> Result<Vec<(&PathBuf, Vec<u8>)>, String> {
     files
         .iter()
         .map(|file| {
@@ -389,7 +420,7 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<(&PathBuf, Vec<u8>)>, String> {
 }
 
 /// Parses every file read; a file that is not an MSK event stops the replay before anything is applied.
-fn parse_events<'t>(
+pub(super) fn parse_events<'t>(
     texts: &'t [(&'t PathBuf, Vec<u8>)],
 ) -> Result<Vec<(&'t PathBuf, MskEvent<'t>)>, String> {
     texts
@@ -506,7 +537,7 @@ async fn publish(
     }
 }
 
-fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {
+pub(super) fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {
     let _ = writeln!(err, "error: {message}");
     code
 }

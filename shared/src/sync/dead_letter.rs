@@ -20,7 +20,19 @@
 //! `raw_message_index` which `message_index` holds them (NULL on the row that holds them; a tombstone's row has
 //! a NULL value and a NULL `raw_message_index`). A container file of 40,000 messages that all fail thus stores
 //! its value once, not 40,000 times: storage (and the memory the batch needs) grows with the batch's bytes.
-//! Rows are never deleted, so a `raw_message_index` written by any replay keeps pointing at a row that exists.
+//! A batch never deletes a row; `redrive` deletes the rows of the messages it applied and rewrites the others
+//! of the same record in the same transaction, the first of them taking the raw data, so a
+//! `raw_message_index` always points at a row that exists.
+//!
+//! Everything else `redrive` needs to rebuild the record exactly as the event carried it is kept with the raw
+//! data: `headers` (the JSON text of the event's header list), `schema_metadata` (Lambda's
+//! `valueSchemaMetadata` / `keySchemaMetadata`, as JSON) and, on every row, `timestamp_type`. `attempts` counts
+//! how often the message was tried: 1 when it is first dead-lettered (a replay that dead-letters it again
+//! keeps the count), plus one for each `redrive` that failed it again.
+//!
+//! Those four columns came after the first release: [`ADDED_LATER`] lists them, all nullable, and the preflight
+//! adds them to an older table (`ALTER TABLE … ADD COLUMN`). A row written before has them NULL: no headers,
+//! no timestamp type, no schema metadata known, one attempt.
 //!
 //! Writing a dead letter never fails on data: every text msk-sync writes here is escaped as a JSON string
 //! escapes it (control characters such as NUL as `\u0000`, `\` as `\\`) — a base64 key or value never needs
@@ -75,7 +87,7 @@ const fn column(name: &'static str, kind: ColumnKind, nullable: bool, key: bool)
 
 /// Every column of the dead-letter table, in the order msk-sync writes them: the one list the table's
 /// creation, its writes and the preflight read. `created_at` (last) is the database's.
-pub(crate) const COLUMNS: [Column; 12] = {
+pub(crate) const COLUMNS: [Column; 16] = {
     use ColumnKind::*;
     [
         column("kafka_topic", KeyText, false, true),
@@ -89,10 +101,19 @@ pub(crate) const COLUMNS: [Column; 12] = {
         column("value_base64", Text, true, false),
         column("raw_message_index", Integer, true, false),
         column("error", Text, false, false),
+        column("timestamp_type", Text, true, false),
+        column("headers", Text, true, false),
+        column("schema_metadata", Text, true, false),
+        column("attempts", Integer, true, false),
         // Never updated by a replay, so the table stays the same when a batch is applied twice.
         column("created_at", Timestamp, false, false),
     ]
 };
+
+/// The columns a table made by an older msk-sync lacks: nullable, so the preflight adds them to it and a row
+/// an older instance still writes (without them) is accepted.
+pub(crate) const ADDED_LATER: [&str; 4] =
+    ["timestamp_type", "headers", "schema_metadata", "attempts"];
 
 /// The declared length of `kafka_topic`.
 pub(crate) const TOPIC_COLUMN_CHARS: u32 = 255;
@@ -114,6 +135,8 @@ pub struct DeadLetter<'e> {
     /// same record that does (see [`share_raw`]).
     pub raw_at: Option<u32>,
     pub error: String,
+    /// How often the message was tried (1 the first time; a `redrive` that fails it again adds one).
+    pub attempts: u32,
 }
 
 impl<'e> DeadLetter<'e> {
@@ -124,6 +147,7 @@ impl<'e> DeadLetter<'e> {
             occurrence,
             raw_at: None,
             error,
+            attempts: 1,
         }
     }
 
@@ -147,8 +171,42 @@ impl<'e> DeadLetter<'e> {
             raw(r.value.as_deref()),
             SqlValue::Int(self.raw_at.map(|i| i32::try_from(i).unwrap_or(i32::MAX))),
             SqlValue::String(Some(escaped(&self.error).into_owned())),
+            SqlValue::String(r.timestamp_type.as_deref().map(|t| escaped(t).into_owned())),
+            raw(r.headers.json_text()),
+            raw(schema_metadata(r).as_deref()),
+            int(self.attempts),
         ]
     }
+}
+
+/// Lambda's schema-registry metadata of a record as JSON, `None` when it has none.
+fn schema_metadata(r: &Record<'_>) -> Option<String> {
+    if r.value_schema_metadata.is_none() && r.key_schema_metadata.is_none() {
+        return None;
+    }
+    let both = serde_json::json!({
+        "valueSchemaMetadata": r.value_schema_metadata,
+        "keySchemaMetadata": r.key_schema_metadata,
+    });
+    Some(both.to_string())
+}
+
+/// The schema metadata [`schema_metadata`] wrote, back; `Err` names what does not read.
+pub(crate) type SchemaMetadataPair = (
+    Option<Box<crate::event::SchemaMetadata>>,
+    Option<Box<crate::event::SchemaMetadata>>,
+);
+
+pub(crate) fn read_schema_metadata(text: &str) -> Result<SchemaMetadataPair, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Both {
+        value_schema_metadata: Option<Box<crate::event::SchemaMetadata>>,
+        key_schema_metadata: Option<Box<crate::event::SchemaMetadata>>,
+    }
+    serde_json::from_str::<Both>(text)
+        .map(|b| (b.value_schema_metadata, b.key_schema_metadata))
+        .map_err(|e| format!("schema_metadata: {e}"))
 }
 
 fn int(n: u32) -> SqlValue {
@@ -172,7 +230,7 @@ pub(crate) fn share_raw(dead: &mut [DeadLetter<'_>]) {
 }
 
 /// The `kafka_topic` of a topic, and whether it is a stand-in (see the module doc).
-fn topic_key(topic: &str) -> (Cow<'_, str>, bool) {
+pub(crate) fn topic_key(topic: &str) -> (Cow<'_, str>, bool) {
     let kept = !topic.contains(|c: char| c.is_control() || c == '…')
         && topic.chars().nth(TOPIC_KEPT_CHARS).is_none();
     if kept {
@@ -199,29 +257,44 @@ pub(crate) fn table_def(name: &str) -> TableDef {
     }
 }
 
+fn column_def(c: &Column, backend: DbBackend) -> ColumnDef {
+    let mut def = ColumnDef::new(Alias::new(c.name));
+    match c.kind {
+        ColumnKind::KeyText => def.string_len(TOPIC_COLUMN_CHARS),
+        ColumnKind::Integer => def.integer(),
+        ColumnKind::BigInteger => def.big_integer(),
+        // Key, value and reason are kept whatever their size: a record is never refused here.
+        ColumnKind::Text => table::long_text(&mut def, backend),
+        ColumnKind::Timestamp => def.timestamp().default(Expr::current_timestamp()),
+    };
+    if c.nullable {
+        def.null();
+    } else {
+        def.not_null();
+    }
+    def
+}
+
 pub(crate) fn create_table(name: &str, backend: DbBackend) -> TableCreateStatement {
-    let columns = COLUMNS
-        .iter()
-        .map(|c| {
-            let mut def = ColumnDef::new(Alias::new(c.name));
-            match c.kind {
-                ColumnKind::KeyText => def.string_len(TOPIC_COLUMN_CHARS),
-                ColumnKind::Integer => def.integer(),
-                ColumnKind::BigInteger => def.big_integer(),
-                // Key, value and reason are kept whatever their size: a record is never refused here.
-                ColumnKind::Text => table::long_text(&mut def, backend),
-                ColumnKind::Timestamp => def.timestamp().default(Expr::current_timestamp()),
-            };
-            if c.nullable {
-                def.null();
-            } else {
-                def.not_null();
-            }
-            def
-        })
-        .collect();
+    let columns = COLUMNS.iter().map(|c| column_def(c, backend)).collect();
     let key: Vec<&str> = COLUMNS.iter().filter(|c| c.key).map(|c| c.name).collect();
     table::create_table(name, columns, &key)
+}
+
+/// `ALTER TABLE name ADD COLUMN column …` for one of [`ADDED_LATER`], as text for `backend` (what the preflight
+/// runs, and what it tells a user without the ALTER privilege to run).
+pub(crate) fn add_column_statement(name: &str, column: &str, backend: DbBackend) -> Option<String> {
+    use sea_orm::sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder, Table};
+    let c = COLUMNS.iter().find(|c| c.name == column && c.nullable)?;
+    let mut alter = Table::alter();
+    alter
+        .table(Alias::new(name))
+        .add_column(column_def(c, backend));
+    Some(match backend {
+        DbBackend::MySql => alter.to_string(MysqlQueryBuilder),
+        DbBackend::Postgres => alter.to_string(PostgresQueryBuilder),
+        _ => alter.to_string(SqliteQueryBuilder),
+    })
 }
 
 #[cfg(test)]

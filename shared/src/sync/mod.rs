@@ -10,7 +10,9 @@
 pub mod dead_letter;
 pub mod declarative;
 pub mod mapping;
+pub mod plan;
 pub mod preflight;
+pub mod redrive;
 pub mod table;
 pub mod typed;
 pub mod version;
@@ -165,6 +167,14 @@ impl Changes {
         self.ops.push(Some((op, origin)));
     }
 
+    /// The messages whose change survived the collapse, with whether it is an upsert (else a delete).
+    pub fn origins(&self) -> impl Iterator<Item = (Origin, bool)> + '_ {
+        self.ops
+            .iter()
+            .flatten()
+            .map(|(op, origin)| (*origin, matches!(op, Op::Upsert(_))))
+    }
+
     /// Messages whose change a later message of the same key replaced.
     pub fn superseded(&self) -> usize {
         self.superseded
@@ -317,6 +327,18 @@ async fn commit(txn: DatabaseTransaction) -> Result<(), ApplyError> {
     })
 }
 
+/// What a batch's transaction does besides writing its changes and dead letters.
+pub(crate) enum Extra<'x> {
+    /// A batch: commit.
+    Commit,
+    /// `redrive`: the dead-letter rows these messages had ((record, message_index)). Those not dead-lettered
+    /// again are deleted in the same transaction; the others are rewritten with their new reason and attempt
+    /// count, the first of each record taking its raw data.
+    Redrive(&'x [(&'x redrive::RecordKey, u32)]),
+    /// `replay --plan`: every upserted row read before and after, then the transaction rolled back.
+    Plan(&'x mut plan::Probe),
+}
+
 /// Database settings that do not come from the URL.
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -402,6 +424,17 @@ impl Sink {
                 let mut problems = Vec::new();
                 for expected in self.expected_tables() {
                     match self.found_or_created(&expected, &server).await? {
+                        Ok(found) if self.is_dead_letter_table(&expected) => {
+                            // An older table gets the columns redrive needs (see [`redrive`]).
+                            let (found, refused) =
+                                self.dead_letter_columns(&expected, found, &server).await?;
+                            problems.extend(
+                                preflight::compare(&expected, &found, &server)
+                                    .into_iter()
+                                    .filter(|p| !refused.iter().any(|r| r.column == p.column)),
+                            );
+                            problems.extend(refused);
+                        }
                         Ok(found) => {
                             problems.extend(preflight::compare(&expected, &found, &server))
                         }
@@ -467,11 +500,29 @@ impl Sink {
         let mut missing = Vec::new();
         for expected in self.expected_tables() {
             match preflight::inspect(&self.db, &expected, &server).await? {
+                Some(found) if self.is_dead_letter_table(&expected) => {
+                    // Columns the first batch adds are not a problem: listed with what is not there yet.
+                    let to_add = self.dead_letter_columns_to_add(&expected, &found);
+                    problems.extend(
+                        preflight::compare(&expected, &found, &server)
+                            .into_iter()
+                            .filter(|p| {
+                                !p.column.as_deref().is_some_and(|c| {
+                                    to_add.is_some() && dead_letter::ADDED_LATER.contains(&c)
+                                })
+                            }),
+                    );
+                    missing.extend(to_add);
+                }
                 Some(found) => problems.extend(preflight::compare(&expected, &found, &server)),
                 None => missing.push(expected.def.name),
             }
         }
         Ok((problems, missing))
+    }
+
+    fn is_dead_letter_table(&self, expected: &preflight::Expected) -> bool {
+        !expected.deletes && expected.def.name == self.options.dead_letter_table
     }
 
     /// Every table the mappings write, then the dead-letter table (its columns as [`dead_letter`] defines them),
@@ -524,7 +575,22 @@ impl Sink {
         dead_letters: &[DeadLetter<'e>],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
     ) -> Result<Applied, ApplyError> {
-        match self.apply_retrying(changes, dead_letters, reject).await {
+        self.apply_with(changes, dead_letters, reject, &mut Extra::Commit)
+            .await
+    }
+
+    /// [`Sink::apply`], with what else the transaction does ([`Extra`]).
+    pub(crate) async fn apply_with<'e>(
+        &self,
+        changes: &[Changes],
+        dead_letters: &[DeadLetter<'e>],
+        reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
+        extra: &mut Extra<'_>,
+    ) -> Result<Applied, ApplyError> {
+        match self
+            .apply_retrying(changes, dead_letters, reject, extra)
+            .await
+        {
             Err(ApplyError::NotApplied(e)) if connection_failure(&e) => {
                 Err(ApplyError::NotApplied(self.unreachable(e).await))
             }
@@ -538,14 +604,16 @@ impl Sink {
         changes: &[Changes],
         dead_letters: &[DeadLetter<'e>],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
+        extra: &mut Extra<'_>,
     ) -> Result<Applied, ApplyError> {
         self.ensure_tables().await?;
         let mut retries = 0;
         loop {
-            let done = match self.apply_bulk(changes, dead_letters).await {
+            let done = match self.apply_bulk(changes, dead_letters, extra).await {
                 Err(ApplyError::NotApplied(e)) if data_error(&e).is_some() => {
                     tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
-                    self.apply_row_by_row(changes, dead_letters, reject).await
+                    self.apply_row_by_row(changes, dead_letters, reject, extra)
+                        .await
                 }
                 other => other,
             };
@@ -604,9 +672,11 @@ impl Sink {
         &self,
         changes: &[Changes],
         dead_letters: &[DeadLetter<'_>],
+        extra: &mut Extra<'_>,
     ) -> Result<Applied, ApplyError> {
         let backend = self.backend();
         let txn = self.db.begin().await?;
+        self.before_writes(&txn, changes, extra).await?;
         let mut applied = Applied::default();
         for (mapping, changes) in self.mappings.iter().zip(changes) {
             if let Some(v) = mapping.version() {
@@ -629,9 +699,9 @@ impl Sink {
                 txn.execute(&delete_statement(table, &chunk)).await?;
             }
         }
-        self.write_dead_letters(&txn, dead_letters).await?;
+        self.write_dead_letters(&txn, dead_letters, extra).await?;
         applied.dead_lettered = dead_letters.len();
-        commit(txn).await?;
+        self.finish(txn, changes, dead_letters, extra).await?;
         Ok(applied)
     }
 
@@ -640,8 +710,10 @@ impl Sink {
         changes: &[Changes],
         dead_letters: &[DeadLetter<'e>],
         reject: &(dyn Fn(Origin, &str) -> DeadLetter<'e> + Sync),
+        extra: &mut Extra<'_>,
     ) -> Result<Applied, ApplyError> {
         let txn = self.db.begin().await?;
+        self.before_writes(&txn, changes, extra).await?;
         let mut applied = Applied::default();
         for (mapping, changes) in self.mappings.iter().zip(changes) {
             if let Some(v) = mapping.version() {
@@ -692,9 +764,9 @@ impl Sink {
                 .map(|(origin, reason)| reject(*origin, reason)),
         );
         dead_letter::share_raw(&mut all);
-        self.write_dead_letters(&txn, &all).await?;
+        self.write_dead_letters(&txn, &all, extra).await?;
         applied.dead_lettered = all.len();
-        commit(txn).await?;
+        self.finish(txn, changes, &all, extra).await?;
         Ok(applied)
     }
 
@@ -702,17 +774,82 @@ impl Sink {
         &self,
         txn: &impl ConnectionTrait,
         dead_letters: &[DeadLetter<'_>],
+        extra: &Extra<'_>,
     ) -> Result<(), DbErr> {
         let table = dead_letter::table_def(&self.options.dead_letter_table);
         let rows = self.rows_per_statement(self.backend(), table.columns.len());
+        // Every column but the key and `created_at`: a replay writes the same values again, and a record
+        // that reuses coordinates (a hand-made event) never pairs its reason with another record's value.
+        // `attempts` too only in a redrive: a replay that dead-letters a message again keeps its count.
+        let redrive = matches!(extra, Extra::Redrive(_));
+        let update: Vec<&str> = table
+            .non_key_columns()
+            .filter(|c| redrive || *c != "attempts")
+            .collect();
         for chunk in dead_letters.chunks(rows) {
             let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
             let rows: Vec<&[SqlValue]> = rows.iter().map(Vec::as_slice).collect();
-            // Every column but the key and `created_at`: a replay writes the same values again, and a record
-            // that reuses coordinates (a hand-made event) never pairs its reason with another record's value.
-            txn.execute(&upsert_statement(&table, &rows)?).await?;
+            txn.execute(&upsert_statement_only(&table, &rows, &update)?)
+                .await?;
         }
         Ok(())
+    }
+
+    /// What [`Extra`] does once the transaction is open, before any write: `--plan` reads the rows as they are.
+    async fn before_writes(
+        &self,
+        txn: &DatabaseTransaction,
+        changes: &[Changes],
+        extra: &mut Extra<'_>,
+    ) -> Result<(), DbErr> {
+        if let Extra::Plan(probe) = extra {
+            probe.read(self, txn, changes, plan::When::Before).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a batch's transaction as [`Extra`] says: commit, commit after deleting the redriven dead letters,
+    /// or (`--plan`) read the rows as they became and roll back.
+    async fn finish(
+        &self,
+        txn: DatabaseTransaction,
+        changes: &[Changes],
+        written: &[DeadLetter<'_>],
+        extra: &mut Extra<'_>,
+    ) -> Result<(), ApplyError> {
+        match extra {
+            Extra::Commit => commit(txn).await,
+            Extra::Redrive(selected) => {
+                let again: std::collections::HashSet<(String, i32, i64, u32, u32)> = written
+                    .iter()
+                    .map(|d| {
+                        let topic = dead_letter::topic_key(&d.record.topic).0.into_owned();
+                        let r = d.record;
+                        (topic, r.partition, r.offset, d.occurrence, d.at.index)
+                    })
+                    .collect();
+                let resolved: Vec<(&redrive::RecordKey, u32)> = selected
+                    .iter()
+                    .filter(|(k, index)| {
+                        !again.contains(&(
+                            k.topic_key.clone(),
+                            k.partition,
+                            k.offset,
+                            k.occurrence,
+                            *index,
+                        ))
+                    })
+                    .copied()
+                    .collect();
+                self.delete_dead_letters(&txn, &resolved).await?;
+                commit(txn).await
+            }
+            Extra::Plan(probe) => {
+                probe.read(self, &txn, changes, plan::When::After).await?;
+                txn.rollback().await?;
+                Ok(())
+            }
+        }
     }
 
     fn rows_per_statement(&self, backend: DbBackend, columns: usize) -> usize {
