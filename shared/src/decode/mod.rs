@@ -7,6 +7,11 @@
 pub mod avro;
 mod json;
 pub mod registry;
+mod schema_files;
+
+pub use schema_files::SchemaFiles;
+#[cfg(test)]
+pub(crate) use schema_files::reads as schema_file_reads;
 
 pub(crate) use json::INJECTED_FIELDS;
 
@@ -125,18 +130,16 @@ pub enum Format {
 impl CodecConfig {
     /// Reads the schemas (paths relative to `base`) and builds the codec, or lists every problem.
     pub fn build(&self, base: Option<&Path>) -> Result<Codec, Vec<String>> {
+        self.build_with(&mut SchemaFiles::new(base))
+    }
+
+    /// [`CodecConfig::build`] with the schema files of a whole config's compile, each read once.
+    pub fn build_with(&self, files: &mut SchemaFiles) -> Result<Codec, Vec<String>> {
         let mut problems = Vec::new();
-        let read = |what: &str, path: &Path| -> Result<Arc<avro::AvroSchema>, String> {
-            let path = match base {
-                Some(dir) if path.is_relative() => dir.join(path),
-                _ => path.to_path_buf(),
-            };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("codec.{what}: {}: cannot read: {e}", path.display()))?;
-            let schema = Schema::parse_str(&text).map_err(|e| {
-                format!("codec.{what}: {}: not an Avro schema: {e}", path.display())
-            })?;
-            avro::AvroSchema::new(Arc::new(schema))
+        let mut read = |what: &str, path: &Path| -> Result<Arc<avro::AvroSchema>, String> {
+            let (path, schema) = files.get(path);
+            let schema = schema.map_err(|e| format!("codec.{what}: {}: {e}", path.display()))?;
+            avro::AvroSchema::new(schema)
                 .map(Arc::new)
                 .map_err(|e| format!("codec.{what}: {}: {e}", path.display()))
         };
