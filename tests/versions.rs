@@ -11,14 +11,6 @@ use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::Value as SqlValue;
 use serde_json::{Value, json};
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(
     shuffled_and_repeated_batches_end_in_the_newest_version_of_every_entity,
     a_late_older_create_does_not_undo_a_delete_and_a_newer_one_does,
