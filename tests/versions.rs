@@ -441,7 +441,7 @@ async fn a_typed_sync_declares_its_version_column(backend: Backend) {
     let mapping: std::sync::Arc<dyn msk_sync::sync::Mapping> =
         std::sync::Arc::new(TypedMapping::<versioned_planet::Entity>::new("planet"));
     assert_eq!(mapping.version(), Some(2));
-    let app = msk_sync::run::App::typed("typed-versions", vec![(vec!["*".to_string()], mapping)]);
+    let app = msk_sync::App::typed::<versioned_planet::Entity>("typed-versions", "planet");
     let h = app
         .handler(&msk_sync::config::Config::default(), Some(&db.url))
         .await

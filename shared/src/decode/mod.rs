@@ -19,7 +19,7 @@ mod config;
 mod envelope;
 mod format;
 mod key;
-pub mod registry;
+pub(crate) mod registry;
 mod schema_files;
 mod schemas;
 
@@ -29,6 +29,7 @@ pub use envelope::Envelope;
 pub use format::Format;
 pub(crate) use format::json::INJECTED_FIELDS;
 pub use key::KeyFormat;
+pub use registry::RegistryConfig;
 pub use schema_files::SchemaFiles;
 #[cfg(test)]
 pub(crate) use schema_files::reads as schema_file_reads;
