@@ -21,19 +21,27 @@ use crate::sync::{DeadLetter, Extra, Origin, PreflightError};
 /// One message of a plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanLine {
+    /// The record's topic.
     pub topic: String,
+    /// The record's partition.
     pub partition: i32,
+    /// The record's offset.
     pub offset: i64,
+    /// The message's index in its record (an Avro container file holds several); omitted when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub index: u32,
+    /// The entity key, as text, when the message got as far as a key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The sync (table) the message is routed to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<String>,
+    /// insert, update, unchanged, delete, stale, superseded, filtered, empty or dead-letter.
     pub action: &'static str,
     /// `update`: the columns whose value changes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// Why a message is dead-lettered (or stale).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -46,15 +54,25 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanSummary {
+    /// Every message of the batch.
     pub messages: usize,
+    /// Upserts whose key has no row yet.
     pub insert: usize,
+    /// Upserts that change at least one column.
     pub update: usize,
+    /// Upserts that would write the row as it is.
     pub unchanged: usize,
+    /// Deletes.
     pub delete: usize,
+    /// Changes older than the row or its tombstone (version guard).
     pub stale: usize,
+    /// Changes a later change of the same key in the batch replaces.
     pub superseded: usize,
+    /// Messages the emit filter drops.
     pub filtered: usize,
+    /// Records whose value held no message (an Avro container file with no record).
     pub empty: usize,
+    /// Messages that would be dead-lettered.
     pub dead_letter: usize,
     /// insert + update + unchanged: the report's `upserted`.
     pub upserted: usize,

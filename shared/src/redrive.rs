@@ -24,6 +24,7 @@ pub const DEFAULT_CHUNK_RECORDS: usize = 500;
 pub struct RedriveOptions {
     /// Only the dead letters of these topics; empty: all.
     pub topics: Vec<String>,
+    /// Records per transaction.
     pub chunk_records: usize,
 }
 

@@ -41,11 +41,11 @@ pub(super) async fn redrive(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let config = match app.load_config(args.config.as_deref()) {
+    let compiled = match app.load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
-    let handler = match app.handler(&config, args.database_url.as_deref()).await {
+    let handler = match compiled.handler(args.database_url.as_deref()).await {
         Ok(h) => h,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
@@ -92,7 +92,7 @@ pub(super) async fn replay_plan(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let config = match app.load_config(config) {
+    let compiled = match app.load(config) {
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
@@ -104,7 +104,7 @@ pub(super) async fn replay_plan(
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
-    let handler = match app.handler(&config, database_url).await {
+    let handler = match compiled.handler(database_url).await {
         Ok(h) => h,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
