@@ -5,14 +5,6 @@ use base64::Engine;
 use msk_sync_tests::*;
 use serde_json::{Value, json};
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(plan_then_replay_agree_and_the_plan_writes_nothing);
 
 const TABLE: &str = "planet_p";

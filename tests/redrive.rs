@@ -6,14 +6,6 @@ use msk_sync_tests::*;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(
     a_fixed_config_applies_the_dead_letters_and_deletes_them,
     a_redriven_change_older_than_its_row_is_stale,
