@@ -1,6 +1,7 @@
-//! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro] [BYTES | --records N]` prints an MSK event of at
-//! most BYTES (default: Lambda's 6 MB payload limit), or of N records, for measuring `replay` (peak memory, time)
-//! on a full batch. The benchmarks run it too, so that generating a batch leaves nothing in their own heap.
+//! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro] [BYTES | --records N] [--seed S]` prints an MSK
+//! event of at most BYTES (default: Lambda's 6 MB payload limit), or of N records, for measuring `replay` (peak
+//! memory, time) on a full batch. The benchmarks run it too, so that generating a batch leaves nothing in their
+//! own heap. Another seed makes another batch of the same shape (the same planets, other changes).
 //!
 //! `gen-event ocf N` prints one record whose value is an Avro container file of N one-byte records, all of
 //! which the repository's config dead-letters (default 40,000: a 54 KB event).
@@ -35,10 +36,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let cfg = GenConfig {
+    let mut args: Vec<String> = args.collect();
+    let mut cfg = GenConfig {
         format,
         ..GenConfig::default()
     };
+    if let Some(at) = args.iter().position(|a| a == "--seed") {
+        match args.get(at + 1).map(|s| s.parse::<u64>()) {
+            Some(Ok(seed)) => cfg.seed = seed,
+            _ => {
+                eprintln!("gen-event: --seed needs a number");
+                return std::process::ExitCode::from(2);
+            }
+        }
+        args.drain(at..at + 2);
+    }
+    let mut args = args.into_iter();
     let number = |what: &str, text: Option<String>| {
         text.unwrap_or_default()
             .parse::<usize>()

@@ -7,8 +7,8 @@
 //! config) or misconfigured (the database does not match the config: nothing applied).
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +18,7 @@ mod versions;
 use crate::config::Config;
 use crate::event::MskEvent;
 use crate::metrics::Metrics;
-use crate::pipeline::HandlerError;
+use crate::pipeline::{Handler, HandlerError, Pipeline};
 
 /// Exit status: done.
 pub const EXIT_OK: u8 = 0;
@@ -230,6 +230,7 @@ where
                 config.as_deref(),
                 output,
                 &events,
+                KEEP_CHECKED_BYTES,
                 out,
                 err,
             )
@@ -317,12 +318,14 @@ enum Output {
     ReportsAndMetrics,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replay(
     app: &App,
     database_url: Option<&str>,
     config: Option<&std::path::Path>,
     output: Output,
     files: &[PathBuf],
+    keep_checked_bytes: u64,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
@@ -330,78 +333,80 @@ async fn replay(
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
-    // Every file is read and parsed before anything is applied, so a typo in the last file name does not
-    // leave the database half-replayed. The events borrow their records' strings from the files' bytes.
-    let texts = match read_files(files) {
-        Ok(texts) => texts,
-        Err(e) => return fail(err, EXIT_INVALID, &e),
-    };
-    let events = match parse_events(&texts) {
+    // Nothing is applied unless every file can be read and is an MSK event, so a typo in the last file name
+    // does not leave the database half-replayed. The first files, up to KEEP_CHECKED_BYTES, are kept from the
+    // check and parsed once; every later file is checked and dropped, then read again when its turn comes. So a
+    // replay holds at most those first files or one other file and its batch, whatever the files add up to.
+    // A single file is its own check.
+    let several = files.len() > 1;
+    let mut texts: Vec<Vec<u8>> = Vec::new();
+    let mut sizes: Vec<u64> = Vec::new();
+    // The first file past the budget, read already.
+    let mut next = None;
+    if several {
+        for file in files {
+            let bytes = match read_file(file) {
+                Ok(bytes) => bytes,
+                Err(e) => return fail(err, EXIT_INVALID, &e),
+            };
+            if sizes.iter().sum::<u64>() + bytes.len() as u64 > keep_checked_bytes {
+                next = Some(bytes);
+                break;
+            }
+            sizes.push(bytes.len() as u64);
+            texts.push(bytes);
+        }
+    }
+    let kept = match parse_kept(files, &texts) {
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
-    if output == Output::DryRun {
-        let pipeline = compiled.pipeline;
-        for (file, event) in events {
-            if let Err(e) = pipeline.prepare(&event).await {
-                return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
+    if several {
+        for file in &files[texts.len()..] {
+            let bytes = match next.take().map_or_else(|| read_file(file), Ok) {
+                Ok(bytes) => bytes,
+                Err(e) => return fail(err, EXIT_INVALID, &e),
+            };
+            if let Err(e) = parse_event(file, &bytes) {
+                return fail(err, EXIT_INVALID, &e);
             }
-            let mut io_error = None;
-            let planned = pipeline.plan(&event, &mut |inspection| {
-                if io_error.is_none()
-                    && let Err(e) = serde_json::to_writer(&mut *out, &inspection)
-                        .and_then(|()| out.write_all(b"\n").map_err(serde_json::Error::io))
-                {
-                    io_error = Some(e);
-                }
-            });
-            if let Some(e) = io_error {
-                return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
-            }
-            if let Err(e) = planned {
-                return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
-            }
+            sizes.push(bytes.len() as u64);
         }
-        return EXIT_OK;
     }
-    let handler = match compiled.handler(database_url).await {
-        Ok(h) => h,
-        Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
+    let mut replayer = match output {
+        Output::DryRun => Replayer::DryRun(Box::new(compiled.pipeline)),
+        _ => match compiled.handler(database_url).await {
+            Ok(h) => Replayer::Apply {
+                handler: Box::new(h),
+                metrics: (output == Output::ReportsAndMetrics).then(|| Metrics::from_env(app.name)),
+                progress: Progress::new(&sizes, std::io::stderr().is_terminal()),
+            },
+            Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
+        },
     };
-    let metrics = (output == Output::ReportsAndMetrics).then(|| Metrics::from_env(app.name));
-    for (file, event) in events {
-        let started = std::time::Instant::now();
-        let outcome = handler.handle(&event).await;
-        let emf_line = metrics
-            .as_ref()
-            .map(|m| m.line(&event, outcome.as_ref(), started.elapsed()));
-        if let (Err(_), Some(line)) = (&outcome, &emf_line) {
-            let _ = writeln!(out, "{line}");
-        }
-        match outcome {
-            Ok(report) => {
-                let written = serde_json::to_writer_pretty(&mut *out, &report)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| writeln!(out))
-                    .and_then(|()| match &emf_line {
-                        Some(line) => writeln!(out, "{line}"),
-                        None => Ok(()),
-                    });
-                if let Err(e) = written {
-                    return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
-                }
-            }
-            Err(HandlerError::Invalid(e)) => {
-                return fail(err, EXIT_INVALID, &format!("{}: {e}", file.display()));
-            }
-            Err(e @ HandlerError::Transient(_)) => {
-                return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
-            }
-            Err(e @ HandlerError::Misconfigured(_)) => {
-                return fail(err, EXIT_INVALID, &format!("{}: {e}", file.display()));
-            }
+    // Each event is dropped once applied: its records go before the next batch.
+    let kept_files = kept.len();
+    for (file, event) in files.iter().zip(kept) {
+        if let Err(code) = replayer.one(file, &event, out, err).await {
+            return code;
         }
     }
+    drop(texts);
+    for file in &files[kept_files..] {
+        // The file and its event live for this iteration only: the next batch starts with their memory freed.
+        let bytes = match read_file(file) {
+            Ok(bytes) => bytes,
+            Err(e) => return fail(err, EXIT_INVALID, &e),
+        };
+        let event = match parse_event(file, &bytes) {
+            Ok(event) => event,
+            Err(e) => return fail(err, EXIT_INVALID, &e),
+        };
+        if let Err(code) = replayer.one(file, &event, out, err).await {
+            return code;
+        }
+    }
+    replayer.finish(err);
     EXIT_OK
 }
 
@@ -429,6 +434,218 @@ pub(super) fn parse_events<'t>(
                 .map_err(|e| format!("{}: {e}", file.display()))
         })
         .collect()
+}
+
+/// How many bytes of event files `replay` keeps from checking them to applying them, so that a replay of a few
+/// Lambda-sized batches parses each once: beyond it, a file is parsed to be checked and again to be applied.
+const KEEP_CHECKED_BYTES: u64 = 64 << 20;
+
+/// The events of the files kept from the check (the first `texts.len()` of `files`).
+fn parse_kept<'t>(files: &[PathBuf], texts: &'t [Vec<u8>]) -> Result<Vec<MskEvent<'t>>, String> {
+    files
+        .iter()
+        .zip(texts)
+        .map(|(file, bytes)| parse_event(file, bytes))
+        .collect()
+}
+
+/// What `replay` does with each event: print its messages (`--dry-run`) or apply it and print its report.
+enum Replayer {
+    DryRun(Box<Pipeline>),
+    Apply {
+        /// Boxed: a handler is several times the size of a pipeline.
+        handler: Box<Handler>,
+        metrics: Option<Metrics>,
+        progress: Progress,
+    },
+}
+
+impl Replayer {
+    /// One file's event; `Err` holds the exit code, after the message went to `err`.
+    async fn one(
+        &mut self,
+        file: &Path,
+        event: &MskEvent<'_>,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<(), u8> {
+        match self {
+            Replayer::DryRun(pipeline) => {
+                if let Err(e) = pipeline.prepare(event).await {
+                    return Err(fail(
+                        err,
+                        EXIT_TRANSIENT,
+                        &format!("{}: {e}", file.display()),
+                    ));
+                }
+                let mut io_error = None;
+                let planned = pipeline.plan(event, &mut |inspection| {
+                    if io_error.is_none()
+                        && let Err(e) = serde_json::to_writer(&mut *out, &inspection)
+                            .and_then(|()| out.write_all(b"\n").map_err(serde_json::Error::io))
+                    {
+                        io_error = Some(e);
+                    }
+                });
+                if let Some(e) = io_error {
+                    return Err(fail(
+                        err,
+                        EXIT_INVALID,
+                        &format!("cannot write output: {e}"),
+                    ));
+                }
+                if let Err(e) = planned {
+                    return Err(fail(
+                        err,
+                        EXIT_TRANSIENT,
+                        &format!("{}: {e}", file.display()),
+                    ));
+                }
+                Ok(())
+            }
+            Replayer::Apply {
+                handler,
+                metrics,
+                progress,
+            } => {
+                let started = std::time::Instant::now();
+                let outcome = handler.handle(event).await;
+                let emf_line = metrics
+                    .as_ref()
+                    .map(|m| m.line(event, outcome.as_ref(), started.elapsed()));
+                if let (Err(_), Some(line)) = (&outcome, &emf_line) {
+                    let _ = writeln!(out, "{line}");
+                }
+                match outcome {
+                    Ok(report) => {
+                        let written = serde_json::to_writer_pretty(&mut *out, &report)
+                            .map_err(std::io::Error::from)
+                            .and_then(|()| writeln!(out))
+                            .and_then(|()| match &emf_line {
+                                Some(line) => writeln!(out, "{line}"),
+                                None => Ok(()),
+                            });
+                        if let Err(e) = written {
+                            return Err(fail(
+                                err,
+                                EXIT_INVALID,
+                                &format!("cannot write output: {e}"),
+                            ));
+                        }
+                    }
+                    Err(HandlerError::Invalid(e)) => {
+                        return Err(fail(err, EXIT_INVALID, &format!("{}: {e}", file.display())));
+                    }
+                    Err(e @ HandlerError::Transient(_)) => {
+                        return Err(fail(
+                            err,
+                            EXIT_TRANSIENT,
+                            &format!("{}: {e}", file.display()),
+                        ));
+                    }
+                    Err(e @ HandlerError::Misconfigured(_)) => {
+                        return Err(fail(err, EXIT_INVALID, &format!("{}: {e}", file.display())));
+                    }
+                }
+                progress.batch_done(event.record_count(), err);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, err: &mut dyn Write) {
+        if let Replayer::Apply { progress, .. } = self {
+            progress.finish(err);
+        }
+    }
+}
+
+fn read_file(file: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))
+}
+
+fn parse_event<'t>(file: &Path, bytes: &'t [u8]) -> Result<MskEvent<'t>, String> {
+    MskEvent::from_slice(bytes).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// A long replay's progress on a terminal: batches done, records/s, and the time left (from the bytes left,
+/// at the rate so far). Shown once the replay has run for [`Progress::AFTER`], then at most every
+/// [`Progress::EVERY`], on one line that each update overwrites.
+struct Progress {
+    shown: bool,
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+    batches: usize,
+    records: usize,
+    /// Every file's size, in replay order.
+    sizes: Vec<u64>,
+}
+
+impl Progress {
+    const AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// `sizes`: every file's size, when the files were checked first (several files); `terminal`: whether
+    /// stderr is one (a progress line in a log file or a pipe would be noise).
+    fn new(sizes: &[u64], terminal: bool) -> Self {
+        Self {
+            shown: terminal && sizes.len() > 1,
+            started: std::time::Instant::now(),
+            last: None,
+            batches: 0,
+            records: 0,
+            sizes: sizes.to_vec(),
+        }
+    }
+
+    fn batch_done(&mut self, records: usize, err: &mut dyn Write) {
+        self.batches += 1;
+        self.records += records;
+        let now = std::time::Instant::now();
+        let due = self.last.map_or(now - self.started >= Self::AFTER, |last| {
+            now - last >= Self::EVERY
+        });
+        if self.shown && due && self.batches < self.sizes.len() {
+            self.last = Some(now);
+            let _ = write!(err, "\r{}\x1b[K", self.line(now));
+            let _ = err.flush();
+        }
+    }
+
+    /// Ends the progress line, if one was shown, with the final figures.
+    fn finish(&mut self, err: &mut dyn Write) {
+        if self.last.is_some() {
+            let _ = writeln!(err, "\r{}\x1b[K", self.line(std::time::Instant::now()));
+        }
+    }
+
+    fn line(&self, now: std::time::Instant) -> String {
+        let seconds = (now - self.started).as_secs_f64().max(1e-3);
+        let done: u64 = self.sizes.iter().take(self.batches).sum();
+        let total: u64 = self.sizes.iter().sum();
+        let left = match done {
+            0 => 0.0,
+            done => seconds * total.saturating_sub(done) as f64 / done as f64,
+        };
+        format!(
+            "replay: {}/{} batches, {} records, {:.0} records/s, {} left",
+            self.batches,
+            self.sizes.len(),
+            self.records,
+            self.records as f64 / seconds,
+            clock(left),
+        )
+    }
+}
+
+/// Seconds as `1h02m03s`, `2m03s` or `3s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
 }
 
 #[cfg(feature = "kafka")]
@@ -518,12 +735,22 @@ async fn publish(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let texts = match read_files(files) {
+    // Every file is read and checked before anything is published.
+    let texts = match files
+        .iter()
+        .map(|f| read_file(f))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(texts) => texts,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
-    let events = match parse_events(&texts) {
-        Ok(events) => events.into_iter().map(|(_, e)| e).collect(),
+    let events = match files
+        .iter()
+        .zip(&texts)
+        .map(|(f, bytes)| parse_event(f, bytes))
+        .collect()
+    {
+        Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
     match super::local::publish(brokers, properties, timeout, events).await {
@@ -546,4 +773,138 @@ fn init_logging() {
         .with_env_filter(super::log_filter("warn"))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "[[sync]]\ntopics = [\"t\"]\ntable = \"things\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", path = \"$.id\" }, { name = \"name\", path = \"$.name\" }]\n";
+
+    /// An event of one record on topic `t` upserting `{"id": id, "name": name}`.
+    fn event(id: &str, name: &str) -> String {
+        use base64::Engine;
+        let value = base64::engine::general_purpose::STANDARD
+            .encode(format!(r#"{{"id": "{id}", "name": "{name}"}}"#));
+        format!(
+            r#"{{"eventSource": "aws:kafka", "records": {{"t-0": [{{"topic": "t", "partition": 0, "offset": 0,
+            "timestamp": 1, "timestampType": "CREATE_TIME", "value": "{value}", "headers": []}}]}}}}"#
+        )
+    }
+
+    /// `replay` of `files` (names in `dir`) with a budget for the files kept from the check: (exit code,
+    /// stdout, stderr, rows of `things`).
+    async fn replay_in(
+        dir: &Path,
+        files: &[&str],
+        budget: u64,
+    ) -> (u8, String, String, Vec<String>) {
+        let config = dir.join("msk-sync.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let db = dir.join("db.sqlite");
+        let url = format!("sqlite://{}?mode=rwc", db.display());
+        let files: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        let app = App::declarative("test");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = replay(
+            &app,
+            Some(&url),
+            Some(&config),
+            Output::Reports,
+            &files,
+            budget,
+            &mut out,
+            &mut err,
+        )
+        .await;
+        let sink = app
+            .handler(&Config::from_file(&config).unwrap(), Some(&url))
+            .await
+            .unwrap();
+        use sea_orm::ConnectionTrait;
+        let rows = sink
+            .sink()
+            .connection()
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT id || '=' || name FROM things ORDER BY id",
+            ))
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| r.try_get_by_index::<String>(0).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+            rows,
+        )
+    }
+
+    #[tokio::test]
+    async fn files_past_the_budget_are_checked_then_read_again_and_applied_in_order() {
+        for budget in [0, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("a.json"), event("1", "first")).unwrap();
+            std::fs::write(dir.path().join("b.json"), event("1", "second")).unwrap();
+            std::fs::write(dir.path().join("c.json"), event("2", "other")).unwrap();
+            let (code, out, err, rows) =
+                replay_in(dir.path(), &["a.json", "b.json", "c.json"], budget).await;
+            assert_eq!(code, EXIT_OK, "budget {budget}: {err}");
+            assert_eq!(
+                out.matches("\"upserted\": 1").count(),
+                3,
+                "budget {budget}: {out}"
+            );
+            assert_eq!(rows, ["1=second", "2=other"], "budget {budget}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_file_past_the_budget_stops_the_replay_before_anything_is_applied() {
+        for budget in [0, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("a.json"), event("1", "first")).unwrap();
+            std::fs::write(dir.path().join("bad.json"), r#"{"Records": []}"#).unwrap();
+            let (code, out, err, rows) =
+                replay_in(dir.path(), &["a.json", "a.json", "bad.json"], budget).await;
+            assert_eq!(code, EXIT_INVALID, "budget {budget}");
+            assert!(err.contains("bad.json"), "budget {budget}: {err}");
+            assert!(out.is_empty(), "budget {budget}: {out}");
+            assert!(rows.is_empty(), "budget {budget}: {rows:?}");
+            let (code, _, err, rows) =
+                replay_in(dir.path(), &["a.json", "missing.json"], budget).await;
+            assert_eq!(code, EXIT_INVALID, "budget {budget}");
+            assert!(
+                err.contains("missing.json: cannot read"),
+                "budget {budget}: {err}"
+            );
+            assert!(rows.is_empty(), "budget {budget}: {rows:?}");
+        }
+    }
+
+    #[test]
+    fn progress_says_batches_rate_and_time_left() {
+        let mut progress = Progress::new(&[100, 100, 200], true);
+        progress.started -= std::time::Duration::from_secs(10);
+        let mut err = Vec::new();
+        progress.batch_done(1000, &mut err);
+        let line = String::from_utf8(err).unwrap();
+        // 100 of 400 bytes in 10 s: 30 s left.
+        assert!(
+            line.contains("replay: 1/3 batches, 1000 records, 100 records/s, 30s left"),
+            "{line:?}"
+        );
+        let mut quiet = Progress::new(&[100, 100], false);
+        quiet.started -= std::time::Duration::from_secs(10);
+        let mut err = Vec::new();
+        quiet.batch_done(1, &mut err);
+        quiet.finish(&mut err);
+        assert!(err.is_empty(), "not a terminal: no progress");
+        assert_eq!(clock(3725.0), "1h02m05s");
+        assert_eq!(clock(65.0), "1m05s");
+    }
 }

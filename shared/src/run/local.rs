@@ -347,6 +347,7 @@ pub async fn consume<H: BatchHandler>(
             progress,
             pending: VecDeque::new(),
             summary: Summary::default(),
+            progress_mark: None,
         }
         .run()
     })
@@ -416,6 +417,9 @@ struct Runner<H> {
     /// that arrived while a failing batch was retried), in poll order.
     pending: VecDeque<InHand>,
     summary: Summary,
+    /// When the last progress line was written, and the records applied by then: the next line's rate is
+    /// over the interval since, not since the start (which reads low for minutes after a slow group join).
+    progress_mark: Option<(Instant, u64)>,
 }
 
 /// A record in hand with the bytes it adds to the event's JSON.
@@ -761,7 +765,11 @@ impl<H: BatchHandler> Runner<H> {
     }
 
     fn write_progress(&mut self, started: Instant, state: &str) {
-        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let now = Instant::now();
+        let (since, before) = self.progress_mark.unwrap_or((started, 0));
+        self.progress_mark = Some((now, self.summary.records));
+        let interval = now.duration_since(since).as_secs_f64().max(0.001);
+        let rate = self.summary.records.saturating_sub(before) as f64 / interval;
         let lag = self
             .consumer
             .context()
@@ -773,10 +781,11 @@ impl<H: BatchHandler> Runner<H> {
             .collect::<String>();
         let _ = writeln!(
             self.progress,
-            "consume: {state}: {} records in {} batches ({:.0} records/s), {} retries; lag:{}",
+            "consume: {state}: {} records in {} batches ({:.0} records/s over the last {:.0} s), {} retries; lag:{}",
             self.summary.records,
             self.summary.batches,
-            self.summary.records as f64 / secs,
+            rate,
+            interval,
             self.summary.retries,
             if lag.is_empty() { " unknown" } else { &lag }
         );

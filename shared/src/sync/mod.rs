@@ -159,8 +159,9 @@ impl Changes {
                     return;
                 }
                 // Last in batch order wins: the earlier change would be overwritten anyway, so never send it.
-                self.ops[*previous] = None;
-                *previous = slot;
+                // It is replaced in its slot, so the list holds one change per key, not one per message.
+                self.ops[*previous] = Some((op, origin));
+                return;
             }
             None => {
                 self.slots.insert_unique(hash, (hash, slot), |&(h, _)| h);
