@@ -6,6 +6,7 @@
 
 pub mod avro;
 mod json;
+pub mod protobuf;
 pub mod registry;
 
 pub(crate) use json::INJECTED_FIELDS;
