@@ -734,8 +734,12 @@ async fn database_goes_away_mid_batch(backend: Backend) {
         1,
     );
     let app = entity_sync();
-    let cfg = app.load_config(Some(&config)).unwrap();
-    let handler = app.handler(&cfg, Some(&proxied)).await.unwrap();
+    let handler = app
+        .load(Some(&config))
+        .unwrap()
+        .handler(Some(&proxied))
+        .await
+        .unwrap();
     let payload: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     match handler.handle_json(payload).await {

@@ -20,10 +20,12 @@ async fn a_batch_inflates_at_most_its_budget() {
             ),
         };
         let app = entity_sync();
-        let cfg = app
-            .load_config(Some(&db.write("inflate.toml", &config)))
+        let handler = app
+            .load(Some(&db.write("inflate.toml", &config)))
+            .unwrap()
+            .handler(Some(&db.url))
+            .await
             .unwrap();
-        let handler = app.handler(&cfg, Some(&db.url)).await.unwrap();
         let report = handler.handle_json(event.clone()).await.unwrap();
         assert_eq!(
             (report.received, report.upserted, report.dead_lettered),

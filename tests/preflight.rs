@@ -166,8 +166,12 @@ async fn lambda_reports_misconfigured_as_its_own_error_type() {
     sql(&db, "CREATE TABLE items (id TEXT, n BIGINT, label TEXT)").await;
     let config = db.write("preflight.toml", CONFIG);
     let app = entity_sync();
-    let cfg = app.load_config(Some(&config)).unwrap();
-    let handler = app.handler(&cfg, Some(&db.url)).await.unwrap();
+    let handler = app
+        .load(Some(&config))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
+        .unwrap();
     let payload: serde_json::Value = serde_json::from_str(&six_items()).unwrap();
     match handler.handle_json(payload.clone()).await {
         Err(HandlerError::Misconfigured(e)) => assert!(e.contains("table items"), "{e}"),

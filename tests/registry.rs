@@ -139,8 +139,12 @@ async fn schemas_come_from_the_registry_once_and_unknown_ids_are_dead_lettered()
     let (url, seen) = registry().await;
     let db = TestDb::new(Backend::Sqlite, "registry_ok").await;
     let app = entity_sync();
-    let cfg = app.load_config(Some(&config(&db, &url))).unwrap();
-    let handler = app.handler(&cfg, Some(&db.url)).await.unwrap();
+    let handler = app
+        .load(Some(&config(&db, &url)))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
+        .unwrap();
     let payload = || -> serde_json::Value {
         serde_json::from_str(
             &std::fs::read_to_string(event_file("planet-avro-confluent.json")).unwrap(),
@@ -205,8 +209,12 @@ async fn a_registry_that_is_down_or_failing_makes_the_batch_retry() {
     // A 500: transient as well, and nothing is written.
     let (url, _) = registry().await;
     let app = entity_sync();
-    let loaded = app.load_config(Some(&config(&db, &url))).unwrap();
-    let handler = app.handler(&loaded, Some(&db.url)).await.unwrap();
+    let handler = app
+        .load(Some(&config(&db, &url)))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
+        .unwrap();
     let mut event: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(event_file("planet-avro-confluent.json")).unwrap(),
     )
@@ -252,10 +260,12 @@ async fn answers_that_are_not_a_schema_make_the_batch_retry() {
     let (url, seen, answers) = registry_with_answers().await;
     let db = TestDb::new(Backend::Sqlite, "registry_not_a_schema").await;
     let app = entity_sync();
-    let cfg = app
-        .load_config(Some(&config_with(&db, &url, ", timeout_ms = 300")))
+    let handler = app
+        .load(Some(&config_with(&db, &url, ", timeout_ms = 300")))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
         .unwrap();
-    let handler = app.handler(&cfg, Some(&db.url)).await.unwrap();
     let html = "<html><body>Bad gateway, try later</body></html>";
     let cases = [
         (
@@ -336,10 +346,12 @@ async fn an_unknown_id_is_asked_again_after_its_time_to_live() {
     let db = TestDb::new(Backend::Sqlite, "registry_ttl").await;
     let app = entity_sync();
     // A time-to-live of 0: every batch asks again (the default is 60 s).
-    let cfg = app
-        .load_config(Some(&config_with(&db, &url, ", not_found_ttl_ms = 0")))
+    let handler = app
+        .load(Some(&config_with(&db, &url, ", not_found_ttl_ms = 0")))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
         .unwrap();
-    let handler = app.handler(&cfg, Some(&db.url)).await.unwrap();
     let report = handler.handle_json(reframed(7)).await.unwrap();
     assert_eq!(
         (report.upserted, report.deleted, report.dead_lettered),
@@ -376,8 +388,12 @@ async fn an_unknown_id_is_asked_again_after_its_time_to_live() {
     // With the default time-to-live the answer stands for the next batch: asked once.
     let (url, seen, answers) = registry_with_answers().await;
     let db = TestDb::new(Backend::Sqlite, "registry_ttl_default").await;
-    let cfg = app.load_config(Some(&config(&db, &url))).unwrap();
-    let handler = app.handler(&cfg, Some(&db.url)).await.unwrap();
+    let handler = app
+        .load(Some(&config(&db, &url)))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
+        .unwrap();
     handler.handle_json(reframed(7)).await.unwrap();
     answers
         .lock()

@@ -147,11 +147,8 @@ fn xml_text<'a>(xml: &'a str, tag: &str) -> &'a str {
 /// entity-sync (the repository's msk-sync.toml) on the database the secret names.
 fn secret_handler(source: SecretSource) -> SecretHandler {
     let app = entity_sync();
-    let config = app
-        .load_config(Some(&repo().join("msk-sync.toml")))
-        .unwrap();
-    let pipeline = app.pipeline(&config).unwrap();
-    SecretHandler::new(pipeline, msk_sync::run::sink_options(&config), source)
+    let compiled = app.load(Some(&repo().join("msk-sync.toml"))).unwrap();
+    SecretHandler::new(compiled.pipeline, compiled.sink, source)
 }
 
 fn event(name: &str) -> serde_json::Value {

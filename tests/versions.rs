@@ -56,8 +56,11 @@ columns = [
 async fn handler(db: &TestDb, toml: &str) -> Handler {
     let path = db.write("versioned.toml", toml);
     let app = entity_sync();
-    let config = app.load_config(Some(&path)).unwrap();
-    app.handler(&config, Some(&db.url)).await.unwrap()
+    app.load(Some(&path))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
+        .unwrap()
 }
 
 /// One change: (key, version, Some(name) for an upsert / None for a delete).

@@ -20,12 +20,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::CodecConfig;
-use crate::decode::Format;
+use std::sync::Arc;
+
+use crate::decode::{CodecConfig, Format, SchemaFiles};
 use crate::filter::{Filter, FilterConfig};
 use crate::mask::{Mask, MaskConfig, MaskRule};
+use crate::pipeline::Pipeline;
 use crate::sync::declarative::{DeclarativeMapping, SyncConfig};
 use crate::sync::table::check_ident;
+use crate::sync::{Mapping, SinkOptions};
 
 /// Where the config comes from when no `--config` is given.
 pub const CONFIG_ENV: &str = "MSK_SYNC_CONFIG";
@@ -104,7 +107,7 @@ impl Config {
     }
 
     /// The compiled filters, with their topic patterns.
-    pub fn build_filters(&self) -> Result<Vec<(Vec<String>, Filter)>, Vec<String>> {
+    fn build_filters(&self) -> Result<Vec<(Vec<String>, Filter)>, Vec<String>> {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for (i, cfg) in self.filters.iter().enumerate() {
@@ -128,14 +131,12 @@ impl Config {
         }
     }
 
-    /// The compiled codec; schema files are read relative to the config file.
-    pub fn build_codec(&self) -> Result<crate::decode::Codec, Vec<String>> {
-        self.codec.build(self.base_dir.as_deref())
-    }
-
     /// The compiled masks, with their topic patterns; each reads its schema file, if it names one (Avro
     /// messages are classified by their own schema otherwise).
-    pub fn build_masks(&self) -> Result<Vec<(Vec<String>, MaskRule)>, Vec<String>> {
+    fn build_masks(
+        &self,
+        files: &mut SchemaFiles,
+    ) -> Result<Vec<(Vec<String>, MaskRule)>, Vec<String>> {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for (i, cfg) in self.masks.iter().enumerate() {
@@ -156,17 +157,8 @@ impl Config {
                         .chain(&self.codec.raw_schema)
                         .chain(&self.codec.reader_schema);
                     for path in known {
-                        let path = match &self.base_dir {
-                            Some(dir) if path.is_relative() => dir.join(path),
-                            _ => path.clone(),
-                        };
-                        let Ok(schema) = std::fs::read_to_string(&path)
-                            .map_err(|e| e.to_string())
-                            .and_then(|t| {
-                                apache_avro::Schema::parse_str(&t).map_err(|e| e.to_string())
-                            })
-                        else {
-                            continue; // build_codec reports unreadable schemas
+                        let (path, Ok(schema)) = files.get(path) else {
+                            continue; // the codec reports unreadable schemas
                         };
                         if let Err(p) = Mask::build(cfg, &schema) {
                             problems.extend(
@@ -179,23 +171,13 @@ impl Config {
                 }
                 continue;
             };
-            let file = match &self.base_dir {
-                Some(dir) if file.is_relative() => dir.join(file),
-                _ => file.clone(),
-            };
-            let schema = std::fs::read_to_string(&file)
-                .map_err(|e| format!("{at}: schema {}: cannot read: {e}", file.display()))
-                .and_then(|text| {
-                    apache_avro::Schema::parse_str(&text).map_err(|e| {
-                        format!("{at}: schema {}: not an Avro schema: {e}", file.display())
-                    })
-                });
+            let (file, schema) = files.get(file);
             match schema.map(|s| Mask::build(cfg, &s)) {
                 Ok(Ok(mask)) => {
                     out.push((cfg.topics.clone(), MaskRule::new(cfg.clone(), Some(mask))))
                 }
                 Ok(Err(p)) => problems.extend(p.into_iter().map(|p| format!("{at}: {p}"))),
-                Err(p) => problems.push(p),
+                Err(e) => problems.push(format!("{at}: schema {}: {e}", file.display())),
             }
         }
         let patterns = self
@@ -213,18 +195,41 @@ impl Config {
         }
     }
 
-    /// Every problem in the config, each on its own line; empty when it is usable.
-    pub fn problems(&self) -> Vec<String> {
+    /// The database settings that are not the URL.
+    pub fn sink_options(&self) -> SinkOptions {
+        let mut options = SinkOptions::default();
+        if let Some(t) = &self.database.dead_letter_table {
+            options.dead_letter_table = t.clone();
+        }
+        if let Some(n) = self.database.max_rows_per_statement {
+            options.max_rows_per_statement = n;
+        }
+        if let Some(s) = self.database.tombstone_retention_seconds {
+            options.tombstone_retention = std::time::Duration::from_secs(s);
+        }
+        options
+    }
+
+    /// Compiles the config into what a function instance runs with, or lists every problem in it: compiling
+    /// is validating, so `config check` and a start see the same problems, and each schema file is read once.
+    ///
+    /// The `[[sync]]` sections are always checked; `typed` (mappings compiled into the binary, with their topic
+    /// patterns) replaces them as the pipeline's mappings when given.
+    pub fn compile(
+        &self,
+        typed: Option<Vec<Routed<Arc<dyn Mapping>>>>,
+    ) -> Result<Compiled, Vec<String>> {
+        let mut files = SchemaFiles::new(self.base_dir.as_deref());
+        // The codec first, so that masks classify with the schemas it has read; its problems are listed after
+        // the masks', as they always were.
+        let codec = self.codec.build_with(&mut files);
         let mut problems = Vec::new();
-        if let Err(p) = self.build_filters() {
-            problems.extend(p);
-        }
-        if let Err(p) = self.build_masks() {
-            problems.extend(p);
-        }
-        if let Err(p) = self.build_codec() {
-            problems.extend(p);
-        }
+        let filters = self.build_filters().map_err(|p| problems.extend(p)).ok();
+        let masks = self
+            .build_masks(&mut files)
+            .map_err(|p| problems.extend(p))
+            .ok();
+        let codec = codec.map_err(|p| problems.extend(p)).ok();
         if let Some(t) = &self.database.dead_letter_table
             && let Err(e) = check_ident("database.dead_letter_table", t)
         {
@@ -233,21 +238,20 @@ impl Config {
         if self.database.max_rows_per_statement == Some(0) {
             problems.push("database.max_rows_per_statement must be at least 1".into());
         }
-        let dead_letters = self
-            .database
-            .dead_letter_table
-            .as_deref()
-            .unwrap_or(crate::sync::dead_letter::DEFAULT_TABLE);
+        let sink = self.sink_options();
+        let mut declarative = Vec::with_capacity(self.syncs.len());
         for (i, sync) in self.syncs.iter().enumerate() {
-            if let Err(p) = DeclarativeMapping::compile(sync, &sync_label(i, sync)) {
-                problems.extend(p);
+            match DeclarativeMapping::compile(sync, &sync_label(i, sync)) {
+                Ok(m) => declarative.push((sync.topics.clone(), Arc::new(m) as Arc<dyn Mapping>)),
+                Err(p) => problems.extend(p),
             }
             // Case too: MySQL on macOS and Windows, and SQLite, do not tell table names apart by case.
-            if sync.table.eq_ignore_ascii_case(dead_letters) {
+            if sync.table.eq_ignore_ascii_case(&sink.dead_letter_table) {
                 problems.push(format!(
-                    "{}: table {:?} is the dead-letter table ({dead_letters:?}): choose another table or set database.dead_letter_table",
+                    "{}: table {:?} is the dead-letter table ({:?}): choose another table or set database.dead_letter_table",
                     sync_label(i, sync),
-                    sync.table
+                    sync.table,
+                    sink.dead_letter_table
                 ));
             }
         }
@@ -259,8 +263,39 @@ impl Config {
         ) {
             problems.extend(p);
         }
-        problems
+        let (Some(codec), Some(filters), Some(masks), true) =
+            (codec, filters, masks, problems.is_empty())
+        else {
+            return Err(problems);
+        };
+        let pipeline = Pipeline::new(codec, typed.unwrap_or(declarative))
+            .and_then(|p| p.with_filters(filters))
+            .and_then(|p| p.with_masks(masks))?;
+        Ok(Compiled {
+            pipeline,
+            sink,
+            database_url: self.database.url.clone(),
+        })
     }
+
+    /// Every problem in the config, each on its own line; empty when it is usable.
+    pub fn problems(&self) -> Vec<String> {
+        self.compile(None).err().unwrap_or_default()
+    }
+}
+
+/// Items chosen by topic (mappings, filters, masks), each with its topic patterns.
+pub type Routed<T> = (Vec<String>, T);
+
+/// A config compiled: what a function instance runs with, built once at its start.
+#[derive(Debug)]
+pub struct Compiled {
+    /// Codec, filters, masks and mappings.
+    pub pipeline: Pipeline,
+    /// The database settings that are not the URL.
+    pub sink: SinkOptions,
+    /// `database.url`: used when neither `--database-url` nor `DATABASE_URL` is set.
+    pub database_url: Option<String>,
 }
 
 pub(crate) fn sync_label(i: usize, sync: &SyncConfig) -> String {

@@ -249,10 +249,11 @@ pub fn entity_sync() -> App {
 /// entity-sync's handler with the repository's msk-sync.toml, on `database_url`.
 pub async fn entity_sync_handler(database_url: &str) -> msk_sync::pipeline::Handler {
     let app = entity_sync();
-    let config = app
-        .load_config(Some(&repo().join("msk-sync.toml")))
-        .unwrap();
-    app.handler(&config, Some(database_url)).await.unwrap()
+    app.load(Some(&repo().join("msk-sync.toml")))
+        .unwrap()
+        .handler(Some(database_url))
+        .await
+        .unwrap()
 }
 
 pub fn default_config() -> String {

@@ -212,34 +212,33 @@ async fn check(
     err: &mut dyn Write,
 ) -> u8 {
     let config = Config::from_file(file);
-    let mut problems: Vec<String> = match &config {
-        Ok(config) => config
-            .problems()
-            .into_iter()
+    let compiled = config.as_ref().map(|config| app.compile(config));
+    let mut problems: Vec<String> = match &compiled {
+        Ok(Ok(_)) => Vec::new(),
+        Ok(Err(problems)) => problems
+            .iter()
             .map(|p| format!("{}: {p}", file.display()))
             .collect(),
         Err(e) => e.0.clone(),
     };
-    let database = match (config, database_url) {
+    let database = match (compiled, database_url) {
         (_, None) => {
             "database not checked (pass --database-url URL or set DATABASE_URL)".to_string()
         }
-        (Ok(config), Some(url)) if problems.is_empty() => {
-            match check_database(app, &config, url).await {
-                Ok((found, missing)) => {
-                    problems.extend(found.iter().map(|p| format!("{}: {p}", redact(url))));
-                    let mut said = format!("database {}: checked", redact(url));
-                    if !missing.is_empty() {
-                        said.push_str(&format!(
-                            "; not there yet, the first batch creates them (which needs the CREATE privilege): {}",
-                            missing.join(", ")
-                        ));
-                    }
-                    said
+        (Ok(Ok(compiled)), Some(url)) => match check_database(compiled, url).await {
+            Ok((found, missing)) => {
+                problems.extend(found.iter().map(|p| format!("{}: {p}", redact(url))));
+                let mut said = format!("database {}: checked", redact(url));
+                if !missing.is_empty() {
+                    said.push_str(&format!(
+                        "; not there yet, the first batch creates them (which needs the CREATE privilege): {}",
+                        missing.join(", ")
+                    ));
                 }
-                Err(e) => return fail(err, EXIT_TRANSIENT, &e),
+                said
             }
-        }
+            Err(e) => return fail(err, EXIT_TRANSIENT, &e),
+        },
         (_, Some(url)) => format!(
             "database {} not checked: fix the file's problems first",
             redact(url)
@@ -260,12 +259,11 @@ async fn check(
 
 /// The preflight of `config check --database-url`, which reads the catalogs and creates nothing.
 async fn check_database(
-    app: &App,
-    config: &Config,
+    compiled: crate::config::Compiled,
     url: &str,
 ) -> Result<(Vec<crate::sync::Problem>, Vec<String>), String> {
-    let handler = app
-        .handler(config, Some(url))
+    let handler = compiled
+        .handler(Some(url))
         .await
         .map_err(|e| e.to_string())?;
     handler
@@ -294,7 +292,7 @@ async fn replay(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let config = match app.load_config(config) {
+    let compiled = match app.load(config) {
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
@@ -309,10 +307,7 @@ async fn replay(
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
     if output == Output::DryRun {
-        let pipeline = match app.pipeline(&config) {
-            Ok(p) => p,
-            Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
-        };
+        let pipeline = compiled.pipeline;
         for (file, event) in events {
             if let Err(e) = pipeline.prepare(&event).await {
                 return fail(err, EXIT_TRANSIENT, &format!("{}: {e}", file.display()));
@@ -335,7 +330,7 @@ async fn replay(
         }
         return EXIT_OK;
     }
-    let handler = match app.handler(&config, database_url).await {
+    let handler = match compiled.handler(database_url).await {
         Ok(h) => h,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
@@ -408,11 +403,11 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let config = match app.load_config(args.config.as_deref()) {
+    let compiled = match app.load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
-    let handler = match app.handler(&config, args.database_url.as_deref()).await {
+    let handler = match compiled.handler(args.database_url.as_deref()).await {
         Ok(h) => Arc::new(h),
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };

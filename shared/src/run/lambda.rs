@@ -31,18 +31,16 @@ pub const PARTIAL_BATCH_ENV: &str = "MSK_SYNC_PARTIAL_BATCH_RESPONSE";
 pub async fn run(app: App) -> ExitCode {
     init_logging();
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    let handler = match app.load_config(None) {
+    let handler = match app.load(None) {
         // DATABASE_URL first, as everywhere: the secret is the deployed function's way.
-        Ok(config) => match env_secret_arn().filter(|_| super::env_database_url().is_none()) {
-            Some(arn) => app.pipeline(&config).map(|pipeline| {
-                Serve::Secret(Box::new(SecretHandler::new(
-                    pipeline,
-                    super::sink_options(&config),
-                    SecretSource::new(arn),
-                )))
-            }),
-            None => app
-                .handler(&config, None)
+        Ok(compiled) => match env_secret_arn().filter(|_| super::env_database_url().is_none()) {
+            Some(arn) => Ok(Serve::Secret(Box::new(SecretHandler::new(
+                compiled.pipeline,
+                compiled.sink,
+                SecretSource::new(arn),
+            )))),
+            None => compiled
+                .handler(None)
                 .await
                 .map(|h| Serve::Handler(Box::new(h))),
         },

@@ -14,9 +14,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Compiled, Config};
 use crate::pipeline::{Handler, Pipeline};
-use crate::sync::declarative::DeclarativeMapping;
 use crate::sync::{Mapping, Sink, SinkOptions};
 
 /// The embedded default database: a SQLite file in the working directory, created on first use.
@@ -68,32 +67,30 @@ impl App {
     }
 
     /// Loads the config (`explicit`, else `MSK_SYNC_CONFIG`, else `./msk-sync.toml`, else the one built
-    /// in); a declarative function cannot run without one, a typed function falls back to defaults.
-    pub fn load_config(&self, explicit: Option<&Path>) -> Result<Config, SetupError> {
-        let checked = |config: Config, at: &str| {
-            let problems = config.problems();
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(SetupError(
+    /// in) and compiles it, once: every problem, each line prefixed with where the config came from. A
+    /// declarative function cannot run without a config, a typed function falls back to defaults.
+    pub fn load(&self, explicit: Option<&Path>) -> Result<Compiled, SetupError> {
+        let compiled = |config: Config, at: &str| {
+            self.compile(&config).map_err(|problems| {
+                SetupError(
                     problems
                         .iter()
                         .map(|p| format!("{at}: {p}"))
                         .collect::<Vec<_>>()
                         .join("\n"),
-                ))
-            }
+                )
+            })
         };
         match (Config::locate(explicit), self.embedded_config) {
             (Some(path), _) => {
                 let config = Config::from_file(&path).map_err(|e| SetupError(e.to_string()))?;
-                checked(config, &path.display().to_string())
+                compiled(config, &path.display().to_string())
             }
             (None, Some(text)) => {
                 let at = "built-in config";
                 let config =
                     Config::from_toml(text).map_err(|e| SetupError(format!("{at}: {e}")))?;
-                checked(config, at)
+                compiled(config, at)
             }
             (None, None) if matches!(self.syncs, Syncs::Declarative) => Err(SetupError(format!(
                 "{}: no config: pass --config FILE, set {}, or create ./{}",
@@ -101,59 +98,55 @@ impl App {
                 crate::config::CONFIG_ENV,
                 crate::config::DEFAULT_CONFIG_FILE
             ))),
-            (None, None) => Ok(Config::default()),
+            (None, None) => self
+                .compile(&Config::default())
+                .map_err(|p| SetupError(p.join("\n"))),
         }
     }
 
-    /// The compiled pipeline: codec, topic routing and mappings.
+    /// Compiles `config` with this function's syncs: the typed ones, else the config's `[[sync]]` sections,
+    /// of which a declarative function needs one at least.
+    pub fn compile(&self, config: &Config) -> Result<Compiled, Vec<String>> {
+        match &self.syncs {
+            Syncs::Typed(m) => config.compile(Some(m.clone())),
+            Syncs::Declarative if config.syncs.is_empty() => Err(vec![
+                "the config has no [[sync]] section: nothing to apply".into(),
+            ]),
+            Syncs::Declarative => config.compile(None),
+        }
+    }
+
+    /// The compiled pipeline alone, for callers that hold a [`Config`] (benchmarks).
     pub fn pipeline(&self, config: &Config) -> Result<Pipeline, SetupError> {
-        let mappings: Vec<(Vec<String>, Arc<dyn Mapping>)> = match &self.syncs {
-            Syncs::Typed(m) => m.clone(),
-            Syncs::Declarative => {
-                if config.syncs.is_empty() {
-                    return Err(SetupError(
-                        "the config has no [[sync]] section: nothing to apply".into(),
-                    ));
-                }
-                let mut out = Vec::new();
-                let mut problems = Vec::new();
-                for (i, sync) in config.syncs.iter().enumerate() {
-                    match DeclarativeMapping::compile(sync, &crate::config::sync_label(i, sync)) {
-                        Ok(m) => out.push((sync.topics.clone(), Arc::new(m) as Arc<dyn Mapping>)),
-                        Err(p) => problems.extend(p),
-                    }
-                }
-                if !problems.is_empty() {
-                    return Err(SetupError(problems.join("\n")));
-                }
-                out
-            }
-        };
-        let filters = config
-            .build_filters()
-            .map_err(|p| SetupError(p.join("\n")))?;
-        let masks = config.build_masks().map_err(|p| SetupError(p.join("\n")))?;
-        let codec = config.build_codec().map_err(|p| SetupError(p.join("\n")))?;
-        Pipeline::new(codec, mappings)
-            .and_then(|p| p.with_filters(filters))
-            .and_then(|p| p.with_masks(masks))
+        self.compile(config)
+            .map(|c| c.pipeline)
             .map_err(|p| SetupError(p.join("\n")))
     }
 
-    /// The full handler; the pool connects lazily, so this never touches the database.
+    /// The full handler of `config`; the pool connects lazily, so this never touches the database.
     pub async fn handler(
         &self,
         config: &Config,
         database_url: Option<&str>,
     ) -> Result<Handler, SetupError> {
-        let pipeline = self.pipeline(config)?;
+        self.compile(config)
+            .map_err(|p| SetupError(p.join("\n")))?
+            .handler(database_url)
+            .await
+    }
+}
+
+impl Compiled {
+    /// The handler of a compiled config; the URL is `database_url`, else `DATABASE_URL`, else the config's,
+    /// else the embedded SQLite file. The pool connects lazily, so this never touches the database.
+    pub async fn handler(self, database_url: Option<&str>) -> Result<Handler, SetupError> {
         let url = database_url
             .map(str::to_string)
             .or_else(env_database_url)
-            .or_else(|| config.database.url.clone())
+            .or(self.database_url)
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
-        let sink = open_sink(&url, &pipeline, sink_options(config)).await?;
-        Ok(Handler::new(pipeline, sink))
+        let sink = open_sink(&url, &self.pipeline, self.sink).await?;
+        Ok(Handler::new(self.pipeline, sink))
     }
 }
 
@@ -162,21 +155,6 @@ pub fn env_database_url() -> Option<String> {
     std::env::var(DATABASE_URL_ENV)
         .ok()
         .filter(|u| !u.is_empty())
-}
-
-/// The database settings of a config that are not the URL.
-pub fn sink_options(config: &Config) -> SinkOptions {
-    let mut options = SinkOptions::default();
-    if let Some(t) = &config.database.dead_letter_table {
-        options.dead_letter_table = t.clone();
-    }
-    if let Some(n) = config.database.max_rows_per_statement {
-        options.max_rows_per_statement = n;
-    }
-    if let Some(s) = config.database.tombstone_retention_seconds {
-        options.tombstone_retention = std::time::Duration::from_secs(s);
-    }
-    options
 }
 
 /// The pipeline's tables on `url`; the pool connects lazily. Also what a re-read secret's new URL opens.
@@ -333,7 +311,43 @@ pub async fn main(app: App) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, scrub};
+    use super::{App, redact_url, scrub};
+
+    /// A start compiles the config once: a schema file that the codec (twice) and a mask name is read once,
+    /// from loading the config to the handler.
+    #[tokio::test]
+    async fn a_function_instance_compiles_its_config_once() {
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/schemas/planet.avsc");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("msk-sync.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+                [codec]
+                value = "auto"
+                schemas = {{ "1" = "{schema}" }}
+                raw_schema = "{schema}"
+                [[mask]]
+                schema = "{schema}"
+                levels = ["public", "confidential", "secret"]
+                emit_level = "confidential"
+                [[sync]]
+                topics = ["*"]
+                table = "t"
+                key = ["id"]
+                columns = [{{ name = "id", path = "$.id" }}]
+                "#
+            ),
+        )
+        .unwrap();
+        let before = crate::decode::schema_file_reads();
+        let compiled = App::declarative("t").load(Some(&file)).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let handler = compiled.handler(Some(&url)).await.unwrap();
+        assert_eq!(crate::decode::schema_file_reads() - before, 1);
+        assert_eq!(handler.pipeline().mappings().len(), 1);
+    }
 
     #[test]
     fn redact_hides_only_the_password() {

@@ -1,14 +1,36 @@
-//! JSON values: one object per record.
+//! JSON values: one object per record (`codec.value = "json"`, and what `auto` reads when a value is neither
+//! a container file nor Confluent-framed). No settings.
 
-use super::DecodeError;
+use super::{Context, ValueFormat};
+use crate::decode::{DecodeError, Decoded};
 use crate::message::Message;
 
 /// Room the pipeline adds to every message (`kafkaRecordTimestamp`, `kafkaTopic`).
 pub(crate) const INJECTED_FIELDS: usize = 2;
 
+/// The JSON format.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Json;
+
+impl Json {
+    pub(crate) fn build() -> Self {
+        Json
+    }
+}
+
+impl ValueFormat for Json {
+    fn decode<'a>(
+        &'a self,
+        bytes: &'a [u8],
+        _: &'a Context<'_>,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        decode(bytes).map(Decoded::one)
+    }
+}
+
 /// The value as a message whose strings borrow from `bytes` (see [`parse`]), its top-level object with room for
 /// the injected fields.
-pub(super) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
     let value = parse(bytes, INJECTED_FIELDS)
         .map_err(|e| DecodeError::Permanent(format!("value is not valid JSON: {e}")))?;
     if value.is_object() {
@@ -31,7 +53,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
 /// Any JSON value (a value, or a key declared JSON), strings borrowed from `bytes`, which are checked to be
 /// UTF-8 once, as a whole; a top-level object gets room for `spare` more fields. The error says what is wrong,
 /// for the caller to say what was being read.
-pub(super) fn parse(bytes: &[u8], spare: usize) -> Result<Message<'_>, String> {
+pub(crate) fn parse(bytes: &[u8], spare: usize) -> Result<Message<'_>, String> {
     let text = crate::text::utf8(bytes)
         .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
     Message::parse(text, spare).map_err(|e| e.to_string())

@@ -1,0 +1,81 @@
+//! The `[codec]` section, and what it builds: a [`Codec`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::format::{self, Format, avro_ocf};
+use super::schemas::Schemas;
+use super::{Codec, Envelope, KeyFormat, SchemaFiles, registry};
+
+/// The `[codec]` section: which format record values are in, and the schemas Avro needs.
+///
+/// ```toml
+/// [codec]
+/// value = "auto"                              # json | avro-ocf | avro-confluent | avro-raw | auto (default)
+/// schemas = { "1" = "schemas/planet.avsc" }   # Confluent schema id → .avsc file
+/// raw_schema = "schemas/planet.avsc"          # the writer schema of avro-raw values
+/// reader_schema = "schemas/planet-v2.avsc"    # optional: resolve every Avro value to this schema
+/// max_inflated_mib = 256                      # what a batch's container files may inflate to, in total
+/// max_decoded_mib = 512                       # … and decode to (estimated memory of their messages)
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodecConfig {
+    /// The format of record values.
+    #[serde(default)]
+    pub value: Format,
+    /// Confluent schema id → `.avsc` file.
+    #[serde(default)]
+    pub schemas: BTreeMap<String, PathBuf>,
+    /// The writer schema of `avro-raw` values (and of bare datums whose metadata names no known id).
+    #[serde(default)]
+    pub raw_schema: Option<PathBuf>,
+    /// Optional: every Avro value is resolved to this schema.
+    #[serde(default)]
+    pub reader_schema: Option<PathBuf>,
+    /// A Confluent-compatible schema registry for ids not in `schemas`.
+    #[serde(default)]
+    pub registry: Option<registry::RegistryConfig>,
+    /// `"kafkaesk"`: values are `{"schema": "name:version", "data": {…}}`; the message is `data`, with
+    /// `kafkaeskSchemaName` and `kafkaeskSchemaVersion` added for mappings.
+    #[serde(default)]
+    pub envelope: Option<Envelope>,
+    /// How record keys are read: `string` (UTF-8 text, the default), `json`, or `avro` (Confluent-framed, schemas
+    /// as for values). Mappings see the decoded key (`from = "key"`, `from = "key:$.id"`).
+    #[serde(default)]
+    pub key: KeyFormat,
+    /// What the deflated Avro container files of one batch may inflate to, in total, in MiB (default
+    /// [`super::avro::DEFAULT_MAX_INFLATED_MIB`]); a record past it is dead-lettered.
+    #[serde(default)]
+    pub max_inflated_mib: Option<u64>,
+    /// The estimated memory of the messages the container files of one batch may decode to, in total, in MiB
+    /// (default [`super::avro::DEFAULT_MAX_DECODED_MIB`]); a record past it is dead-lettered.
+    #[serde(default)]
+    pub max_decoded_mib: Option<u64>,
+}
+
+impl CodecConfig {
+    /// Reads the schemas (paths relative to `base`) and builds the codec, or lists every problem.
+    pub fn build(&self, base: Option<&Path>) -> Result<Codec, Vec<String>> {
+        self.build_with(&mut SchemaFiles::new(base))
+    }
+
+    /// [`CodecConfig::build`] with the schema files of a whole config's compile, each read once.
+    pub fn build_with(&self, files: &mut SchemaFiles) -> Result<Codec, Vec<String>> {
+        let mut problems = Vec::new();
+        let schemas = Schemas::build(self, files, &mut problems);
+        let value = format::Value::build(self, &schemas, &mut problems);
+        match value {
+            Some(value) if problems.is_empty() => Ok(Codec {
+                value,
+                key: self.key,
+                envelope: self.envelope,
+                schemas,
+                budget: avro_ocf::budget(self),
+            }),
+            _ => Err(problems),
+        }
+    }
+}
