@@ -142,9 +142,11 @@ impl Config {
         for (i, cfg) in self.masks.iter().enumerate() {
             let at = format!("mask {}", i + 1);
             let Some(file) = &cfg.schema else {
-                if self.codec.value == Format::Json {
+                if matches!(self.codec.value, Format::Json | Format::Protobuf) {
+                    // Protobuf values carry no classification: the .avsc file classifies their fields by name.
                     problems.push(format!(
-                        "{at}: schema is missing: name the .avsc file that classifies the fields of JSON values"
+                        "{at}: schema is missing: name the .avsc file that classifies the fields of {} values",
+                        if self.codec.value == Format::Json { "JSON" } else { "Protobuf" }
                     ));
                 } else {
                     // Avro values are classified by their own schema; a JSON value under this mask is

@@ -1052,10 +1052,36 @@ pub fn decode_ocf(
 
 /// A deflated block, inflated within the block cap ([`MAX_BLOCK_BYTES`]) and what the batch's budget has left.
 fn inflate(data: &[u8], subject: &str, budget: &mut Budget) -> Result<Vec<u8>, DecodeError> {
-    use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_with_limit};
+    inflate_with(data, subject, budget, false)
+}
+
+/// zlib-wrapped deflate data (AWS Glue's compressed payloads), inflated as [`inflate`] does: within the block
+/// cap and what the batch's budget has left.
+pub(crate) fn inflate_zlib(
+    data: &[u8],
+    subject: &str,
+    budget: &mut Budget,
+) -> Result<Vec<u8>, DecodeError> {
+    inflate_with(data, subject, budget, true)
+}
+
+fn inflate_with(
+    data: &[u8],
+    subject: &str,
+    budget: &mut Budget,
+    zlib: bool,
+) -> Result<Vec<u8>, DecodeError> {
+    use miniz_oxide::inflate::{
+        TINFLStatus, decompress_to_vec_with_limit, decompress_to_vec_zlib_with_limit,
+    };
     let left = budget.max_inflated.saturating_sub(budget.inflated);
     let limit = left.min(MAX_BLOCK_BYTES);
-    match decompress_to_vec_with_limit(data, limit) {
+    let inflated = if zlib {
+        decompress_to_vec_zlib_with_limit(data, limit)
+    } else {
+        decompress_to_vec_with_limit(data, limit)
+    };
+    match inflated {
         Ok(inflated) => {
             budget.inflated += inflated.len();
             Ok(inflated)

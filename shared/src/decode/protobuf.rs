@@ -91,8 +91,11 @@ pub fn compile(files: &[PathBuf]) -> Result<(DescriptorPool, Vec<FileDescriptor>
     let pool = compiler.descriptor_pool();
     let descriptors = names
         .iter()
-        .filter_map(|n| pool.get_file_by_name(n))
-        .collect();
+        .map(|n| {
+            pool.get_file_by_name(n)
+                .ok_or_else(|| format!("{n}: compiled, but not found in its own pool"))
+        })
+        .collect::<Result<_, _>>()?;
     Ok((pool, descriptors))
 }
 
