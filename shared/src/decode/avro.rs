@@ -111,6 +111,21 @@ impl Budget {
         self.decoded
     }
 
+    /// Estimated bytes of messages the batch may still decode to.
+    pub(crate) fn decoded_left(&self) -> usize {
+        self.max_decoded.saturating_sub(self.decoded)
+    }
+
+    /// Counts `bytes` more of decoded messages (estimated by the caller, within [`Budget::decoded_left`]).
+    pub(crate) fn add_decoded(&mut self, bytes: usize) {
+        self.decoded = self.decoded.saturating_add(bytes);
+    }
+
+    /// `codec.max_decoded_mib`.
+    pub(crate) fn max_decoded_mib(&self) -> usize {
+        self.max_decoded >> 20
+    }
+
     fn inflated_error(&self, subject: &str) -> DecodeError {
         permanent(format!(
             "{subject}: inflating it would take the batch's container files past their limit \

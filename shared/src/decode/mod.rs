@@ -722,6 +722,16 @@ mod tests {
             .decode(&glue_framed(GLUE_AVRO, 0, &datum), Some(&meta))
             .unwrap();
         assert_eq!(d.messages[0]["planetUuid"], "p1");
+        // Lambda's SOURCE mode with a Protobuf schema: the message as produced.
+        let proto = codec(
+            "value = \"auto\"\nproto = [\"schemas/planet.proto\"]\nmessage = \"servicea.Planet\"\n",
+        );
+        let meta = SchemaMetadata {
+            schema_id: Some("12".into()),
+            data_format: Some("PROTOBUF".into()),
+        };
+        let d = proto.decode(&planet_message("p5"), Some(&meta)).unwrap();
+        assert_eq!(d.messages[0]["planetUuid"], "p5");
         let problems = toml::from_str::<CodecConfig>(
             "value = \"glue\"\nglue_schemas = { \"nope\" = \"x.avsc\" }\n",
         )
@@ -819,5 +829,44 @@ mod tests {
             matches!(&err, DecodeError::Transient(m) if m.contains("throttled")),
             "{err:?}"
         );
+    }
+
+    /// Fields without presence are in the tree with their defaults: two bytes (an empty nested message) can
+    /// be a wide object. Protobuf values draw on the batch's max_decoded_mib.
+    #[test]
+    fn protobuf_defaults_cannot_inflate_past_the_batch_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields: String = (1..=50)
+            .map(|i| format!("  int64 field_number_{i} = {i};\n"))
+            .collect();
+        std::fs::write(
+            dir.path().join("wide.proto"),
+            format!("syntax = \"proto3\";\nmessage Wide {{\n{fields}}}\nmessage Many {{ repeated Wide items = 1; }}\n"),
+        )
+        .unwrap();
+        let c = toml::from_str::<CodecConfig>(
+            "value = \"protobuf\"\nproto = [\"wide.proto\"]\nmessage = \"Many\"\nmax_decoded_mib = 1\n",
+        )
+        .unwrap()
+        .build(Some(dir.path()))
+        .unwrap();
+        // 2 000 empty items (4 KB): 100 000 fields in the tree, several MiB.
+        let bomb: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 2_000).flatten().collect();
+        let m = permanent(&c, &bomb);
+        assert!(m.contains("codec.max_decoded_mib = 1 MiB"), "{m}");
+        // A few items decode, and draw on the same batch budget until it is spent.
+        let few: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 50).flatten().collect();
+        let decoder = c.decoder();
+        let d = decoder.decode(&few, None).unwrap();
+        assert_eq!(d.messages[0]["items"].as_array().unwrap().len(), 50);
+        assert_eq!(d.messages[0]["items"][0]["fieldNumber50"], 0);
+        let mut refused = false;
+        for _ in 0..100 {
+            if decoder.decode(&few, None).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the batch's budget is shared by its values");
     }
 }

@@ -21,8 +21,10 @@
 //!
 //! Unknown fields (a newer writer's) are skipped. Every error is permanent for the record (dead-lettered), says
 //! what is wrong (truncated, wrong wire type, unknown message index, nesting past prost's limit of 100 levels)
-//! and never quotes the data. Decoding allocates at most a constant factor of the record's own bytes: every
-//! length is checked against the bytes left before anything is allocated.
+//! and never quotes the data. Every length is checked against the bytes left before anything is allocated
+//! (prost), so the decoded message is at most a constant factor of the record's bytes; its tree, where defaults
+//! fill in every field without presence, is measured before it is built ([`decode_within`], the batch's
+//! `max_decoded_mib`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -170,12 +172,28 @@ pub fn message_by_name(pool: &DescriptorPool, name: &str) -> Result<MessageDescr
     })
 }
 
-/// Decodes one message of type `desc` into the message tree (see the module doc).
+/// Decodes one message of type `desc` into the message tree (see the module doc), unbounded: for callers with
+/// a record of their own (tests, tools). The codec uses [`decode_within`].
 pub fn decode(
     bytes: &[u8],
     desc: &MessageDescriptor,
     naming: Naming,
 ) -> Result<Message<'static>, DecodeError> {
+    decode_within(bytes, desc, naming, usize::MAX).map(|(m, _)| m)
+}
+
+/// [`decode`], refusing a message whose tree would take more than `allowance` bytes (estimated), and
+/// returning the estimate with it.
+///
+/// The wire format is compact where the tree is not: every field without presence is in the tree with its
+/// default, so an empty nested message (two bytes: tag and length 0) of a type with fifty scalar fields is
+/// fifty fields. The decoded message is measured before it is turned into the tree (see [`estimate`]).
+pub fn decode_within(
+    bytes: &[u8],
+    desc: &MessageDescriptor,
+    naming: Naming,
+    allowance: usize,
+) -> Result<(Message<'static>, usize), DecodeError> {
     let subject = || {
         format!(
             "value ({} bytes) is not a {} message",
@@ -185,10 +203,77 @@ pub fn decode(
     };
     let message = DynamicMessage::decode(desc.clone(), bytes)
         .map_err(|e| DecodeError::Permanent(format!("{}: {}", subject(), reason(&e))))?;
+    let Some(cost) = estimate(&message, allowance) else {
+        return Err(DecodeError::Permanent(format!(
+            "value ({} bytes, a {} message) would decode to more than the batch's messages may take \
+             (codec.max_decoded_mib)",
+            bytes.len(),
+            desc.full_name()
+        )));
+    };
     let value = message
         .serialize_with_options(serde_json::value::Serializer, &naming.options())
         .map_err(|e| DecodeError::Permanent(format!("{}: {e}", subject())))?;
-    Ok(Message::from(value))
+    Ok((Message::from(value), cost))
+}
+
+/// An object's field in the tree, and one value.
+const FIELD: usize = std::mem::size_of::<(std::borrow::Cow<'static, str>, Message<'static>)>();
+const VALUE: usize = std::mem::size_of::<Message<'static>>();
+
+/// The estimated memory of `message`'s tree: its fields (set ones, and the defaults of those without
+/// presence), names, strings and items; `None` as soon as it passes `allowance`. Walks the decoded message
+/// without allocating.
+pub fn estimate(decoded: &DynamicMessage, allowance: usize) -> Option<usize> {
+    use prost_reflect::ReflectMessage;
+    fn value(v: &prost_reflect::Value, left: usize) -> Option<usize> {
+        use prost_reflect::Value as V;
+        let cost = match v {
+            V::String(s) => VALUE + s.len(),
+            V::Bytes(b) => VALUE + b.len().div_ceil(3) * 4,
+            V::Message(m) => message(m, left)?,
+            V::List(items) => {
+                let mut total = VALUE;
+                for item in items {
+                    total = total.checked_add(value(item, left.checked_sub(total)?)?)?;
+                }
+                total
+            }
+            V::Map(entries) => {
+                let mut total = VALUE;
+                for v in entries.values() {
+                    // The key becomes a name (a number's digits: at most 20 bytes).
+                    total = total
+                        .checked_add(FIELD + 24)?
+                        .checked_add(value(v, left.checked_sub(total)?)?)?;
+                }
+                total
+            }
+            _ => VALUE,
+        };
+        (cost <= left).then_some(cost)
+    }
+    fn message(m: &DynamicMessage, left: usize) -> Option<usize> {
+        let desc = m.descriptor();
+        let mut total = VALUE;
+        for f in desc.fields() {
+            if !f.supports_presence() && !m.has_field(&f) {
+                // A default: the field, its name, a scalar or an empty list or object.
+                total = total.checked_add(FIELD + f.json_name().len())?;
+            }
+        }
+        if total > left {
+            return None;
+        }
+        for (f, v) in m.fields() {
+            let field = FIELD + f.json_name().len();
+            total = total
+                .checked_add(field)?
+                .checked_add(value(v, left.checked_sub(total + field)?)?)?;
+        }
+        (total <= left).then_some(total)
+    }
+    message(decoded, allowance)
 }
 
 /// prost's error without its fixed "failed to decode Protobuf message: " prefix, and with its recursion limit

@@ -121,9 +121,7 @@ fn decode_payload<'a>(
                         messages.len()
                     ))
                 })?;
-            let naming = cx.schemas.proto().naming;
-            protobuf::decode(&payload[pos..], desc, naming)
-                .map(|m: Message<'static>| Decoded::one(m))
+            super::protobuf::within_budget(&payload[pos..], desc, cx).map(Decoded::one)
         }
     }
 }

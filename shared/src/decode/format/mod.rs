@@ -120,6 +120,10 @@ impl Value {
             if glue_id.is_some() && glue::split(bytes).map(|(_, id, _)| id) == glue_id {
                 return glue::Glue.decode(bytes, cx);
             }
+            // SOURCE mode of a Protobuf schema: the message, Confluent-framed or bare.
+            if meta.data_format.as_deref() == Some("PROTOBUF") && bytes.first() != Some(&b'{') {
+                return protobuf::Protobuf.decode(bytes, cx);
+            }
             return avro_raw::decode_with_metadata(bytes, meta, cx);
         }
         match self {

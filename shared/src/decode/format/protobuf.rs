@@ -50,18 +50,42 @@ pub(crate) fn message(
     setting: &str,
     cx: &Context<'_>,
 ) -> Result<Message<'static>, DecodeError> {
-    let naming = cx.schemas.proto().naming;
     if let Some((id, body)) = avro::split_confluent(bytes) {
         let file = cx.schemas.proto_by_id(id)?;
         let (indexes, message) = protobuf::split_indexes(body)?;
         let desc = protobuf::message_by_indexes(file, &indexes)?;
-        return protobuf::decode(message, &desc, naming);
+        return within_budget(message, &desc, cx);
     }
     match bare {
-        Some(desc) => protobuf::decode(bytes, desc, naming),
+        Some(desc) => within_budget(bytes, desc, cx),
         None => Err(DecodeError::Permanent(format!(
             "a bare Protobuf message ({} bytes, not Confluent-framed), and {setting} is not set",
             bytes.len()
         ))),
     }
+}
+
+/// A message decoded within what the batch's messages may still take (`codec.max_decoded_mib`, shared with
+/// Avro container files): a message type's defaults make a few bytes a large tree.
+pub(crate) fn within_budget(
+    bytes: &[u8],
+    desc: &MessageDescriptor,
+    cx: &Context<'_>,
+) -> Result<Message<'static>, DecodeError> {
+    let mut budget = cx.budget.get();
+    let naming = cx.schemas.proto().naming;
+    let (message, cost) = protobuf::decode_within(bytes, desc, naming, budget.decoded_left())
+        .map_err(|e| match e {
+            DecodeError::Permanent(m) if m.ends_with("(codec.max_decoded_mib)") => {
+                DecodeError::Permanent(format!(
+                    "{} = {} MiB in total per batch)",
+                    m.trim_end_matches(')'),
+                    budget.max_decoded_mib()
+                ))
+            }
+            other => other,
+        })?;
+    budget.add_decoded(cost);
+    cx.budget.set(budget);
+    Ok(message)
 }
