@@ -14,15 +14,6 @@ const X: &str = "00000006-7c1e-4b8a-9f3d-5e2a1c0b0006";
 const Y: &str = "00000007-7c1e-4b8a-9f3d-5e2a1c0b0007";
 const Z: &str = "00000008-7c1e-4b8a-9f3d-5e2a1c0b0008";
 
-/// One `#[tokio::test]` per backend for each case.
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(
     mixed_partitions_follow_timestamps_but_keep_partition_order,
     replaying_twice_gives_the_same_tables,
@@ -36,6 +27,10 @@ on_every_backend!(
     filtered_and_masked_messages_never_reach_the_table,
     avro_values_are_decoded_masked_and_applied,
 );
+
+/// The levels of the sample configs, and the same without "confidential".
+const LEVELS: &str = "levels = [\"public\", \"confidential\", \"secret\"]";
+const TWO_LEVELS: &str = "levels = [\"public\", \"secret\"]";
 
 fn planet(uuid: &str, name: &str) -> (String, String) {
     (uuid.to_string(), name.to_string())
@@ -341,19 +336,7 @@ async fn every_declarative_column_type_round_trips(backend: Backend) {
         ),
     ]);
     let file = db.write("orders.json", &event);
-    let config = config.display().to_string();
-    let run = cli(
-        &entity_sync(),
-        &[
-            "replay",
-            "--database-url",
-            &db.url,
-            "--config",
-            &config,
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = replay_config(&db, &config, &[file.to_str().unwrap()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = &run.reports()[0];
     assert_eq!(
@@ -465,19 +448,7 @@ async fn large_batches_are_chunked_under_the_bind_limit(backend: Backend) {
         })
         .collect();
     let file = db.write("large.json", &make_event(&records));
-    let config = default_config();
-    let run = cli(
-        &entity_sync(),
-        &[
-            "replay",
-            "--database-url",
-            &db.url,
-            "--config",
-            &config,
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = replay(&db, &[file.to_str().unwrap()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         (run.reports()[0].upserted, run.reports()[0].deleted),
@@ -538,13 +509,7 @@ async fn bad_invocations_exit_2_and_name_the_problem() {
     assert!(run.stdout.is_empty());
 
     let bad = db.write("bad.toml", "[[sync]]\ntopics = [\"t\"]\ntable = \"x; drop table y\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", path = \"$..[\" }]\n");
-    let run = replay_with(
-        &entity_sync(),
-        &db,
-        Some(bad.to_str().unwrap()),
-        &["mixed-partitions.json"],
-    )
-    .await;
+    let run = replay_config(&db, &bad, &["mixed-partitions.json"]).await;
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("not a plain SQL identifier"),
@@ -749,18 +714,7 @@ async fn database_goes_away_mid_batch(backend: Backend) {
     assert_eq!(db.planets().await, before);
 
     // The retry, with the database back.
-    let run = cli(
-        &entity_sync(),
-        &[
-            "replay",
-            "--database-url",
-            &db.url,
-            "--config",
-            config.to_str().unwrap(),
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = replay_config(&db, &config, &[file.to_str().unwrap()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(db.count("servicea_planet").await, 61);
     assert_eq!(db.count("msk_sync_dead_letter").await, 1);
@@ -893,19 +847,7 @@ async fn mariadb_keys_are_case_sensitive() {
         ),
     ]);
     let file = db.write("case.json", &event);
-    let config = default_config();
-    let run = cli(
-        &entity_sync(),
-        &[
-            "replay",
-            "--database-url",
-            &db.url,
-            "--config",
-            &config,
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = replay(&db, &[file.to_str().unwrap()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         db.planets().await,
@@ -979,24 +921,12 @@ async fn filtered_and_masked_messages_never_reach_the_table(backend: Backend) {
     );
 
     // The same at emit level "public": the confidential field goes too.
-    let public = std::fs::read_to_string(repo().join("events/masked.toml"))
-        .unwrap()
-        .replace("emit_level = \"confidential\"", "emit_level = \"public\"")
-        .replace(
-            "schemas/planet.avsc",
-            &repo()
-                .join("events/schemas/planet.avsc")
-                .display()
-                .to_string(),
-        );
-    let public = db.write("public.toml", &public);
-    let run = replay_with(
-        &entity_sync(),
-        &db,
-        Some(public.to_str().unwrap()),
-        &["planet-classified.json"],
-    )
-    .await;
+    let public = db.sample_config(
+        "masked.toml",
+        &[("emit_level = \"confidential\"", "emit_level = \"public\"")],
+        "public.toml",
+    );
+    let run = replay_config(&db, &public, &["planet-classified.json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rows = db.rows("servicea_planet_classified", &cols, "uuid").await;
     assert_eq!(
@@ -1037,20 +967,7 @@ async fn dry_run_shows_masking_and_config_check_names_unknown_levels() {
         "a secret field leaked"
     );
 
-    let bad = std::fs::read_to_string(repo().join("events/masked.toml"))
-        .unwrap()
-        .replace(
-            "levels = [\"public\", \"confidential\", \"secret\"]",
-            "levels = [\"public\", \"secret\"]",
-        )
-        .replace(
-            "schemas/planet.avsc",
-            &repo()
-                .join("events/schemas/planet.avsc")
-                .display()
-                .to_string(),
-        );
-    let bad = db.write("bad-levels.toml", &bad);
+    let bad = db.sample_config("masked.toml", &[(LEVELS, TWO_LEVELS)], "bad-levels.toml");
     let run = cli(&entity_sync(), &["config", "check", bad.to_str().unwrap()]).await;
     assert_eq!(run.code, 2);
     assert!(
@@ -1150,27 +1067,8 @@ async fn avro_values_are_decoded_masked_and_applied(backend: Backend) {
 #[tokio::test]
 async fn unknown_levels_in_codec_schemas_fail_at_start_up() {
     let db = TestDb::new(Backend::Sqlite, "avro_levels").await;
-    let text = std::fs::read_to_string(repo().join("events/avro.toml"))
-        .unwrap()
-        .replace(
-            "levels = [\"public\", \"confidential\", \"secret\"]",
-            "levels = [\"public\", \"secret\"]",
-        )
-        .replace(
-            "schemas/planet.avsc",
-            &repo()
-                .join("events/schemas/planet.avsc")
-                .display()
-                .to_string(),
-        );
-    let config = db.write("levels.toml", &text);
-    let run = replay_with(
-        &entity_sync(),
-        &db,
-        Some(config.to_str().unwrap()),
-        &["planet-avro-ocf.json"],
-    )
-    .await;
+    let config = db.sample_config("avro.toml", &[(LEVELS, TWO_LEVELS)], "levels.toml");
+    let run = replay_config(&db, &config, &["planet-avro-ocf.json"]).await;
     assert_eq!(run.code, 2, "{}", run.stdout);
     assert!(
         run.stderr.contains(
@@ -1217,13 +1115,7 @@ async fn json_keys_feed_columns_and_tombstones() {
         record(5, b"not json", Some(r#"{"total": 1}"#)),
     ]}});
     let file = db.write("orders.json", &event.to_string());
-    let run = replay_with(
-        &entity_sync(),
-        &db,
-        Some(config.to_str().unwrap()),
-        &[file.to_str().unwrap()],
-    )
-    .await;
+    let run = replay_config(&db, &config, &[file.to_str().unwrap()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = &run.reports()[0];
     assert_eq!(

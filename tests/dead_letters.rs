@@ -8,14 +8,6 @@ use msk_sync_tests::*;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(
     a_container_file_s_value_is_stored_once_however_many_messages_fail,
     any_text_and_any_topic_can_be_dead_lettered,
@@ -78,11 +70,6 @@ async fn scalar(db: &TestDb, sql: &str) -> i64 {
 
 /// Every dead-letter column msk-sync writes, as text, in key order.
 async fn dump(db: &TestDb) -> Vec<Vec<String>> {
-    let cast = if db.backend == Backend::MariaDb {
-        "CHAR"
-    } else {
-        "TEXT"
-    };
     let cols = [
         "kafka_topic",
         "kafka_partition",
@@ -96,30 +83,8 @@ async fn dump(db: &TestDb) -> Vec<Vec<String>> {
         "raw_message_index",
         "error",
     ];
-    let select: Vec<String> = cols
-        .iter()
-        .map(|c| format!("CAST({c} AS {cast})"))
-        .collect();
-    let sql = format!(
-        "SELECT {} FROM {TABLE} ORDER BY kafka_topic, kafka_partition, kafka_offset, record_occurrence, message_index",
-        select.join(", ")
-    );
-    let rows = db
-        .conn
-        .query_all_raw(Statement::from_string(db.db_backend(), sql))
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (0..cols.len())
-                .map(|i| {
-                    r.try_get_by_index::<Option<String>>(i)
-                        .unwrap()
-                        .unwrap_or_else(|| "NULL".into())
-                })
-                .collect()
-        })
-        .collect()
+    let key = &cols[..5];
+    db.rows_by(TABLE, &cols, key).await
 }
 
 /// Issue 14 item 1: 40,000 one-byte records in one 54 KB value, all failing their mapping, were 40,000 copies

@@ -5,85 +5,23 @@
 //! Needs cargo-lambda (`cargo xtask setup` installs it into ~/.cache/msk-sync-ci-venv): without it these tests
 //! fail, they do not skip.
 
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use msk_sync::run::lambda::{invoke, invoke_raw};
 use msk_sync_tests::*;
-use tokio::process::{Child, Command};
 
-fn cargo_lambda() -> PathBuf {
-    let venv = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/cargo-lambda"));
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("cargo-lambda"))
-            .find(|p| p.is_file())
-    });
-    on_path.or(venv.filter(|p| p.is_file())).unwrap_or_else(|| {
-        panic!("cargo-lambda not found (PATH, ~/.cache/msk-sync-ci-venv): `cargo xtask setup` installs it")
-    })
-}
-
-struct Watch {
-    port: u16,
-    _child: Child,
-}
+/// The functions behind `cargo lambda watch`.
+struct Watch(LambdaWatch);
 
 impl Watch {
     async fn start(env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let mut cmd = cargo_command(cargo_lambda());
-        cmd.arg("lambda").args([
-            "watch",
-            "--ignore-changes",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ]);
-        cmd.arg(port.to_string());
-        for (k, v) in env {
-            cmd.arg("--env-var").arg(format!("{k}={v}"));
-        }
-        cmd.current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("start cargo lambda watch");
-        for _ in 0..600 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    port,
-                    _child: child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("cargo lambda watch did not listen on {port}");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Self(LambdaWatch::start(&env, Stdio::null()).await)
     }
 
     /// `cargo lambda invoke FUNCTION --data-file events/FILE`: (succeeded, stdout, stderr).
     async fn invoke(&self, function: &str, file: &str) -> (bool, String, String) {
-        let out = Command::new(cargo_lambda())
-            .arg("lambda")
-            .args([
-                "invoke",
-                function,
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-            ])
-            .arg(self.port.to_string())
-            .arg("--data-file")
-            .arg(event_file(file))
-            .current_dir(repo())
-            .output()
-            .await
-            .expect("run cargo lambda invoke");
+        let out = self.0.invoke(function, &event_file(file)).await;
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

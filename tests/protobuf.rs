@@ -250,15 +250,6 @@ fn python_written_values_cut_short_or_bent_are_permanent() {
     assert!(permanent(&other_id).contains("unknown schema id 2"));
 }
 
-/// One `#[tokio::test]` per backend for each case.
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(
     protobuf_events_are_replayed_into_the_table,
     glue_events_are_replayed_into_the_table,

@@ -118,6 +118,16 @@ async fn registry_with_answers() -> (String, Seen, Answers) {
     (url, seen, answers)
 }
 
+/// entity-sync's handler with `config`, on `db`.
+async fn registry_handler(db: &TestDb, config: &std::path::Path) -> msk_sync::pipeline::Handler {
+    entity_sync()
+        .load(Some(config))
+        .unwrap()
+        .handler(Some(&db.url))
+        .await
+        .unwrap()
+}
+
 fn config(db: &TestDb, url: &str) -> std::path::PathBuf {
     config_with(db, url, "")
 }
@@ -138,13 +148,7 @@ fn config_with(db: &TestDb, url: &str, extra: &str) -> std::path::PathBuf {
 async fn schemas_come_from_the_registry_once_and_unknown_ids_are_dead_lettered() {
     let (url, seen) = registry().await;
     let db = TestDb::new(Backend::Sqlite, "registry_ok").await;
-    let app = entity_sync();
-    let handler = app
-        .load(Some(&config(&db, &url)))
-        .unwrap()
-        .handler(Some(&db.url))
-        .await
-        .unwrap();
+    let handler = registry_handler(&db, &config(&db, &url)).await;
     let payload = || -> serde_json::Value {
         serde_json::from_str(
             &std::fs::read_to_string(event_file("planet-avro-confluent.json")).unwrap(),
@@ -192,13 +196,7 @@ async fn a_registry_that_is_down_or_failing_makes_the_batch_retry() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let cfg = config(&db, &closed);
-    let run = replay_with(
-        &entity_sync(),
-        &db,
-        Some(cfg.to_str().unwrap()),
-        &["planet-avro-confluent.json"],
-    )
-    .await;
+    let run = replay_config(&db, &cfg, &["planet-avro-confluent.json"]).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr.contains("schema registry, schema id 1"),
@@ -208,28 +206,8 @@ async fn a_registry_that_is_down_or_failing_makes_the_batch_retry() {
 
     // A 500: transient as well, and nothing is written.
     let (url, _) = registry().await;
-    let app = entity_sync();
-    let handler = app
-        .load(Some(&config(&db, &url)))
-        .unwrap()
-        .handler(Some(&db.url))
-        .await
-        .unwrap();
-    let mut event: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(event_file("planet-avro-confluent.json")).unwrap(),
-    )
-    .unwrap();
-    // Re-frame the first record with schema id 500.
-    let record = &mut event["records"]["servicea.planet-0"][0];
-    use base64::Engine;
-    let mut bytes = base64::engine::general_purpose::STANDARD
-        .decode(record["value"].as_str().unwrap())
-        .unwrap();
-    bytes[1..5].copy_from_slice(&500u32.to_be_bytes());
-    record["value"] = base64::engine::general_purpose::STANDARD
-        .encode(bytes)
-        .into();
-    match handler.handle_json(event).await {
+    let handler = registry_handler(&db, &config(&db, &url)).await;
+    match handler.handle_json(reframed(500)).await {
         Err(HandlerError::Transient(e)) => assert!(e.contains("HTTP 500"), "{e}"),
         other => panic!("expected a transient failure, got {other:?}"),
     }
@@ -259,13 +237,7 @@ fn reframed(id: u32) -> serde_json::Value {
 async fn answers_that_are_not_a_schema_make_the_batch_retry() {
     let (url, seen, answers) = registry_with_answers().await;
     let db = TestDb::new(Backend::Sqlite, "registry_not_a_schema").await;
-    let app = entity_sync();
-    let handler = app
-        .load(Some(&config_with(&db, &url, ", timeout_ms = 300")))
-        .unwrap()
-        .handler(Some(&db.url))
-        .await
-        .unwrap();
+    let handler = registry_handler(&db, &config_with(&db, &url, ", timeout_ms = 300")).await;
     let html = "<html><body>Bad gateway, try later</body></html>";
     let cases = [
         (
@@ -344,14 +316,8 @@ async fn answers_that_are_not_a_schema_make_the_batch_retry() {
 async fn an_unknown_id_is_asked_again_after_its_time_to_live() {
     let (url, seen, answers) = registry_with_answers().await;
     let db = TestDb::new(Backend::Sqlite, "registry_ttl").await;
-    let app = entity_sync();
     // A time-to-live of 0: every batch asks again (the default is 60 s).
-    let handler = app
-        .load(Some(&config_with(&db, &url, ", not_found_ttl_ms = 0")))
-        .unwrap()
-        .handler(Some(&db.url))
-        .await
-        .unwrap();
+    let handler = registry_handler(&db, &config_with(&db, &url, ", not_found_ttl_ms = 0")).await;
     let report = handler.handle_json(reframed(7)).await.unwrap();
     assert_eq!(
         (report.upserted, report.deleted, report.dead_lettered),
@@ -388,12 +354,7 @@ async fn an_unknown_id_is_asked_again_after_its_time_to_live() {
     // With the default time-to-live the answer stands for the next batch: asked once.
     let (url, seen, answers) = registry_with_answers().await;
     let db = TestDb::new(Backend::Sqlite, "registry_ttl_default").await;
-    let handler = app
-        .load(Some(&config(&db, &url)))
-        .unwrap()
-        .handler(Some(&db.url))
-        .await
-        .unwrap();
+    let handler = registry_handler(&db, &config(&db, &url)).await;
     handler.handle_json(reframed(7)).await.unwrap();
     answers
         .lock()

@@ -53,19 +53,14 @@ impl Moto {
             .stderr(Stdio::null())
             .kill_on_drop(true);
         let child = cmd.spawn().expect("start moto_server");
-        for _ in 0..600 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    port,
-                    _child: child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            listening(port, 600, Duration::from_millis(50)).await,
+            "moto_server did not listen on port {port} within 30 s"
+        );
+        Self {
+            port,
+            _child: child,
         }
-        panic!("moto_server did not listen on port {port} within 30 s");
     }
 
     fn url(&self) -> String {
@@ -390,19 +385,6 @@ async fn replay_emf_prints_each_batch_s_metrics_in_embedded_metric_format() {
     assert!(values[3]["DeadLettered"].as_u64().unwrap() > 0);
 }
 
-fn cargo_lambda() -> PathBuf {
-    let venv = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/cargo-lambda"));
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("cargo-lambda"))
-            .find(|p| p.is_file())
-    });
-    on_path.or(venv.filter(|p| p.is_file())).unwrap_or_else(|| {
-        panic!("cargo-lambda not found: `pip install cargo-lambda==1.9.2` or run .ci/run, which installs it")
-    })
-}
-
 /// Lambda mode end to end: `cargo lambda watch` runs the function as Lambda would, with only the secret's ARN
 /// and the AWS environment (AWS_ENDPOINT_URL pointing at moto, the credentials and region Lambda sets), and the
 /// function writes an EMF object per batch on stdout.
@@ -416,59 +398,26 @@ async fn lambda_mode_reads_the_secret_from_the_environment_and_writes_metrics() 
             &rds_json("postgres", &db, "postgres", "pg-secret-pw-7731"),
         )
         .await;
-    let port = free_port();
     let stdout = db.dir.path().join("watch.out");
-    let mut cmd = cargo_command(cargo_lambda());
-    cmd.arg("lambda")
-        .args(["watch", "--ignore-changes", "--invoke-address", "127.0.0.1"])
-        .arg("--invoke-port")
-        .arg(port.to_string());
     let config = repo().join("msk-sync.toml").display().to_string();
-    for (k, v) in [
-        ("DATABASE_SECRET_ARN", arn.as_str()),
-        ("AWS_ENDPOINT_URL", &moto.url()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_SESSION_TOKEN", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("MSK_SYNC_METRICS_NAMESPACE", "msk-sync-test"),
-        ("MSK_SYNC_CONFIG", &config),
-        ("RUST_LOG", "warn"),
-    ] {
-        cmd.arg("--env-var").arg(format!("{k}={v}"));
-    }
-    let _watch = cmd
-        .current_dir(repo())
-        // The test's own DATABASE_URL, if any, would win over the secret.
-        .env_remove("DATABASE_URL")
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start cargo lambda watch");
-    let mut listening = false;
-    for _ in 0..600 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            listening = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(listening, "cargo lambda watch did not listen on {port}");
-    let out = Command::new(cargo_lambda())
-        .arg("lambda")
-        .args(["invoke", "entity-sync", "--invoke-address", "127.0.0.1"])
-        .arg("--invoke-port")
-        .arg(port.to_string())
-        .arg("--data-file")
-        .arg(event_file("mixed-partitions.json"))
-        .current_dir(repo())
-        .output()
-        .await
-        .expect("run cargo lambda invoke");
+    let watch = LambdaWatch::start(
+        &[
+            ("DATABASE_SECRET_ARN", arn.as_str()),
+            ("AWS_ENDPOINT_URL", &moto.url()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_SESSION_TOKEN", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("MSK_SYNC_METRICS_NAMESPACE", "msk-sync-test"),
+            ("MSK_SYNC_CONFIG", &config),
+            ("RUST_LOG", "warn"),
+        ],
+        std::fs::File::create(&stdout).unwrap().into(),
+    )
+    .await;
+    let out = watch
+        .invoke("entity-sync", &event_file("mixed-partitions.json"))
+        .await;
     let (response, err) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

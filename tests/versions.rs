@@ -11,14 +11,6 @@ use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::Value as SqlValue;
 use serde_json::{Value, json};
 
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await } )* }
-        mod mariadb { $( #[tokio::test] async fn $case() { super::$case(super::Backend::MariaDb).await } )* }
-    };
-}
-
 on_every_backend!(
     shuffled_and_repeated_batches_end_in_the_newest_version_of_every_entity,
     a_late_older_create_does_not_undo_a_delete_and_a_newer_one_does,
@@ -449,7 +441,7 @@ async fn a_typed_sync_declares_its_version_column(backend: Backend) {
     let mapping: std::sync::Arc<dyn msk_sync::sync::Mapping> =
         std::sync::Arc::new(TypedMapping::<versioned_planet::Entity>::new("planet"));
     assert_eq!(mapping.version(), Some(2));
-    let app = msk_sync::run::App::typed("typed-versions", vec![(vec!["*".to_string()], mapping)]);
+    let app = msk_sync::App::typed::<versioned_planet::Entity>("typed-versions", "planet");
     let h = app
         .handler(&msk_sync::config::Config::default(), Some(&db.url))
         .await

@@ -11,9 +11,6 @@ pub enum Change {
     Delete,
 }
 
-/// The status bedrock gives a record with a changeType it does not know.
-pub const UNKNOWN_CHANGE_TYPE_STATUS: u16 = 400;
-
 /// How much of an unknown changeType its reason quotes. The changeType is the one message value a reason
 /// quotes (bedrock's `Unknown changeType X`), so it is cut: a producer cannot make a reason long. Control
 /// characters in it are escaped wherever the reason is written (the dead-letter table, JSON, log lines).

@@ -22,26 +22,35 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use crate::decode::{CodecConfig, Format, SchemaFiles};
-use crate::filter::{Filter, FilterConfig};
-use crate::mask::{Mask, MaskConfig, MaskRule};
+pub use crate::decode::CodecConfig;
+pub use crate::filter::FilterConfig;
+pub use crate::mask::MaskConfig;
+pub use crate::sync::declarative::{ColumnConfig, SyncConfig};
+
+use crate::decode::{Format, SchemaFiles};
+use crate::filter::Filter;
+use crate::mask::{Mask, MaskRule};
 use crate::pipeline::Pipeline;
-use crate::sync::declarative::{DeclarativeMapping, SyncConfig};
+use crate::sync::declarative::DeclarativeMapping;
 use crate::sync::table::check_ident;
 use crate::sync::{Mapping, SinkOptions};
 
 /// Where the config comes from when no `--config` is given.
 pub const CONFIG_ENV: &str = "MSK_SYNC_CONFIG";
+/// The config file used when none is named and `MSK_SYNC_CONFIG` is not set, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "msk-sync.toml";
 
+/// A function's configuration file: database settings, codec, syncs, filters and masks.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The `[database]` section.
     #[serde(default)]
     pub database: DatabaseConfig,
     /// The value format of every topic.
     #[serde(default)]
     pub codec: CodecConfig,
+    /// The `[[sync]]` sections: which topics go to which table, and how a message becomes a row.
     #[serde(default, rename = "sync")]
     pub syncs: Vec<SyncConfig>,
     /// Emit filters: a default (`topics = ["*"]`, or no topics) and per-topic overrides.
@@ -55,14 +64,17 @@ pub struct Config {
     pub base_dir: Option<PathBuf>,
 }
 
+/// The `[database]` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Used when neither --database-url nor DATABASE_URL is set.
     #[serde(default)]
     pub url: Option<String>,
+    /// The dead-letter table's name (default `msk_sync_dead_letter`).
     #[serde(default)]
     pub dead_letter_table: Option<String>,
+    /// The most rows one INSERT (or keys one DELETE) carries; the bind-parameter limit may lower it.
     #[serde(default)]
     pub max_rows_per_statement: Option<usize>,
     /// How long a versioned sync remembers a delete (its tombstone), in seconds; 7 days by default.
@@ -76,6 +88,7 @@ pub struct DatabaseConfig {
 pub struct ConfigError(pub Vec<String>);
 
 impl Config {
+    /// Reads and parses the file at `path`; its directory is where relative schema paths start.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("{}: cannot read: {e}", path.display())]))?;
@@ -90,6 +103,7 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses TOML text; unknown keys are errors, with their line.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string().trim_end().to_string()]))
     }

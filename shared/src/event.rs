@@ -26,9 +26,13 @@ pub const EVENT_SOURCES: [&str; 2] = ["aws:kafka", "SelfManagedKafka"];
 /// records; here they are one list, partition after partition, each partition's records in event order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MskEvent<'a> {
+    /// `aws:kafka` (MSK) or `SelfManagedKafka`.
     pub event_source: Cow<'a, str>,
+    /// The MSK cluster's ARN (MSK only).
     pub event_source_arn: Option<Cow<'a, str>>,
+    /// The brokers, comma-separated.
     pub bootstrap_servers: Option<Cow<'a, str>>,
+    /// Every record of the batch, flattened from the event's `topic-partition` lists.
     pub records: Vec<Record<'a>>,
 }
 
@@ -36,11 +40,15 @@ pub struct MskEvent<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record<'a> {
+    /// The record's topic.
     pub topic: Cow<'a, str>,
+    /// The record's partition.
     pub partition: i32,
+    /// The record's offset in its partition.
     pub offset: i64,
     /// Epoch milliseconds, read exactly (see the module doc).
     pub timestamp: i64,
+    /// `CREATE_TIME` or `LOG_APPEND_TIME`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp_type: Option<Cow<'a, str>>,
     /// Base64 of the key bytes; absent for a record without key.
@@ -48,10 +56,12 @@ pub struct Record<'a> {
     pub key: Option<Cow<'a, str>>,
     /// Base64 of the value bytes; `None` is a tombstone.
     pub value: Option<Cow<'a, str>>,
+    /// The record's headers, in order.
     pub headers: Headers<'a>,
     /// Set by Lambda's schema-registry integration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_schema_metadata: Option<Box<SchemaMetadata>>,
+    /// What Lambda's schema-registry integration says about the key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_schema_metadata: Option<Box<SchemaMetadata>>,
 }
@@ -109,10 +119,12 @@ impl Headers<'_> {
             .map(|(_, v)| v))
     }
 
+    /// Whether the record has no header.
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
+    /// The same headers, owning their strings.
     pub fn into_owned(self) -> Headers<'static> {
         Headers(self.0.map(|t| Cow::Owned(t.into_owned())))
     }
@@ -133,11 +145,14 @@ impl Serialize for Headers<'_> {
     }
 }
 
+/// A record's `keySchemaMetadata` / `valueSchemaMetadata`, set by Lambda's schema-registry integration.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SchemaMetadata {
+    /// The schema's id in its registry (a number for Confluent, a UUID for Glue).
     #[serde(default)]
     pub schema_id: Option<String>,
+    /// `AVRO`, `JSON` or `PROTOBUF`.
     #[serde(default)]
     pub data_format: Option<String>,
 }
@@ -195,6 +210,7 @@ impl Record<'_> {
 pub struct NotAnMskEvent(pub String);
 
 impl MskEvent<'static> {
+    /// An event from an already parsed JSON value (tests, and callers that hold one).
     pub fn from_value(value: serde_json::Value) -> Result<Self, NotAnMskEvent> {
         if !value.is_object() {
             return Err(NotAnMskEvent(format!("the payload is {}", kind(&value))));
@@ -238,6 +254,7 @@ impl<'a> MskEvent<'a> {
         Ok(())
     }
 
+    /// How many records the batch holds.
     pub fn record_count(&self) -> usize {
         self.records.len()
     }

@@ -19,12 +19,16 @@ use crate::path::JsonPath;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
+    /// Topic names or globs this filter applies to; none or `*` makes it the default.
     #[serde(default = "all_topics")]
     pub topics: Vec<String>,
+    /// Whether a message without an accepted value at `path` is dropped.
     #[serde(default)]
     pub required: bool,
+    /// The JSONPath of the value to check.
     #[serde(default)]
     pub path: Option<String>,
+    /// The accepted values at `path`.
     #[serde(default)]
     pub values: OneOrMany,
 }

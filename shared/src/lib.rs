@@ -11,9 +11,9 @@
 //! - [`event`]: the MSK event model and the flatten + order step.
 //! - [`decode`]: base64 and one file per value format, into [`message::Message`]s (JSON's data model,
 //!   borrowing from the record's bytes).
-//! - [`filter`]: the emit filter (aether); [`mask`]: classification masking (aether, plus nested records).
-//! - [`change`]: `changeType` → upsert or delete (bedrock's routing).
-//! - [`topics`]: which sync receives a topic (exact names, globs, `*`).
+//! - `filter`: the emit filter (aether); `mask`: classification masking (aether, plus nested records).
+//! - `change`: `changeType` → upsert or delete (bedrock's routing).
+//! - `topics`: which sync receives a topic (exact names, globs, `*`).
 //! - [`sync`]: mappings (declarative and typed), the preflight against the database, collapse per key, bulk
 //!   apply, dead letters, the version guard.
 //! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
@@ -24,13 +24,38 @@
 //! - [`run`]: the ways in: Lambda, `replay`, `config check`, and the local runner on a Kafka broker (`consume`,
 //!   `publish`, feature `kafka`), and the database secret read from Secrets Manager (`run::secret`, feature `aws`).
 //!   The only module that knows about Lambda, Kafka or AWS clients.
+//!
+//! `filter`, `mask`, `change`, `topics` and `text` are internal; their settings are in [`config`].
+//!
+//! # Writing a function
+//!
+//! What a function's crate needs is re-exported here: the [`App`] builder and [`main`], and for a typed sync
+//! [`FromKafkaEvent`] (a sea-orm model built from a [`Message`], with [`field`] / [`optional_field`]) and
+//! [`App::typed`], which registers it in one call:
+//!
+//! ```ignore
+//! use msk_sync::{App, FromKafkaEvent, Message, field};
+//!
+//! impl FromKafkaEvent for planet::Model {
+//!     fn from_kafka_event(message: &Message<'_>) -> Result<Self, String> {
+//!         Ok(Self { uuid: field(message, "planetUuid")?, name: field(message, "planetName")? })
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     msk_sync::main(App::typed::<planet::Entity>("planet-sync", "planet")).await
+//! }
+//! ```
 
-pub mod change;
+#![warn(missing_docs)]
+
+pub(crate) mod change;
 pub mod config;
 pub mod decode;
 pub mod event;
-pub mod filter;
-pub mod mask;
+pub(crate) mod filter;
+pub(crate) mod mask;
 pub mod message;
 pub mod metrics;
 mod path;
@@ -39,4 +64,8 @@ pub mod report;
 pub mod run;
 pub mod sync;
 mod text;
-pub mod topics;
+pub(crate) mod topics;
+
+pub use message::Message;
+pub use run::{App, main};
+pub use sync::typed::{FromKafkaEvent, TypedMapping, field, optional_field};

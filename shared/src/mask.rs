@@ -30,12 +30,15 @@ pub const DEFAULT_ANNOTATION: &str = "aetherMaskingLevel";
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskConfig {
+    /// Topic names or globs this mask applies to (default `*`).
     #[serde(default = "all_topics")]
     pub topics: Vec<String>,
+    /// The schema annotation that holds a field's level.
     #[serde(default = "default_annotation")]
     pub annotation: String,
     /// Least sensitive first.
     pub levels: Vec<Value>,
+    /// The most sensitive level a row may hold; fields above it are emitted as null.
     pub emit_level: Value,
     /// An Avro schema (.avsc) that classifies the fields of JSON messages.
     #[serde(default)]

@@ -29,12 +29,18 @@ use crate::text::Name;
 /// A JSON value whose strings and field names borrow from the decoded record where they can.
 #[derive(Debug, Clone, Default)]
 pub enum Message<'a> {
+    /// JSON null.
     #[default]
     Null,
+    /// JSON true or false.
     Bool(bool),
+    /// A JSON number, as serde_json holds it.
     Number(Number),
+    /// A string, borrowed from the record's bytes when it can be.
     String(Cow<'a, str>),
+    /// A JSON array.
     Array(Vec<Message<'a>>),
+    /// A JSON object, its fields in order.
     Object(Object<'a>),
 }
 
@@ -50,20 +56,24 @@ const SCAN_LIMIT: usize = 32;
 static NULL: Message<'static> = Message::Null;
 
 impl<'a> Object<'a> {
+    /// An empty object.
     pub fn new() -> Self {
         Self { fields: Vec::new() }
     }
 
+    /// An empty object with room for `n` fields.
     pub fn with_capacity(n: usize) -> Self {
         Self {
             fields: Vec::with_capacity(n),
         }
     }
 
+    /// How many fields it has.
     pub fn len(&self) -> usize {
         self.fields.len()
     }
 
+    /// Whether it has no field.
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
@@ -77,10 +87,12 @@ impl<'a> Object<'a> {
         self.fields.iter().position(|(k, _)| k == name)
     }
 
+    /// The value of field `name`.
     pub fn get(&self, name: &str) -> Option<&Message<'a>> {
         self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
+    /// The value of field `name`, to change it.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Message<'a>> {
         self.fields
             .iter_mut()
@@ -88,6 +100,7 @@ impl<'a> Object<'a> {
             .map(|(_, v)| v)
     }
 
+    /// Whether it has a field `name`.
     pub fn contains_key(&self, name: &str) -> bool {
         self.position(name).is_some()
     }
@@ -113,14 +126,17 @@ impl<'a> Object<'a> {
         self.position(name).map(|i| self.fields.remove(i).1)
     }
 
+    /// Its fields, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Message<'a>)> {
         self.fields.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
+    /// Its values, in order, to change them.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Message<'a>> {
         self.fields.iter_mut().map(|(_, v)| v)
     }
 
+    /// Its field names, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|(k, _)| k.as_ref())
     }
@@ -181,6 +197,7 @@ impl<'a> Object<'a> {
         false
     }
 
+    /// The same object, owning its strings.
     pub fn into_owned(self) -> Object<'static> {
         Object {
             fields: self
@@ -218,6 +235,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The object, if this is one.
     pub fn as_object(&self) -> Option<&Object<'a>> {
         match self {
             Message::Object(o) => Some(o),
@@ -225,6 +243,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The object, if this is one, to change it.
     pub fn as_object_mut(&mut self) -> Option<&mut Object<'a>> {
         match self {
             Message::Object(o) => Some(o),
@@ -232,6 +251,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The items, if this is an array.
     pub fn as_array(&self) -> Option<&[Message<'a>]> {
         match self {
             Message::Array(a) => Some(a),
@@ -239,6 +259,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The text, if this is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Message::String(s) => Some(s),
@@ -246,6 +267,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The value, if this is a boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Message::Bool(b) => Some(*b),
@@ -253,6 +275,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The value, if this is a number that fits an `i64`.
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Message::Number(n) => n.as_i64(),
@@ -260,6 +283,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The value, if this is a number that fits a `u64`.
     pub fn as_u64(&self) -> Option<u64> {
         match self {
             Message::Number(n) => n.as_u64(),
@@ -267,6 +291,7 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The value, if this is a number, as an `f64`.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Message::Number(n) => n.as_f64(),
@@ -274,10 +299,12 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// Whether this is null.
     pub fn is_null(&self) -> bool {
         matches!(self, Message::Null)
     }
 
+    /// Whether this is an object.
     pub fn is_object(&self) -> bool {
         matches!(self, Message::Object(_))
     }

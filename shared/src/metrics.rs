@@ -25,6 +25,7 @@ use crate::report::BatchReport;
 
 /// The CloudWatch namespace of the metrics; the template sets it from its `MetricsNamespace` parameter.
 pub const NAMESPACE_ENV: &str = "MSK_SYNC_METRICS_NAMESPACE";
+/// The CloudWatch namespace when `MSK_SYNC_METRICS_NAMESPACE` is not set.
 pub const DEFAULT_NAMESPACE: &str = "msk-sync";
 /// Set by Lambda: the function's name, the metrics' dimension.
 pub const FUNCTION_NAME_ENV: &str = "AWS_LAMBDA_FUNCTION_NAME";
@@ -63,11 +64,14 @@ pub const UNITS: &[&str] = &[
 /// Where a batch's metrics go and under which names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metrics {
+    /// The CloudWatch namespace of the metrics.
     pub namespace: String,
+    /// The function's name: the metrics' dimension.
     pub function_name: String,
 }
 
 impl Metrics {
+    /// Metrics under `namespace`, for the function `function_name`.
     pub fn new(namespace: impl Into<String>, function_name: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),

@@ -59,16 +59,24 @@ impl<T> ByTopic<T> {
 /// What happened to one message, for `replay --dry-run`.
 #[derive(Debug, Serialize)]
 pub struct Inspection<'a> {
+    /// The record's topic.
     pub topic: &'a str,
+    /// The record's partition.
     pub partition: i32,
+    /// The record's offset.
     pub offset: i64,
+    /// Which message of the record (a container file holds several); omitted when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub index: u32,
+    /// The record key as text, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<&'a str>,
+    /// What happened to the message.
     pub outcome: Outcome,
+    /// The sync that received it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<&'a str>,
+    /// Why it was not applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     /// The message as it would be mapped: decoded, with Kafka fields injected.
@@ -87,6 +95,7 @@ pub struct Plan<'e> {
     pub changes: Vec<Changes>,
     /// In batch order, each record's raw data on its first dead letter only.
     pub dead_letters: Vec<DeadLetter<'e>>,
+    /// The report of the batch so far (the database's part is added when it is applied).
     pub report: BatchReport,
     /// Indices of the event's records in the order they were applied: [`Origin::record`] is a position in it.
     pub order: Vec<usize>,
@@ -337,6 +346,7 @@ impl Pipeline {
         &self.codec
     }
 
+    /// The mappings, in sync order.
     pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
         &self.mappings.items
     }
@@ -528,14 +538,17 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// The handler of `pipeline` writing to `sink`.
     pub fn new(pipeline: Pipeline, sink: Sink) -> Self {
         Self { pipeline, sink }
     }
 
+    /// The database-free part.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
 
+    /// The database.
     pub fn sink(&self) -> &Sink {
         &self.sink
     }
@@ -553,6 +566,7 @@ impl Handler {
         self.handle(&event).await
     }
 
+    /// Handles one batch: plans it and applies it in one transaction; the report is the Lambda response.
     pub async fn handle(&self, event: &MskEvent<'_>) -> Result<BatchReport, HandlerError> {
         let source = event.event_source.as_ref();
         self.sink.preflight().await.map_err(|e| match e {

@@ -3,10 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The status of a message that was applied or filtered.
 pub const STATUS_OK: u16 = 200;
 /// A record kept in the dead-letter table (bedrock gives an unknown changeType this status).
 pub const STATUS_DEAD_LETTER: u16 = 400;
 
+/// What happened to a batch: counts per outcome, and the messages that were not applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchReport {
@@ -19,6 +21,7 @@ pub struct BatchReport {
     pub messages: usize,
     /// Rows upserted / deleted, after collapsing the batch to one change per entity key.
     pub upserted: usize,
+    /// Rows deleted, likewise.
     pub deleted: usize,
     /// Messages whose change a later message for the same entity in the batch replaced.
     pub superseded: usize,
@@ -27,6 +30,7 @@ pub struct BatchReport {
     /// Records whose value held no message (an Avro container file with no record): nothing to apply.
     #[serde(default)]
     pub empty: usize,
+    /// Messages kept in the dead-letter table instead of being applied.
     pub dead_lettered: usize,
     /// Messages not applied because the row, or the memory of its delete, has a newer version (syncs with a
     /// version column only); each is listed in `records` with the outcome `stale`.
@@ -46,17 +50,24 @@ pub struct BatchReport {
 /// dead-letter table holds every one of them.
 pub const MAX_LISTED: usize = 1_000;
 
+/// One message that was not applied, in the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordResult {
+    /// The record's topic.
     pub topic: String,
+    /// The record's partition.
     pub partition: i32,
+    /// The record's offset.
     pub offset: i64,
     /// Which message of the record; 0 for single-message records.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub index: u32,
+    /// 200 for a message that was not an error, 400 for a dead letter.
     pub status: u16,
+    /// What happened to the message.
     pub outcome: Outcome,
+    /// Why, for a message that was not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Where the record stands in the batch's order, so that results found late (rows the database refused)
@@ -65,14 +76,19 @@ pub struct RecordResult {
     pub(crate) position: usize,
 }
 
+/// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
+    /// Applied as an insert or update.
     Upsert,
+    /// Applied as a delete.
     Delete,
+    /// Dropped by the emit filter; not an error.
     Filtered,
     /// The record's value held no message (an Avro container file with no record).
     Empty,
+    /// Kept in the dead-letter table.
     DeadLetter,
     /// Older than the row or its tombstone: not applied, not an error.
     Stale,

@@ -29,6 +29,30 @@ pub fn server_url(backend: Backend) -> String {
     }
 }
 
+/// Drops (`drop`) and creates database `name` on `backend`'s server, through its `test` database.
+async fn create_database(backend: Backend, drop: &str, name: &str) {
+    let admin_url = format!("{}/test", server_url(backend));
+    let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!("{backend:?} at {admin_url} is not reachable (`cargo xtask setup` starts it): {e}")
+    });
+    admin.execute_unprepared(drop).await.unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+}
+
+/// One `#[tokio::test]` per backend for each case: `async fn case(backend: Backend)` in the calling file.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test] async fn $case() { super::$case($crate::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test] async fn $case() { super::$case($crate::Backend::Postgres).await } )* }
+        mod mariadb { $( #[tokio::test] async fn $case() { super::$case($crate::Backend::MariaDb).await } )* }
+    };
+}
+
 /// The repository root (this crate lives in its tests/ folder).
 pub fn repo() -> &'static Path {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -57,35 +81,21 @@ impl TestDb {
                 format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display())
             }
             Backend::Postgres => {
-                let admin_url = format!("{}/test", server_url(backend));
-                let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
-                    panic!("PostgreSQL at {admin_url} is not reachable (`cargo xtask setup` starts it): {e}")
-                });
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-                    .await
-                    .unwrap();
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
-                    .await
-                    .unwrap();
-                admin.close().await.unwrap();
+                create_database(
+                    backend,
+                    &format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"),
+                    &db_name,
+                )
+                .await;
                 format!("{}/{db_name}?sslmode=disable", server_url(backend))
             }
             Backend::MariaDb => {
-                let admin_url = format!("{}/test", server_url(backend));
-                let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
-                    panic!("MariaDB at {admin_url} is not reachable (`cargo xtask setup` starts it): {e}")
-                });
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db_name}"))
-                    .await
-                    .unwrap();
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
-                    .await
-                    .unwrap();
-                admin.close().await.unwrap();
+                create_database(
+                    backend,
+                    &format!("DROP DATABASE IF EXISTS {db_name}"),
+                    &db_name,
+                )
+                .await;
                 format!("{}/{db_name}", server_url(backend))
             }
         };
@@ -106,6 +116,11 @@ impl TestDb {
 
     /// `SELECT cols FROM table ORDER BY order`, every value as text (NULL as "NULL").
     pub async fn rows(&self, table: &str, cols: &[&str], order: &str) -> Vec<Vec<String>> {
+        self.rows_by(table, cols, &[order]).await
+    }
+
+    /// [`Self::rows`] ordered by several columns.
+    pub async fn rows_by(&self, table: &str, cols: &[&str], order: &[&str]) -> Vec<Vec<String>> {
         let cast = if self.backend == Backend::MariaDb {
             "CHAR"
         } else {
@@ -122,11 +137,12 @@ impl TestDb {
             .iter()
             .map(|c| format!("CAST({} AS {cast})", q(c)))
             .collect();
+        let order: Vec<String> = order.iter().map(|c| q(c)).collect();
         let sql = format!(
             "SELECT {} FROM {} ORDER BY {}",
             select.join(", "),
             q(table),
-            q(order)
+            order.join(", ")
         );
         let rows = self
             .conn
@@ -205,6 +221,20 @@ impl TestDb {
         .collect()
     }
 
+    /// The sample config `events/{sample}` with every `(from, to)` of `edits` replaced and its schema path made
+    /// absolute, written as `name` in the test's directory.
+    pub fn sample_config(&self, sample: &str, edits: &[(&str, &str)], name: &str) -> PathBuf {
+        let schema = repo().join("events/schemas/planet.avsc");
+        let text = edits.iter().fold(
+            std::fs::read_to_string(repo().join("events").join(sample)).unwrap(),
+            |text, (from, to)| text.replace(from, to),
+        );
+        self.write(
+            name,
+            &text.replace("schemas/planet.avsc", &schema.display().to_string()),
+        )
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -277,6 +307,12 @@ pub async fn replay_with(app: &App, db: &TestDb, config: Option<&str>, events: &
     }
     args.extend(files.iter().map(String::as_str));
     cli(app, &args).await
+}
+
+/// entity-sync's `replay` of `events` into `db` with the config file `config`.
+pub async fn replay_config(db: &TestDb, config: &Path, events: &[&str]) -> Run {
+    let config = config.display().to_string();
+    replay_with(&entity_sync(), db, Some(&config), events).await
 }
 
 /// A TCP proxy to a database server that forwards faithfully until the client has sent `pattern` `nth` times
@@ -490,4 +526,83 @@ pub fn cargo_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Co
     cmd.env_clear()
         .envs(std::env::vars_os().filter(|(k, _)| !set_for_this_package(k)));
     cmd
+}
+
+/// cargo-lambda: on PATH, else in the CI venv (`cargo xtask setup` installs it there); missing, the test fails.
+pub fn cargo_lambda() -> PathBuf {
+    let venv = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/cargo-lambda"));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("cargo-lambda"))
+            .find(|p| p.is_file())
+    });
+    on_path.or(venv.filter(|p| p.is_file())).unwrap_or_else(|| {
+        panic!("cargo-lambda not found (PATH, ~/.cache/msk-sync-ci-venv): `cargo xtask setup` installs it")
+    })
+}
+
+/// Whether something listens on loopback `port` within `tries` attempts `every` apart.
+pub async fn listening(port: u16, tries: u32, every: std::time::Duration) -> bool {
+    for _ in 0..tries {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
+}
+
+/// `cargo lambda watch` on a free loopback port: the Lambda runtime API, running the workspace's function
+/// binaries as Lambda would. Killed when dropped.
+pub struct LambdaWatch {
+    pub port: u16,
+    _child: tokio::process::Child,
+}
+
+impl LambdaWatch {
+    /// Started with `env` for the functions and their stdout to `stdout`; returns once it listens (60 s at the
+    /// most). The test's own DATABASE_URL is not passed on: a function gets only what `env` says.
+    pub async fn start(env: &[(&str, &str)], stdout: std::process::Stdio) -> Self {
+        let port = free_port();
+        let mut cmd = cargo_command(cargo_lambda());
+        cmd.arg("lambda")
+            .args(["watch", "--ignore-changes", "--invoke-address", "127.0.0.1"])
+            .arg("--invoke-port")
+            .arg(port.to_string());
+        for (k, v) in env {
+            cmd.arg("--env-var").arg(format!("{k}={v}"));
+        }
+        let child = cmd
+            .current_dir(repo())
+            .env_remove("DATABASE_URL")
+            .stdout(stdout)
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start cargo lambda watch");
+        assert!(
+            listening(port, 600, std::time::Duration::from_millis(100)).await,
+            "cargo lambda watch did not listen on {port}"
+        );
+        Self {
+            port,
+            _child: child,
+        }
+    }
+
+    /// `cargo lambda invoke FUNCTION --data-file FILE`.
+    pub async fn invoke(&self, function: &str, data_file: &Path) -> std::process::Output {
+        tokio::process::Command::new(cargo_lambda())
+            .arg("lambda")
+            .args(["invoke", function, "--invoke-address", "127.0.0.1"])
+            .arg("--invoke-port")
+            .arg(self.port.to_string())
+            .arg("--data-file")
+            .arg(data_file)
+            .current_dir(repo())
+            .output()
+            .await
+            .expect("run cargo lambda invoke")
+    }
 }

@@ -7,6 +7,6 @@ const CONFIG: &str = include_str!("../../../msk-sync.toml");
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let app = msk_sync::run::App::declarative("entity-sync").with_embedded_config(CONFIG);
-    msk_sync::run::main(app).await
+    let app = msk_sync::App::declarative("entity-sync").with_embedded_config(CONFIG);
+    msk_sync::main(app).await
 }

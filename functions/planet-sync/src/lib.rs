@@ -4,12 +4,7 @@
 //! `servicea_planet (uuid primary key, name)`. The record key, when a producer sets it, is the planet's uuid, so
 //! a tombstone deletes that planet.
 
-use std::sync::Arc;
-
-use msk_sync::message::Message;
-use msk_sync::run::App;
-use msk_sync::sync::Mapping;
-use msk_sync::sync::typed::{FromKafkaEvent, TypedMapping, field};
+use msk_sync::{App, FromKafkaEvent, Message, field};
 
 use sea_orm::sea_query::Value as SqlValue;
 
@@ -50,6 +45,5 @@ impl FromKafkaEvent for planet::Model {
 
 /// The planet-sync function: every topic its trigger subscribes to carries planets.
 pub fn app() -> App {
-    let mapping: Arc<dyn Mapping> = Arc::new(TypedMapping::<planet::Entity>::new("planet"));
-    App::typed("planet-sync", vec![(vec!["*".to_string()], mapping)])
+    App::typed::<planet::Entity>("planet-sync", "planet")
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    msk_sync::run::main(planet_sync::app()).await
+    msk_sync::main(planet_sync::app()).await
 }

@@ -53,6 +53,7 @@ use serde_json::{Map, Value};
 use super::DecodeError;
 use crate::message::{Message, Object};
 
+/// The first bytes of an Avro Object Container File.
 pub const OCF_MAGIC: &[u8; 4] = b"Obj\x01";
 
 /// How deep records, arrays and maps may nest in one value (unions, which cannot hold a union directly, do
@@ -238,6 +239,7 @@ impl AvroSchema {
         })
     }
 
+    /// The parsed schema this was compiled from.
     pub fn schema(&self) -> &Arc<Schema> {
         &self.schema
     }

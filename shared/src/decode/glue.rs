@@ -47,6 +47,7 @@ fn default_not_found_ttl_ms() -> u64 {
 pub struct GlueSchemaVersion {
     /// `AVRO`, `JSON` or `PROTOBUF`.
     pub data_format: String,
+    /// The schema's text: Avro JSON, a JSON Schema, or a .proto file.
     pub definition: String,
     /// `arn:aws:glue:<region>:<account>:schema/<registry>/<schema>`, when the answer has it.
     pub schema_arn: Option<String>,
@@ -55,6 +56,7 @@ pub struct GlueSchemaVersion {
 /// Fetches schema versions by id. `Err(Permanent)` only when the registry says there is no such version;
 /// anything else that fails is `Err(Transient)`.
 pub trait GlueSource: Send + Sync + std::fmt::Debug {
+    /// The schema version `version_id` (a UUID, hyphenated).
     fn schema_version<'a>(
         &'a self,
         version_id: &'a str,

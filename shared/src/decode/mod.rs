@@ -21,7 +21,7 @@ mod format;
 pub mod glue;
 mod key;
 pub mod protobuf;
-pub mod registry;
+pub(crate) mod registry;
 mod schema_files;
 mod schemas;
 
@@ -31,6 +31,7 @@ pub use envelope::Envelope;
 pub use format::Format;
 pub(crate) use format::json::INJECTED_FIELDS;
 pub use key::KeyFormat;
+pub use registry::RegistryConfig;
 pub use schema_files::SchemaFiles;
 #[cfg(test)]
 pub(crate) use schema_files::reads as schema_file_reads;

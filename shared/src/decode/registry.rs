@@ -30,14 +30,18 @@ use super::DecodeError;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// The registry's base URL (`https://…`; `http://` for a registry on loopback).
     pub url: String,
+    /// Basic-auth user, if the registry wants one.
     #[serde(default)]
     pub username: Option<String>,
     /// The password itself, or (better) the name of an environment variable that holds it.
     #[serde(default)]
     pub password: Option<String>,
+    /// The environment variable that holds the basic-auth password (never the config file).
     #[serde(default)]
     pub password_env: Option<String>,
+    /// How long one request may take, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// How long a permanent answer ("schema not found") stands before a later batch asks again, in ms.
@@ -188,11 +192,6 @@ impl SchemaRegistry {
                 Err(transient)
             }
         }
-    }
-
-    /// The ids fetched so far (for tests and logs).
-    pub async fn cached(&self) -> usize {
-        self.cache.lock().await.len()
     }
 
     async fn fetch(&self, id: u32) -> Result<RegistrySchema, DecodeError> {

@@ -17,8 +17,11 @@ use crate::event::MskEvent;
 use crate::metrics::Metrics;
 use crate::pipeline::HandlerError;
 
+/// Exit status: done.
 pub const EXIT_OK: u8 = 0;
+/// Exit status: a failure a retry may cure (a database or registry that did not answer).
 pub const EXIT_TRANSIENT: u8 = 1;
+/// Exit status: a bad invocation, config or database setup; a retry will not help.
 pub const EXIT_INVALID: u8 = 2;
 
 #[derive(Debug, Parser)]

@@ -38,6 +38,7 @@ impl std::fmt::Debug for GlueClient {
 }
 
 impl GlueClient {
+    /// A client for `codec.glue`; the AWS client itself is built at the first fetch.
     pub fn new(config: &GlueConfig) -> Self {
         Self {
             config: config.clone(),

@@ -28,6 +28,7 @@ use crate::report::BatchReport;
 /// Set to `true` when the event source mapping has `FunctionResponseTypes: [ReportBatchItemFailures]`.
 pub const PARTIAL_BATCH_ENV: &str = "MSK_SYNC_PARTIAL_BATCH_RESPONSE";
 
+/// Serves the Lambda runtime API until the runtime stops the instance.
 pub async fn run(app: App) -> ExitCode {
     init_logging();
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
@@ -94,7 +95,9 @@ pub async fn run(app: App) -> ExitCode {
 /// not an MSK event; a batch to retry; a function whose setup or database does not match its config
 /// (an init error, or an invocation error from the preflight), which no retry cures.
 pub const INVALID_EVENT: &str = "InvalidEvent";
+/// The error type of a batch that failed for a reason a retry may cure.
 pub const TRANSIENT_FAILURE: &str = "TransientFailure";
+/// The error type of an instance whose config or database setup is wrong.
 pub const MISCONFIGURED: &str = "Misconfigured";
 
 /// Posts an init error to the runtime API (`POST /2018-06-01/runtime/init/error`), which lambda_runtime 1.5
@@ -251,8 +254,10 @@ impl ServeRef<'_> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Response {
+    /// The batch's report (absent when partial-batch mode reports a failure).
     #[serde(flatten)]
     pub report: Option<BatchReport>,
+    /// Where each failed partition resumes, in partial-batch mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_item_failures: Option<Vec<BatchItemFailure>>,
 }
@@ -263,12 +268,16 @@ pub struct Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchItemFailure {
+    /// The partition and offset to resume at.
     pub item_identifier: ItemIdentifier,
 }
 
+/// A partition (`<topic>-<partition>`) and the offset Lambda resumes it at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ItemIdentifier {
+    /// `<topic>-<partition>`.
     pub partition: String,
+    /// The first offset not applied.
     pub offset: i64,
 }
 

@@ -60,6 +60,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the runner does with a batch; [`Handler`] in production, anything in tests of the runner itself.
 pub trait BatchHandler: Send + Sync + 'static {
+    /// Applies one batch, as [`Handler::handle`] does.
     fn handle(
         &self,
         event: &MskEvent<'_>,
@@ -75,16 +76,21 @@ impl BatchHandler for Handler {
     }
 }
 
+/// Where a consumer group without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StartPosition {
+    /// The oldest record a partition holds.
     Earliest,
+    /// Only records produced from now on.
     Latest,
 }
 
+/// How `consume` reads the broker and cuts batches.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
     /// `bootstrap.servers`.
     pub brokers: String,
+    /// The consumer group (`group.id`); offsets are committed for it.
     pub group: String,
     /// Topic names; a name that starts with `^` is a regular expression (librdkafka's convention).
     pub topics: Vec<String>,
@@ -92,8 +98,11 @@ pub struct ConsumeOptions {
     pub start: StartPosition,
     /// librdkafka properties, applied after the runner's own (`-X key=value`).
     pub properties: Vec<(String, String)>,
+    /// The most records in one batch.
     pub batch_size: usize,
+    /// How long a batch waits for more records after its first.
     pub batch_window: Duration,
+    /// The most bytes of keys and values in one batch (Lambda's payload limit).
     pub max_batch_bytes: usize,
     /// Stop (exit 0) once this many records were applied and committed.
     pub max_records: Option<u64>,
@@ -109,6 +118,7 @@ pub struct ConsumeOptions {
 }
 
 impl ConsumeOptions {
+    /// The defaults, for `topics` on `brokers` as group `group`.
     pub fn new(brokers: &str, group: &str, topics: Vec<String>) -> Self {
         Self {
             brokers: brokers.to_string(),
@@ -133,6 +143,7 @@ impl ConsumeOptions {
 pub struct Summary {
     /// Records applied and committed.
     pub records: u64,
+    /// Batches applied and committed.
     pub batches: u64,
     /// Handler calls that failed transiently and were retried.
     pub retries: u64,
@@ -140,6 +151,7 @@ pub struct Summary {
     pub dropped_on_revoke: u64,
 }
 
+/// Why `consume` stopped without finishing.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     /// Bad options or a consumer librdkafka refuses: a bad invocation.

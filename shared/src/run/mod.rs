@@ -18,10 +18,13 @@ use std::sync::Arc;
 
 use crate::config::{Compiled, Config};
 use crate::pipeline::{Handler, Pipeline};
+use crate::sync::typed::{FromKafkaEvent, TypedMapping};
 use crate::sync::{Mapping, Sink, SinkOptions};
+use sea_orm::{EntityTrait, IntoActiveModel};
 
 /// The embedded default database: a SQLite file in the working directory, created on first use.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://msk-sync.db?mode=rwc";
+/// The environment variable of the database URL.
 pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
 
 /// Where a function's syncs come from.
@@ -34,7 +37,9 @@ pub enum Syncs {
 
 /// One function binary: its name (for messages) and its syncs.
 pub struct App {
+    /// The function's name, for messages, metrics and the consumer group.
     pub name: &'static str,
+    /// Its syncs.
     pub syncs: Syncs,
     /// A config compiled into the binary: used when no file is named or found, which is how a Lambda
     /// deployment of entity-sync carries its msk-sync.toml.
@@ -47,6 +52,7 @@ pub struct App {
 pub struct SetupError(pub String);
 
 impl App {
+    /// A function whose syncs are the config file's `[[sync]]` sections.
     pub fn declarative(name: &'static str) -> Self {
         Self {
             name,
@@ -55,12 +61,30 @@ impl App {
         }
     }
 
+    /// Carries `toml` as the config to use when no file is named or found.
     pub fn with_embedded_config(mut self, toml: &'static str) -> Self {
         self.embedded_config = Some(toml);
         self
     }
 
-    pub fn typed(name: &'static str, syncs: Vec<(Vec<String>, Arc<dyn Mapping>)>) -> Self {
+    /// A typed function with one sync, `sync`, on every topic: each message becomes a row of entity `E` through
+    /// its model's [`FromKafkaEvent`] — `App::typed::<planet::Entity>("planet-sync", "planet")`.
+    pub fn typed<E>(name: &'static str, sync: &str) -> Self
+    where
+        E: EntityTrait + Default,
+        E::Model: FromKafkaEvent + IntoActiveModel<E::ActiveModel>,
+    {
+        Self::with_mappings(
+            name,
+            vec![(
+                vec!["*".to_string()],
+                Arc::new(TypedMapping::<E>::new(sync)),
+            )],
+        )
+    }
+
+    /// A function whose syncs are mappings compiled into the binary, each with its topic patterns.
+    pub fn with_mappings(name: &'static str, syncs: Vec<(Vec<String>, Arc<dyn Mapping>)>) -> Self {
         Self {
             name,
             syncs: Syncs::Typed(syncs),

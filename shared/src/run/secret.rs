@@ -67,7 +67,9 @@ impl std::fmt::Debug for SecretSource {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("database secret {secret_id}: {reason}")]
 pub struct SecretError {
+    /// The secret's name or ARN.
     pub secret_id: String,
+    /// What was wrong, never a value of the secret.
     pub reason: String,
 }
 
@@ -91,6 +93,7 @@ impl SecretSource {
         self
     }
 
+    /// The secret's name or ARN.
     pub fn secret_id(&self) -> &str {
         &self.secret_id
     }
@@ -301,6 +304,7 @@ impl SecretHandler {
         }
     }
 
+    /// Where the URL comes from.
     pub fn source(&self) -> &SecretSource {
         &self.source
     }

@@ -105,6 +105,7 @@ const TOPIC_PREFIX_CHARS: usize = 180;
 /// never copied per message (a container file may hold tens of thousands).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter<'e> {
+    /// The record the message came from.
     pub record: &'e Record<'e>,
     /// The record's position in the batch's order, and which of its messages.
     pub at: Origin,
@@ -113,10 +114,12 @@ pub struct DeadLetter<'e> {
     /// `None` when this row carries the record's raw key and value; else the `message_index` of the row of the
     /// same record that does (see [`share_raw`]).
     pub raw_at: Option<u32>,
+    /// Why the message was not applied.
     pub error: String,
 }
 
 impl<'e> DeadLetter<'e> {
+    /// A dead letter of message `at` of `record`, the row that carries the record's raw data.
     pub fn new(record: &'e Record<'e>, at: Origin, occurrence: u32, error: String) -> Self {
         Self {
             record,

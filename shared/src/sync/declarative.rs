@@ -22,15 +22,19 @@ pub struct SyncConfig {
     pub name: Option<String>,
     /// Topic names or globs (`orders.*`); `*` alone makes this the default sync.
     pub topics: Vec<String>,
+    /// The table its rows go to; created if missing.
     pub table: String,
     /// The key column(s), by column name.
     pub key: Vec<String>,
+    /// The table's columns, each with where its value comes from.
     pub columns: Vec<ColumnConfig>,
 }
 
+/// One column of a `[[sync]]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnConfig {
+    /// The column's name.
     pub name: String,
     /// A JSONPath into the message (RFC 9535); the first match is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]

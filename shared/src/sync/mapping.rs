@@ -10,6 +10,7 @@ use sea_orm::sea_query::{TableCreateStatement, Value as SqlValue};
 /// What a mapping may read besides the message: the record it came from and its decoded key.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
+    /// The record the message came from.
     pub record: &'a Record<'a>,
     /// The record key as text (a JSON or Avro key as compact JSON, unless it is a string), if it has one.
     pub key: Option<&'a str>,
@@ -22,6 +23,7 @@ pub trait Mapping: Send + Sync + std::fmt::Debug {
     /// A name for logs and reports.
     fn name(&self) -> &str;
 
+    /// The table this mapping writes.
     fn table(&self) -> &TableDef;
 
     /// The statement that creates the table when it is missing.

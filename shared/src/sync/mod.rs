@@ -7,11 +7,11 @@
 //! - [`version`]: the version guard of syncs with a version column, tombstones, stale changes;
 //! - this file: the [`Changes`] of one batch and the [`Sink`] that writes them.
 
-pub mod dead_letter;
-pub mod declarative;
-pub mod mapping;
-pub mod preflight;
-pub mod table;
+pub(crate) mod dead_letter;
+pub(crate) mod declarative;
+pub(crate) mod mapping;
+pub(crate) mod preflight;
+pub(crate) mod table;
 pub mod typed;
 pub mod version;
 
@@ -37,7 +37,9 @@ pub use table::TableDef;
 /// within the record. Kept so that a row the database rejects can be dead-lettered with its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
+    /// The record's position in the batch's order.
     pub record: usize,
+    /// The message's index within its record.
     pub index: u32,
 }
 
@@ -283,8 +285,11 @@ type Values<'a> = (&'a [SqlValue], Origin);
 /// Rows written by one applied batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// Rows upserted.
     pub upserted: usize,
+    /// Rows deleted.
     pub deleted: usize,
+    /// Dead letters written.
     pub dead_lettered: usize,
     /// Changes the database refused as data (a value out of its column's range, an invalid byte sequence…),
     /// with the reason: they were dead-lettered instead of failing the batch forever.
@@ -320,10 +325,13 @@ async fn commit(txn: DatabaseTransaction) -> Result<(), ApplyError> {
 /// Database settings that do not come from the URL.
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
+    /// The dead-letter table's name.
     pub dead_letter_table: String,
     /// Upper bound on rows per INSERT / keys per DELETE; the bind-parameter limit may lower it.
     pub max_rows_per_statement: usize,
+    /// The pool's size.
     pub max_connections: u32,
+    /// How long connecting may take.
     pub connect_timeout: Duration,
     /// How long a versioned sync's delete is remembered ([`version`]).
     pub tombstone_retention: Duration,
@@ -384,10 +392,12 @@ impl Sink {
         })
     }
 
+    /// The database's kind.
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
 
+    /// The connection pool.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }

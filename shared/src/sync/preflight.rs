@@ -24,9 +24,13 @@ use super::table::TableDef;
 /// One way a table differs from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The table at fault.
     pub table: String,
+    /// The column at fault, if it is one.
     pub column: Option<String>,
+    /// What the config needs.
     pub expected: String,
+    /// What the database has.
     pub found: String,
 }
 
@@ -580,15 +584,25 @@ async fn inspect_postgres(
         name(),
     )
     .await?;
-    for row in &indexes {
+    add_index_rows(&mut found.unique, &indexes)?;
+    Ok(Some(found))
+}
+
+/// Rows of (index, why it cannot be an arbiter or NULL, column), in index and column order: the unique indexes
+/// each backend's catalog query returns.
+fn add_index_rows(
+    unique: &mut Vec<FoundIndex>,
+    rows: &[sea_orm::QueryResult],
+) -> Result<(), DbErr> {
+    for row in rows {
         add_index_column(
-            &mut found.unique,
+            unique,
             text(row, 0)?,
             row.try_get_by_index::<Option<String>>(1)?,
             text(row, 2)?,
         );
     }
-    Ok(Some(found))
+    Ok(())
 }
 
 fn add_index_column(
@@ -665,14 +679,7 @@ async fn inspect_mysql(
         name(),
     )
     .await?;
-    for row in &indexes {
-        add_index_column(
-            &mut found.unique,
-            text(row, 0)?,
-            row.try_get_by_index::<Option<String>>(1)?,
-            text(row, 2)?,
-        );
-    }
+    add_index_rows(&mut found.unique, &indexes)?;
     found.denied = probe_mysql_grants(db, expected, &found).await?;
     Ok(Some(found))
 }
@@ -824,13 +831,8 @@ async fn inspect_sqlite(
             c.collation = Some(collation);
             c.bytewise = false;
         }
-        add_index_column(
-            &mut found.unique,
-            text(row, 0)?,
-            row.try_get_by_index::<Option<String>>(1)?,
-            column,
-        );
     }
+    add_index_rows(&mut found.unique, &indexes)?;
     if !has_pk_index && !pk.is_empty() {
         pk.sort();
         found.unique.push(FoundIndex {

@@ -8,17 +8,21 @@ use sea_orm::sea_query::{
 /// A target table as the bulk statements see it: column names in row order, and which of them form the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableDef {
+    /// The table's name.
     pub name: String,
+    /// Its columns, in row order.
     pub columns: Vec<String>,
     /// Indices into `columns`, in key order.
     pub key: Vec<usize>,
 }
 
 impl TableDef {
+    /// The key columns, in key order.
     pub fn key_columns(&self) -> impl Iterator<Item = &str> {
         self.key.iter().map(|&i| self.columns[i].as_str())
     }
 
+    /// The columns that are not part of the key.
     pub fn non_key_columns(&self) -> impl Iterator<Item = &str> {
         self.columns
             .iter()

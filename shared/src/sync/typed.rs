@@ -17,6 +17,7 @@ use crate::message::Message;
 
 /// Builds a model from a message. An `Err` is a permanent error of the record (it is dead-lettered).
 pub trait FromKafkaEvent: ModelTrait + Sized {
+    /// The row of a created or updated entity, or why the message does not make one.
     fn from_kafka_event(message: &Message<'_>) -> Result<Self, String>;
 
     /// The primary-key values a DELETED message names, in primary-key order. The default builds the whole
@@ -104,6 +105,7 @@ where
     E: EntityTrait + Default,
     E::Model: FromKafkaEvent + IntoActiveModel<E::ActiveModel>,
 {
+    /// The mapping of entity `E`, as sync `name`.
     pub fn new(name: impl Into<String>) -> Self {
         let columns: Vec<E::Column> = E::Column::iter().collect();
         let key = E::PrimaryKey::iter()

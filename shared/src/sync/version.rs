@@ -52,6 +52,7 @@ pub fn tombstone_def() -> TableDef {
     }
 }
 
+/// The CREATE TABLE of the tombstone table, where versioned syncs remember deletes.
 pub fn create_tombstone_table(_backend: DbBackend) -> TableCreateStatement {
     let col = |n: &str| ColumnDef::new(Alias::new(n));
     table::create_table(

@@ -1,9 +1,9 @@
 //! Confluent's wire format (`codec.value = "avro-confluent"`): byte 0, a 4-byte big-endian schema id, then the
 //! datum. Ids are looked up in `codec.schemas`, else asked of `codec.registry` before the batch.
 
-use super::{Context, ValueFormat, avro_raw};
+use super::{Context, Decoding, ValueFormat, avro_raw};
 use crate::decode::avro;
-use crate::decode::{CodecConfig, DecodeError, Decoded};
+use crate::decode::{CodecConfig, DecodeError};
 
 /// The Confluent-framed format.
 #[derive(Debug, Clone, Copy)]
@@ -23,11 +23,7 @@ impl AvroConfluent {
 }
 
 impl ValueFormat for AvroConfluent {
-    fn decode<'a>(
-        &'a self,
-        bytes: &'a [u8],
-        cx: &'a Context<'_>,
-    ) -> Result<Decoded<'a>, DecodeError> {
+    fn decode<'a>(&'a self, bytes: &'a [u8], cx: &'a Context<'_>) -> Decoding<'a> {
         match avro::split_confluent(bytes) {
             None => Err(DecodeError::Permanent(
                 "value is not in the Confluent wire format (magic byte 0, 4-byte schema id, datum)"

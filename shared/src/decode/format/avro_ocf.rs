@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Context, ValueFormat};
+use super::{Context, Decoding, ValueFormat};
 use crate::decode::avro::{self, Budget};
-use crate::decode::{CodecConfig, DecodeError, Decoded, Messages};
+use crate::decode::{CodecConfig, Decoded, Messages};
 
 /// The container-file format.
 #[derive(Debug, Clone, Copy)]
@@ -30,11 +30,7 @@ pub(crate) fn budget(cfg: &CodecConfig) -> Budget {
 }
 
 impl ValueFormat for AvroOcf {
-    fn decode<'a>(
-        &'a self,
-        bytes: &'a [u8],
-        cx: &'a Context<'_>,
-    ) -> Result<Decoded<'a>, DecodeError> {
+    fn decode<'a>(&'a self, bytes: &'a [u8], cx: &'a Context<'_>) -> Decoding<'a> {
         let reader = cx.schemas.reader();
         let mut budget = cx.budget.get();
         let decoded = avro::decode_ocf(bytes, reader.map(|r| &**r), &mut budget);

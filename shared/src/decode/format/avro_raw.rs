@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Context, ValueFormat, json};
+use super::{Context, Decoding, ValueFormat, json};
 use crate::decode::avro::{self, AvroSchema};
 use crate::decode::schemas::Schemas;
 use crate::decode::{CodecConfig, DecodeError, Decoded};
@@ -32,11 +32,7 @@ impl AvroRaw {
 }
 
 impl ValueFormat for AvroRaw {
-    fn decode<'a>(
-        &'a self,
-        bytes: &'a [u8],
-        cx: &'a Context<'_>,
-    ) -> Result<Decoded<'a>, DecodeError> {
+    fn decode<'a>(&'a self, bytes: &'a [u8], cx: &'a Context<'_>) -> Decoding<'a> {
         datum(bytes, &self.writer, cx)
     }
 }
@@ -47,7 +43,7 @@ pub(crate) fn datum<'a>(
     bytes: &'a [u8],
     writer: &'a Arc<AvroSchema>,
     cx: &'a Context<'_>,
-) -> Result<Decoded<'a>, DecodeError> {
+) -> Decoding<'a> {
     let reader = cx.schemas.reader();
     avro::decode_datum(bytes, writer, reader.map(|r| &**r))
         .map(|v| Decoded::one(v).with_schema(Some(Arc::clone(reader.unwrap_or(writer).schema()))))
@@ -60,7 +56,7 @@ pub(crate) fn decode_with_metadata<'a>(
     bytes: &'a [u8],
     meta: &SchemaMetadata,
     cx: &'a Context<'_>,
-) -> Result<Decoded<'a>, DecodeError> {
+) -> Decoding<'a> {
     let by_id = meta
         .schema_id
         .as_deref()

@@ -1,7 +1,7 @@
 //! JSON values: one object per record (`codec.value = "json"`, and what `auto` reads when a value is neither
 //! a container file nor Confluent-framed). No settings.
 
-use super::{Context, ValueFormat};
+use super::{Context, Decoding, ValueFormat};
 use crate::decode::{DecodeError, Decoded};
 use crate::message::Message;
 
@@ -19,11 +19,7 @@ impl Json {
 }
 
 impl ValueFormat for Json {
-    fn decode<'a>(
-        &'a self,
-        bytes: &'a [u8],
-        _: &'a Context<'_>,
-    ) -> Result<Decoded<'a>, DecodeError> {
+    fn decode<'a>(&'a self, bytes: &'a [u8], _: &'a Context<'_>) -> Decoding<'a> {
         decode(bytes).map(Decoded::one)
     }
 }

@@ -49,14 +49,13 @@ pub(crate) struct Context<'c> {
     pub(crate) budget: Cell<Budget>,
 }
 
+/// What decoding one record value gives: its messages, or why not.
+pub(crate) type Decoding<'a> = Result<Decoded<'a>, DecodeError>;
+
 /// One value format: a record value's bytes into its messages, whose strings borrow from the bytes and whose
 /// field names borrow from the schemas in `cx`.
 pub(crate) trait ValueFormat {
-    fn decode<'a>(
-        &'a self,
-        bytes: &'a [u8],
-        cx: &'a Context<'_>,
-    ) -> Result<Decoded<'a>, DecodeError>;
+    fn decode<'a>(&'a self, bytes: &'a [u8], cx: &'a Context<'_>) -> Decoding<'a>;
 }
 
 /// The configured value format, built.
@@ -108,7 +107,7 @@ impl Value {
         bytes: &'a [u8],
         meta: Option<&SchemaMetadata>,
         cx: &'a Context<'_>,
-    ) -> Result<Decoded<'a>, DecodeError> {
+    ) -> Decoding<'a> {
         if let Some(meta) = meta.filter(|m| m.data_format.is_some())
             && !matches!(self, Value::Json(_))
         {
