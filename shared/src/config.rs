@@ -170,11 +170,14 @@ impl Config {
                         .codec
                         .schemas
                         .values()
+                        .chain(self.codec.glue_schemas.values())
                         .chain(&self.codec.raw_schema)
                         .chain(&self.codec.reader_schema);
                     for path in known {
                         let (path, Ok(schema)) = files.get(path) else {
-                            continue; // the codec reports unreadable schemas
+                            // The codec reports unreadable schemas; .proto and JSON Schema files carry no
+                            // classification.
+                            continue;
                         };
                         if let Err(p) = Mask::build(cfg, &schema) {
                             problems.extend(
