@@ -30,6 +30,8 @@ fn generated(format: Format, size: &[&str]) -> (Vec<u8>, usize) {
     let format = match format {
         Format::Json => "json",
         Format::Avro => "avro",
+        Format::Protobuf => "protobuf",
+        Format::GlueAvro => "glue-avro",
     };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gen-event"))
         .arg(format)
@@ -63,6 +65,12 @@ fn config(format: Format) -> Config {
         Format::Json => "[codec]\nvalue = \"json\"\n",
         Format::Avro => {
             "[codec]\nvalue = \"auto\"\nschemas = { \"1\" = \"schemas/planet.avsc\" }\n"
+        }
+        Format::Protobuf => {
+            "[codec]\nvalue = \"protobuf\"\nschemas = { \"7\" = \"schemas/planet.proto\" }\n"
+        }
+        Format::GlueAvro => {
+            "[codec]\nvalue = \"auto\"\nglue_schemas = { \"b7b4a7f0-1c2d-4e5f-8a9b-0c1d2e3f4a5b\" = \"schemas/planet.avsc\" }\n"
         }
     };
     let text = format!(
@@ -109,7 +117,12 @@ fn bench_group<'a>(
 
 fn decode(c: &mut Criterion) {
     let mut group = bench_group(c, "decode", Duration::from_secs(1), None);
-    for format in [Format::Json, Format::Avro] {
+    for format in [
+        Format::Json,
+        Format::Avro,
+        Format::Protobuf,
+        Format::GlueAvro,
+    ] {
         let (bytes, records) = batch(format);
         let pipeline = pipeline(format);
         let name = format!("{format:?}").to_lowercase();

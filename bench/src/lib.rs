@@ -1,5 +1,6 @@
 //! A generator of realistic MSK batches for benchmarks and tests: N change events for K planets over P
-//! partitions, JSON or Avro (Confluent-framed, schema id 1 = events/schemas/planet.avsc) values, the first event
+//! partitions, JSON, Avro (Confluent-framed, schema id 1 = events/schemas/planet.avsc; or Glue-framed), or
+//! Protobuf (Confluent-framed, schema id 7 = events/schemas/planet.proto) values, the first event
 //! of a planet CREATED, then UPDATED, about 10 % DELETED and 2 % without changeType; timestamps interleave across
 //! partitions, offsets grow per partition. Deterministic for a seed.
 
@@ -19,6 +20,64 @@ pub enum Format {
     Json,
     /// Confluent wire format, schema id 1.
     Avro,
+    /// Protobuf (events/schemas/planet.proto), Confluent wire format, schema id 7, message index [0].
+    Protobuf,
+    /// Avro in AWS Glue's wire format (byte 3, no compression, schema version [`GLUE_AVRO_VERSION`]).
+    GlueAvro,
+}
+
+/// The Glue schema version id of events/schemas/planet.avsc in the benchmarks' config.
+pub const GLUE_AVRO_VERSION: &str = "b7b4a7f0-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+
+/// Protobuf's wire format for the planet message of events/schemas/planet.proto, written by hand (tag, length,
+/// bytes): the benchmarks need bytes, not a Protobuf library.
+fn protobuf_value(m: &Value) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push(number << 3 | 2);
+        let mut len = bytes.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(bytes);
+    }
+    fn text(v: &Value) -> Option<&[u8]> {
+        v.as_str().map(str::as_bytes)
+    }
+    let mut out = Vec::new();
+    if let Some(c) = text(&m["changeType"]) {
+        field(&mut out, 1, c);
+    }
+    field(&mut out, 2, text(&m["planetUuid"]).unwrap_or_default());
+    field(&mut out, 3, text(&m["planetName"]).unwrap_or_default());
+    if m["published"].as_bool().unwrap_or(true) {
+        out.extend([4 << 3, 1]);
+    }
+    if let Some(d) = text(&m["discoveredBy"]) {
+        field(&mut out, 5, d);
+    }
+    let mut location = Vec::new();
+    field(
+        &mut location,
+        1,
+        text(&m["location"]["galaxy"]).unwrap_or_default(),
+    );
+    field(
+        &mut location,
+        2,
+        text(&m["location"]["sector"]).unwrap_or_default(),
+    );
+    field(&mut out, 6, &location);
+    out
+}
+
+/// A UUID's 16 bytes.
+fn uuid_bytes(text: &str) -> Vec<u8> {
+    let hex: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
+    hex.chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap_or("00"), 16).unwrap_or(0))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +198,17 @@ pub fn generate(cfg: &GenConfig) -> Value {
             (Format::Avro, Some(w)) => {
                 let mut framed = vec![0, 0, 0, 0, 1];
                 framed.extend(w.write_value_to_vec(avro_value(&m)).unwrap_or_default());
+                b64.encode(framed)
+            }
+            (Format::GlueAvro, Some(w)) => {
+                let mut framed = vec![3, 0];
+                framed.extend(uuid_bytes(GLUE_AVRO_VERSION));
+                framed.extend(w.write_value_to_vec(avro_value(&m)).unwrap_or_default());
+                b64.encode(framed)
+            }
+            (Format::Protobuf, _) => {
+                let mut framed = vec![0, 0, 0, 0, 7, 0];
+                framed.extend(protobuf_value(&m));
                 b64.encode(framed)
             }
             _ => b64.encode(m.to_string()),

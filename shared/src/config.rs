@@ -156,9 +156,11 @@ impl Config {
         for (i, cfg) in self.masks.iter().enumerate() {
             let at = format!("mask {}", i + 1);
             let Some(file) = &cfg.schema else {
-                if self.codec.value == Format::Json {
+                if matches!(self.codec.value, Format::Json | Format::Protobuf) {
+                    // Protobuf values carry no classification: the .avsc file classifies their fields by name.
                     problems.push(format!(
-                        "{at}: schema is missing: name the .avsc file that classifies the fields of JSON values"
+                        "{at}: schema is missing: name the .avsc file that classifies the fields of {} values",
+                        if self.codec.value == Format::Json { "JSON" } else { "Protobuf" }
                     ));
                 } else {
                     // Avro values are classified by their own schema; a JSON value under this mask is
@@ -168,11 +170,14 @@ impl Config {
                         .codec
                         .schemas
                         .values()
+                        .chain(self.codec.glue_schemas.values())
                         .chain(&self.codec.raw_schema)
                         .chain(&self.codec.reader_schema);
                     for path in known {
                         let (path, Ok(schema)) = files.get(path) else {
-                            continue; // the codec reports unreadable schemas
+                            // The codec reports unreadable schemas; .proto and JSON Schema files carry no
+                            // classification.
+                            continue;
                         };
                         if let Err(p) = Mask::build(cfg, &schema) {
                             problems.extend(

@@ -364,6 +364,11 @@ impl Pipeline {
         self.codec.prefetch(event).await
     }
 
+    /// The codec values and keys are decoded with.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
     /// The mappings, in sync order.
     pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
         &self.mappings.items

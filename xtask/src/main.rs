@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: provisions what the tests need, idempotently (what is there already is kept, so a second
 //! run takes seconds): the PostgreSQL and MariaDB servers with their `test` databases (started when they are
 //! down), the Debian packages librdkafka's build needs, the tansu broker, and a Python venv with cargo-lambda,
-//! zig, confluent-kafka and moto (the AWS API emulator).
+//! zig, confluent-kafka, moto (the AWS API emulator) and protobuf (an independent Protobuf writer).
 //!
 //! `cargo xtask test [ARGS…]`: the same, then `cargo test --workspace --locked ARGS…` with the tools on PATH and
 //! in the variables the tests read (`MSK_SYNC_TANSU`, `MSK_SYNC_TEST_PYTHON`, `MSK_SYNC_MOTO`). README's test command and CI's.
@@ -22,11 +22,13 @@ const TANSU_VERSION: &str = "0.6.0";
 /// What tests/lambda.rs (cargo-lambda, with zig for its builds) and tests/kafka.rs (an independent producer)
 /// run. CI-only tools (cfn-lint, aws-sam-cli) stay in .ci/run: the tests never call them.
 /// moto in server mode is the AWS API emulator of tests/secrets.rs (Secrets Manager, IAM).
-const PYTHON_TOOLS: [&str; 4] = [
+/// protobuf is the independent Protobuf writer of tests/protobuf.rs.
+const PYTHON_TOOLS: [&str; 5] = [
     "cargo-lambda==1.9.2",
     "ziglang==0.17.0",
     "confluent-kafka==2.16.1",
     "moto[server]==5.2.5",
+    "protobuf==7.36.2",
 ];
 /// librdkafka is compiled from source (rdkafka-sys, the `kafka` feature the tests turn on).
 const DEBIAN_PACKAGES: [&str; 4] = ["make", "zlib1g-dev", "libssl-dev", "pkg-config"];
@@ -105,7 +107,7 @@ fn setup() -> Result<Tools> {
     debian_packages()?;
     step(&format!("tansu {TANSU_VERSION}"));
     let tansu = tansu()?;
-    step("Python venv (cargo-lambda, zig, confluent-kafka, moto)");
+    step("Python venv (cargo-lambda, zig, confluent-kafka, moto, protobuf)");
     let venv = venv()?;
     println!(
         "xtask: provisioned in {:.0} s",

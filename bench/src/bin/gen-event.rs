@@ -1,5 +1,5 @@
-//! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro] [BYTES | --records N] [--seed S]` prints an MSK
-//! event of at most BYTES (default: Lambda's 6 MB payload limit), or of N records, for measuring `replay` (peak
+//! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro|protobuf|glue-avro] [BYTES | --records N] [--seed S]`
+//! prints an MSK event of at most BYTES (default: Lambda's 6 MB payload limit), or of N records, for measuring `replay` (peak
 //! memory, time) on a full batch. The benchmarks run it too, so that generating a batch leaves nothing in their
 //! own heap. Another seed makes another batch of the same shape (the same planets, other changes).
 //!
@@ -15,6 +15,8 @@ fn main() -> std::process::ExitCode {
     let format = match args.next().as_deref() {
         None | Some("json") => Format::Json,
         Some("avro") => Format::Avro,
+        Some("protobuf") => Format::Protobuf,
+        Some("glue-avro") => Format::GlueAvro,
         Some("ocf") => {
             let records = args.next().map_or(Ok(40_000), |n| n.parse::<usize>());
             return match records
@@ -32,7 +34,9 @@ fn main() -> std::process::ExitCode {
             };
         }
         Some(other) => {
-            eprintln!("gen-event: unknown format {other:?} (json, avro or ocf)");
+            eprintln!(
+                "gen-event: unknown format {other:?} (json, avro, protobuf, glue-avro or ocf)"
+            );
             return std::process::ExitCode::from(2);
         }
     };

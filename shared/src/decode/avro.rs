@@ -112,6 +112,21 @@ impl Budget {
         self.decoded
     }
 
+    /// Estimated bytes of messages the batch may still decode to.
+    pub(crate) fn decoded_left(&self) -> usize {
+        self.max_decoded.saturating_sub(self.decoded)
+    }
+
+    /// Counts `bytes` more of decoded messages (estimated by the caller, within [`Budget::decoded_left`]).
+    pub(crate) fn add_decoded(&mut self, bytes: usize) {
+        self.decoded = self.decoded.saturating_add(bytes);
+    }
+
+    /// `codec.max_decoded_mib`.
+    pub(crate) fn max_decoded_mib(&self) -> usize {
+        self.max_decoded >> 20
+    }
+
     fn inflated_error(&self, subject: &str) -> DecodeError {
         permanent(format!(
             "{subject}: inflating it would take the batch's container files past their limit \
@@ -1054,10 +1069,36 @@ pub fn decode_ocf(
 
 /// A deflated block, inflated within the block cap ([`MAX_BLOCK_BYTES`]) and what the batch's budget has left.
 fn inflate(data: &[u8], subject: &str, budget: &mut Budget) -> Result<Vec<u8>, DecodeError> {
-    use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_with_limit};
+    inflate_with(data, subject, budget, false)
+}
+
+/// zlib-wrapped deflate data (AWS Glue's compressed payloads), inflated as [`inflate`] does: within the block
+/// cap and what the batch's budget has left.
+pub(crate) fn inflate_zlib(
+    data: &[u8],
+    subject: &str,
+    budget: &mut Budget,
+) -> Result<Vec<u8>, DecodeError> {
+    inflate_with(data, subject, budget, true)
+}
+
+fn inflate_with(
+    data: &[u8],
+    subject: &str,
+    budget: &mut Budget,
+    zlib: bool,
+) -> Result<Vec<u8>, DecodeError> {
+    use miniz_oxide::inflate::{
+        TINFLStatus, decompress_to_vec_with_limit, decompress_to_vec_zlib_with_limit,
+    };
     let left = budget.max_inflated.saturating_sub(budget.inflated);
     let limit = left.min(MAX_BLOCK_BYTES);
-    match decompress_to_vec_with_limit(data, limit) {
+    let inflated = if zlib {
+        decompress_to_vec_zlib_with_limit(data, limit)
+    } else {
+        decompress_to_vec_with_limit(data, limit)
+    };
+    match inflated {
         Ok(inflated) => {
             budget.inflated += inflated.len();
             Ok(inflated)

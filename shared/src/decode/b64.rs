@@ -36,11 +36,11 @@ pub fn base64_decode_into(text: &str, out: &mut Vec<u8>) -> Result<(), DecodeErr
         .map_err(|e| DecodeError::Permanent(format!("value is not valid base64: {e}")))
 }
 
-/// The first bytes of a base64 field (at least 6, when it has them: enough for Confluent framing's header),
-/// decoded without the rest; `None` when they are not base64.
+/// The first bytes of a base64 field (at least 18, when it has them: enough for Confluent framing's header and
+/// AWS Glue's), decoded without the rest; `None` when they are not base64.
 pub(crate) fn head(text: &str) -> Option<Vec<u8>> {
-    // 8 base64 characters hold 6 bytes.
-    let head = text.get(..8.min(text.len()))?;
+    // 24 base64 characters hold 18 bytes.
+    let head = text.get(..24.min(text.len()))?;
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(head.trim_end_matches('='))
         .ok()

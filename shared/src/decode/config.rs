@@ -13,8 +13,12 @@ use super::{Codec, Envelope, KeyFormat, SchemaFiles, registry};
 ///
 /// ```toml
 /// [codec]
-/// value = "auto"                              # json | avro-ocf | avro-confluent | avro-raw | auto (default)
-/// schemas = { "1" = "schemas/planet.avsc" }   # Confluent schema id → .avsc file
+/// value = "auto"                              # json | avro-ocf | avro-confluent | avro-raw | protobuf | glue | auto (default)
+/// schemas = { "1" = "schemas/planet.avsc" }   # Confluent schema id → .avsc or .proto file
+/// proto = ["schemas/planet.proto"]            # .proto files, compiled at start
+/// message = "servicea.Planet"                 # the message type of unframed Protobuf values
+/// glue_schemas = { "b7b4…" = "schemas/planet.avsc" }        # Glue schema version id → schema file
+/// glue = { registry = "my-registry", region = "eu-west-1" } # … or fetched from AWS Glue
 /// raw_schema = "schemas/planet.avsc"          # the writer schema of avro-raw values
 /// reader_schema = "schemas/planet-v2.avsc"    # optional: resolve every Avro value to this schema
 /// max_inflated_mib = 256                      # what a batch's container files may inflate to, in total
@@ -42,6 +46,24 @@ pub struct CodecConfig {
     /// `kafkaeskSchemaName` and `kafkaeskSchemaVersion` added for mappings.
     #[serde(default)]
     pub envelope: Option<Envelope>,
+    /// `.proto` files (relative to the config; imports resolve from their folders) for Protobuf values and keys.
+    #[serde(default)]
+    pub proto: Vec<PathBuf>,
+    /// The message type (`package.Message`) of Protobuf values that are not framed (a framing names its own).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The message type of Protobuf keys that are not framed.
+    #[serde(default)]
+    pub key_message: Option<String>,
+    /// Protobuf field names as declared in the .proto file, instead of the JSON mapping's lowerCamelCase.
+    #[serde(default)]
+    pub proto_field_names: bool,
+    /// AWS Glue Schema Registry: schema version id (a UUID) → `.avsc`, `.proto` or `.json` file.
+    #[serde(default)]
+    pub glue_schemas: BTreeMap<String, PathBuf>,
+    /// AWS Glue Schema Registry to fetch schema versions from (GetSchemaVersion), for ids not in `glue_schemas`.
+    #[serde(default)]
+    pub glue: Option<super::glue::GlueConfig>,
     /// How record keys are read: `string` (UTF-8 text, the default), `json`, or `avro` (Confluent-framed, schemas
     /// as for values). Mappings see the decoded key (`from = "key"`, `from = "key:$.id"`).
     #[serde(default)]

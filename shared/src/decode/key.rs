@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{Context, json};
+use super::format::{Context, json, protobuf};
 use super::{DecodeError, avro, base64_decode_into};
 use crate::message::Message;
 
@@ -18,6 +18,8 @@ pub enum KeyFormat {
     Json,
     /// Confluent-framed Avro, schemas as for values.
     Avro,
+    /// Protobuf: Confluent-framed (schemas as for values), or a bare message of `codec.key_message`.
+    Protobuf,
 }
 
 impl KeyFormat {
@@ -54,6 +56,13 @@ impl KeyFormat {
                 })?;
                 let schema = cx.schemas.by_id(id).map_err(bad)?;
                 avro::decode_datum(body, schema, None)
+                    .map(Some)
+                    .map_err(bad)
+            }
+            KeyFormat::Protobuf => {
+                decoded.map_err(bad)?;
+                let bare = cx.schemas.proto().key_message.as_ref();
+                protobuf::message(bytes, bare, "codec.key_message", cx)
                     .map(Some)
                     .map_err(bad)
             }

@@ -18,7 +18,9 @@ mod b64;
 mod config;
 mod envelope;
 mod format;
+pub mod glue;
 mod key;
+pub mod protobuf;
 pub(crate) mod registry;
 mod schema_files;
 mod schemas;
@@ -117,11 +119,21 @@ impl Codec {
     /// name. A registry that cannot answer fails the batch (transient); an id it does not know dead-letters its
     /// records, until a later batch asks again (see [`registry`]).
     pub async fn prefetch(&self, event: &MskEvent<'_>) -> Result<(), DecodeError> {
+        if self.schemas.glue.config().is_some() {
+            // Glue-framed values, whatever codec.value says: Lambda's SOURCE mode names them in metadata.
+            let wanted: BTreeSet<glue::VersionId> = event
+                .records
+                .iter()
+                .filter_map(|r| b64::head(r.value.as_deref()?))
+                .filter_map(|head| format::glue::split(&head).map(|(_, id, _)| id))
+                .collect();
+            self.schemas.glue.fetch(wanted).await?;
+        }
         if !self.schemas.has_registry() {
             return Ok(());
         }
         let values = self.value.confluent();
-        let keys = self.key == KeyFormat::Avro;
+        let keys = matches!(self.key, KeyFormat::Avro | KeyFormat::Protobuf);
         let fields = event.records.iter().flat_map(|r| {
             [values.then_some(&r.value), keys.then_some(&r.key)]
                 .into_iter()
@@ -132,6 +144,17 @@ impl Codec {
             .filter_map(|head| avro::split_confluent(&head).map(|(id, _)| id))
             .collect();
         self.schemas.fetch(wanted).await
+    }
+
+    /// The AWS Glue settings (`codec.glue`), for the runtime to connect a [`glue::GlueSource`].
+    pub fn glue_config(&self) -> Option<&glue::GlueConfig> {
+        self.schemas.glue.config()
+    }
+
+    /// Connects where Glue schema versions are fetched from (once; `false` when one is connected already).
+    /// Without one, a batch that needs a version fetched fails (transient) saying so.
+    pub fn connect_glue(&self, source: Arc<dyn glue::GlueSource>) -> bool {
+        self.schemas.glue.connect(source)
     }
 
     /// The decoder of one batch (after [`Codec::prefetch`]), with the batch's budget for container files.
@@ -391,5 +414,460 @@ mod tests {
             "key is not valid JSON: invalid UTF-8 at byte 7"
         );
         assert!(permanent(b"{\"id\":").starts_with("key is not valid JSON: EOF"));
+    }
+
+    fn planet_proto() -> prost_reflect::MessageDescriptor {
+        let (pool, _) = protobuf::compile(&[Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/schemas/planet.proto"
+        ))
+        .to_path_buf()])
+        .unwrap();
+        pool.get_message_by_name("servicea.Planet").unwrap()
+    }
+
+    /// A servicea.Planet, encoded by prost-reflect.
+    fn planet_message(uuid: &str) -> Vec<u8> {
+        use prost::Message as _;
+        use prost_reflect::{DynamicMessage, Value};
+        let desc = planet_proto();
+        let mut m = DynamicMessage::new(desc.clone());
+        m.set_field_by_name("planet_uuid", Value::String(uuid.into()));
+        m.set_field_by_name("planet_name", Value::String("Arrakis".into()));
+        m.set_field_by_name("population", Value::I64(-9_007_199_254_740_993));
+        let loc_desc = desc.get_field_by_name("location").unwrap();
+        let prost_reflect::Kind::Message(loc_desc) = loc_desc.kind() else {
+            panic!("location is a message")
+        };
+        let mut loc = DynamicMessage::new(loc_desc);
+        loc.set_field_by_name("galaxy", Value::String("Known".into()));
+        m.set_field_by_name("location", Value::Message(loc));
+        m.encode_to_vec()
+    }
+
+    fn confluent(id: u32, indexes: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(indexes);
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn permanent(c: &Codec, bytes: &[u8]) -> String {
+        match c.decode(bytes, None) {
+            Err(DecodeError::Permanent(m)) => m,
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn protobuf_values_bare_and_confluent_framed() {
+        let c = codec(
+            "value = \"protobuf\"\nproto = [\"schemas/planet.proto\"]\nmessage = \"servicea.Planet\"\n\
+             schemas = { \"7\" = \"schemas/planet.proto\" }\n",
+        );
+        let body = planet_message("p1");
+        let expected = serde_json::json!({
+            "planetUuid": "p1", "planetName": "Arrakis", "published": false,
+            "location": {"galaxy": "Known", "sector": ""}, "population": -9_007_199_254_740_993_i64
+        });
+        let d = c.decode(&body, None).unwrap();
+        assert_eq!(d.messages[0], expected);
+        assert!(d.schema.is_none());
+        // Confluent: indexes [0] written as the count 0, and as the list [0] (count 1, index 0).
+        assert_eq!(
+            c.decode(&confluent(7, &[0], &body), None).unwrap().messages[0],
+            expected
+        );
+        assert_eq!(
+            c.decode(&confluent(7, &[2, 0], &body), None)
+                .unwrap()
+                .messages[0],
+            expected
+        );
+        // [0, 0]: Planet.Location.
+        let loc = c
+            .decode(&confluent(7, &[4, 0, 0], &[0x0a, 1, b'G']), None)
+            .unwrap();
+        assert_eq!(
+            loc.messages[0],
+            serde_json::json!({"galaxy": "G", "sector": ""})
+        );
+        assert!(permanent(&c, &confluent(8, &[0], &body)).contains("unknown schema id 8"));
+        assert!(permanent(&c, &confluent(7, &[2, 4], &body)).contains("unknown message index [2]"));
+        assert!(permanent(&c, &confluent(7, &[], &[])).contains("message-index list is truncated"));
+        // A string field cut short, and a varint where a string is due.
+        let m = permanent(&c, &[0x12, 5, b'p']);
+        assert!(
+            m.contains("servicea.Planet") && m.contains("buffer underflow"),
+            "{m}"
+        );
+        let m = permanent(&c, &[0x10, 1]);
+        assert!(m.contains("wire type"), "{m}");
+        // Without codec.message, only framed values decode.
+        let framed_only =
+            codec("value = \"protobuf\"\nschemas = { \"7\" = \"schemas/planet.proto\" }\n");
+        assert!(permanent(&framed_only, &body).contains("codec.message is not set"));
+        assert_eq!(
+            framed_only
+                .decode(&confluent(7, &[0], &body), None)
+                .unwrap()
+                .messages[0],
+            expected
+        );
+    }
+
+    #[test]
+    fn protobuf_field_names_as_declared_on_request() {
+        let c = codec(
+            "value = \"protobuf\"\nproto = [\"schemas/planet.proto\"]\nmessage = \"servicea.Planet\"\n\
+             proto_field_names = true\n",
+        );
+        let d = c.decode(&planet_message("p1"), None).unwrap();
+        assert_eq!(d.messages[0]["planet_uuid"], "p1");
+        assert!(d.messages[0].get("planetUuid").is_none());
+    }
+
+    #[test]
+    fn auto_tells_confluent_protobuf_from_confluent_avro() {
+        let (datum, _) = planet_datum();
+        let c = codec(
+            "value = \"auto\"\nschemas = { \"1\" = \"schemas/planet.avsc\", \"7\" = \"schemas/planet.proto\" }\n",
+        );
+        let avro = c.decode(&confluent(1, &[], &datum), None).unwrap();
+        assert_eq!(avro.messages[0]["planetName"], "Arrakis");
+        assert!(avro.schema.is_some());
+        let proto = c
+            .decode(&confluent(7, &[0], &planet_message("p9")), None)
+            .unwrap();
+        assert_eq!(proto.messages[0]["planetUuid"], "p9");
+        assert_eq!(c.decode(br#"{"a":1}"#, None).unwrap().messages[0]["a"], 1);
+    }
+
+    #[test]
+    fn protobuf_keys() {
+        let c = codec(
+            "value = \"json\"\nkey = \"protobuf\"\nproto = [\"schemas/planet.proto\"]\n\
+             key_message = \"servicea.Planet.Location\"\nschemas = { \"7\" = \"schemas/planet.proto\" }\n",
+        );
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let key = c.decode_key(Some(&b64(&[0x0a, 1, b'G']))).unwrap().unwrap();
+        assert_eq!(key, serde_json::json!({"galaxy": "G", "sector": ""}));
+        let framed = c
+            .decode_key(Some(&b64(&confluent(7, &[0], &planet_message("k1")))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(framed["planetUuid"], "k1");
+        let err = c.decode_key(Some(&b64(&[0x0a, 9]))).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Permanent(m) if m.starts_with("key: ") && m.contains("buffer underflow")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn protobuf_config_problems_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bad.proto"),
+            "syntax = \"proto3\";\n\nmessage A {\n  int32 = 1;\n}\n",
+        )
+        .unwrap();
+        let build = |text: &str| {
+            toml::from_str::<CodecConfig>(text)
+                .unwrap()
+                .build(Some(dir.path()))
+                .unwrap_err()
+        };
+        let problems = build("value = \"protobuf\"\nproto = [\"bad.proto\"]\nmessage = \"A\"\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("codec.proto: bad.proto:4:"),
+            "{problems:?}"
+        );
+        let problems = build("value = \"protobuf\"\n");
+        assert!(problems[0].contains("needs codec.message"), "{problems:?}");
+        let problems = build("value = \"protobuf\"\nmessage = \"A\"\n");
+        assert!(problems[0].contains("needs codec.proto"), "{problems:?}");
+        let c: CodecConfig = toml::from_str(
+            "value = \"protobuf\"\nproto = [\"schemas/planet.proto\"]\nmessage = \"servicea.Moon\"\n",
+        )
+        .unwrap();
+        let problems = c
+            .build(Some(Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../events"
+            ))))
+            .unwrap_err();
+        assert!(
+            problems[0].contains("no message type \"servicea.Moon\"")
+                && problems[0].contains("servicea.Planet"),
+            "{problems:?}"
+        );
+    }
+
+    const GLUE_AVRO: &str = "b7b4a7f0-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    const GLUE_PROTO: &str = "c0ffee00-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    const GLUE_JSON: &str = "d00d0000-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    fn glue_framed(uuid: &str, compression: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![3, compression];
+        out.extend_from_slice(&glue::parse_uuid(uuid).unwrap());
+        if compression == 5 {
+            out.extend(miniz_oxide::deflate::compress_to_vec_zlib(payload, 6));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    fn glue_codec(value: &str, extra: &str) -> Codec {
+        codec(&format!(
+            "value = \"{value}\"\n{extra}glue_schemas = {{ \"{GLUE_AVRO}\" = \"schemas/planet.avsc\", \
+             \"{GLUE_PROTO}\" = \"schemas/planet.proto\", \"{GLUE_JSON}\" = \"schemas/planet.schema.json\" }}\n"
+        ))
+    }
+
+    #[test]
+    fn glue_framed_avro_json_and_protobuf_compressed_or_not() {
+        let (datum, schema) = planet_datum();
+        // Glue numbers the file's message types sorted by full name: Planet 0, Planet.Location 1.
+        let mut proto = vec![0];
+        proto.extend(planet_message("p2"));
+        let json = br#"{"planetUuid":"p3","planetName":"Caladan"}"#;
+        for value in ["glue", "auto"] {
+            let c = glue_codec(value, "");
+            for compression in [0, 5] {
+                let d = c
+                    .decode(&glue_framed(GLUE_AVRO, compression, &datum), None)
+                    .unwrap();
+                assert_eq!(d.messages[0]["planetName"], "Arrakis");
+                assert_eq!(
+                    d.schema.as_deref(),
+                    Some(&*schema),
+                    "Avro values keep their schema"
+                );
+                let d = c
+                    .decode(&glue_framed(GLUE_PROTO, compression, &proto), None)
+                    .unwrap();
+                assert_eq!(d.messages[0]["planetUuid"], "p2");
+                assert_eq!(d.messages[0]["population"], -9_007_199_254_740_993_i64);
+                let d = c
+                    .decode(&glue_framed(GLUE_JSON, compression, json), None)
+                    .unwrap();
+                assert_eq!(d.messages[0]["planetName"], "Caladan");
+            }
+            let loc = c
+                .decode(&glue_framed(GLUE_PROTO, 0, &[1, 0x0a, 1, b'G']), None)
+                .unwrap();
+            assert_eq!(loc.messages[0]["galaxy"], "G");
+            let unknown = "00000000-0000-0000-0000-000000000001";
+            let m = permanent(&c, &glue_framed(unknown, 0, &datum));
+            assert!(
+                m.contains("unknown Glue schema version 00000000-0000-0000-0000-000000000001"),
+                "{m}"
+            );
+            assert!(
+                permanent(&c, &glue_framed(GLUE_AVRO, 9, &datum)).contains("compression byte 9")
+            );
+            assert!(
+                permanent(&c, &glue_framed(GLUE_PROTO, 0, &[7]))
+                    .contains("unknown message index 7")
+            );
+            assert!(
+                permanent(&c, &glue_framed(GLUE_PROTO, 0, &[0x80])).contains("index is truncated")
+            );
+            let mut corrupt = glue_framed(GLUE_AVRO, 5, &datum);
+            corrupt.truncate(corrupt.len() - 4);
+            corrupt.push(0xff);
+            assert!(permanent(&c, &corrupt).contains("deflate data is corrupt"));
+        }
+        assert!(
+            permanent(&glue_codec("glue", ""), b"{}").contains("not in AWS Glue's wire format")
+        );
+    }
+
+    #[test]
+    fn glue_zlib_inflates_within_the_batch_budget() {
+        let c = glue_codec("glue", "max_inflated_mib = 1\n");
+        // 2 MiB of spaces after a JSON object: valid JSON, 2 KiB compressed.
+        let mut json = br#"{"planetUuid":"p3"}"#.to_vec();
+        json.extend(std::iter::repeat_n(b' ', 2 << 20));
+        let bomb = glue_framed(GLUE_JSON, 5, &json);
+        assert!(bomb.len() < 8 << 10);
+        let m = permanent(&c, &bomb);
+        assert!(m.contains("codec.max_inflated_mib = 1 MiB"), "{m}");
+        // Half a MiB twice in one batch: the second is over.
+        let half = {
+            let mut j = br#"{"a":1}"#.to_vec();
+            j.extend(std::iter::repeat_n(b' ', 600 << 10));
+            glue_framed(GLUE_JSON, 5, &j)
+        };
+        let decoder = c.decoder();
+        assert!(decoder.decode(&half, None).is_ok());
+        assert!(matches!(
+            decoder.decode(&half, None),
+            Err(DecodeError::Permanent(_))
+        ));
+    }
+
+    #[test]
+    fn glue_source_mode_metadata_and_config_problems() {
+        let (datum, _) = planet_datum();
+        let c = glue_codec("auto", "");
+        let meta = SchemaMetadata {
+            schema_id: Some(GLUE_AVRO.into()),
+            data_format: Some("AVRO".into()),
+        };
+        let d = c
+            .decode(&glue_framed(GLUE_AVRO, 0, &datum), Some(&meta))
+            .unwrap();
+        assert_eq!(d.messages[0]["planetUuid"], "p1");
+        // Lambda's SOURCE mode with a Protobuf schema: the message as produced.
+        let proto = codec(
+            "value = \"auto\"\nproto = [\"schemas/planet.proto\"]\nmessage = \"servicea.Planet\"\n",
+        );
+        let meta = SchemaMetadata {
+            schema_id: Some("12".into()),
+            data_format: Some("PROTOBUF".into()),
+        };
+        let d = proto.decode(&planet_message("p5"), Some(&meta)).unwrap();
+        assert_eq!(d.messages[0]["planetUuid"], "p5");
+        let problems = toml::from_str::<CodecConfig>(
+            "value = \"glue\"\nglue_schemas = { \"nope\" = \"x.avsc\" }\n",
+        )
+        .unwrap()
+        .build(None)
+        .unwrap_err();
+        assert!(
+            problems[0].contains("\"nope\" is not a schema version id"),
+            "{problems:?}"
+        );
+        let problems = toml::from_str::<CodecConfig>("value = \"glue\"\n")
+            .unwrap()
+            .build(None)
+            .unwrap_err();
+        assert!(
+            problems[0].contains("needs codec.glue_schemas"),
+            "{problems:?}"
+        );
+    }
+
+    /// A fetched version comes from the connected source once; an unknown one is permanent; a source that
+    /// fails is transient; without a source the batch says the build cannot reach Glue.
+    #[tokio::test]
+    async fn glue_versions_are_fetched_once_per_instance() {
+        use std::sync::Mutex;
+        #[derive(Debug, Default)]
+        struct Fake {
+            asked: Mutex<Vec<String>>,
+        }
+        impl glue::GlueSource for Fake {
+            fn schema_version<'a>(
+                &'a self,
+                id: &'a str,
+            ) -> std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<glue::GlueSchemaVersion, DecodeError>>
+                        + Send
+                        + 'a,
+                >,
+            > {
+                self.asked.lock().unwrap().push(id.to_string());
+                Box::pin(async move {
+                    match id {
+                        GLUE_JSON => Ok(glue::GlueSchemaVersion {
+                            data_format: "JSON".into(),
+                            definition: "{}".into(),
+                            schema_arn: Some("arn:aws:glue:eu-west-1:1:schema/reg/planet".into()),
+                        }),
+                        GLUE_AVRO => Err(DecodeError::Transient("Glue: throttled".into())),
+                        _ => Err(DecodeError::Permanent(format!("no schema version {id}"))),
+                    }
+                })
+            }
+        }
+        let c = codec("value = \"auto\"\nglue = { registry = \"reg\" }\n");
+        let event = |values: &[Vec<u8>]| {
+            let records: Vec<serde_json::Value> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::json!({"topic": "t", "partition": 0, "offset": i, "timestamp": 0,
+                        "value": base64::engine::general_purpose::STANDARD.encode(v)})
+                })
+                .collect();
+            serde_json::json!({"eventSource": "aws:kafka", "records": {"t-0": records}}).to_string()
+        };
+        let json = glue_framed(GLUE_JSON, 0, br#"{"a":1}"#);
+        let text = event(&[json.clone(), json.clone()]);
+        let parsed = MskEvent::parse(&text).unwrap();
+        let err = c.prefetch(&parsed).await.unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Transient(m) if m.contains("feature \"aws\"")),
+            "{err:?}"
+        );
+        let fake = Arc::new(Fake::default());
+        assert!(c.connect_glue(fake.clone()));
+        c.prefetch(&parsed).await.unwrap();
+        c.prefetch(&parsed).await.unwrap();
+        assert_eq!(
+            fake.asked.lock().unwrap().len(),
+            1,
+            "once per id per instance"
+        );
+        assert_eq!(c.decode(&json, None).unwrap().messages[0]["a"], 1);
+        let unknown = glue_framed(GLUE_PROTO, 0, &[0]);
+        let text = event(std::slice::from_ref(&unknown));
+        c.prefetch(&MskEvent::parse(&text).unwrap()).await.unwrap();
+        assert!(permanent(&c, &unknown).contains("no schema version"));
+        let text = event(&[glue_framed(GLUE_AVRO, 0, &[0])]);
+        let err = c
+            .prefetch(&MskEvent::parse(&text).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Transient(m) if m.contains("throttled")),
+            "{err:?}"
+        );
+    }
+
+    /// Fields without presence are in the tree with their defaults: two bytes (an empty nested message) can
+    /// be a wide object. Protobuf values draw on the batch's max_decoded_mib.
+    #[test]
+    fn protobuf_defaults_cannot_inflate_past_the_batch_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields: String = (1..=50)
+            .map(|i| format!("  int64 field_number_{i} = {i};\n"))
+            .collect();
+        std::fs::write(
+            dir.path().join("wide.proto"),
+            format!("syntax = \"proto3\";\nmessage Wide {{\n{fields}}}\nmessage Many {{ repeated Wide items = 1; }}\n"),
+        )
+        .unwrap();
+        let c = toml::from_str::<CodecConfig>(
+            "value = \"protobuf\"\nproto = [\"wide.proto\"]\nmessage = \"Many\"\nmax_decoded_mib = 1\n",
+        )
+        .unwrap()
+        .build(Some(dir.path()))
+        .unwrap();
+        // 2 000 empty items (4 KB): 100 000 fields in the tree, several MiB.
+        let bomb: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 2_000).flatten().collect();
+        let m = permanent(&c, &bomb);
+        assert!(m.contains("codec.max_decoded_mib = 1 MiB"), "{m}");
+        // A few items decode, and draw on the same batch budget until it is spent.
+        let few: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 50).flatten().collect();
+        let decoder = c.decoder();
+        let d = decoder.decode(&few, None).unwrap();
+        assert_eq!(d.messages[0]["items"].as_array().unwrap().len(), 50);
+        assert_eq!(d.messages[0]["items"][0]["fieldNumber50"], 0);
+        let mut refused = false;
+        for _ in 0..100 {
+            if decoder.decode(&few, None).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the batch's budget is shared by its values");
     }
 }

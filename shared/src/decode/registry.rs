@@ -1,5 +1,6 @@
-//! A Confluent-compatible schema registry: `GET {url}/schemas/ids/{id}` → `{"schema": "<Avro schema JSON>"}`,
-//! optional basic auth.
+//! A Confluent-compatible schema registry: `GET {url}/schemas/ids/{id}` → `{"schema": "<Avro schema JSON>"}`
+//! (or `"schemaType": "PROTOBUF"` and the text of a .proto file, whose `references` — the files it imports — are
+//! fetched as `GET {url}/subjects/{subject}/versions/{version}`), optional basic auth.
 //!
 //! A schema id never changes its schema, so a schema, once fetched, is kept for the life of the instance.
 //! Everything else is classified by what the answer proves:
@@ -71,13 +72,34 @@ pub struct SchemaRegistry {
 }
 
 /// What the registry said of an id: its schema, or a permanent failure and when it expires.
-type Answer = Result<Arc<Schema>, (String, Instant)>;
+type Answer = Result<RegistrySchema, (String, Instant)>;
+
+/// A schema the registry holds: Avro, or a compiled .proto file (Confluent framing's message indexes pick the
+/// message type in it).
+#[derive(Debug, Clone)]
+pub enum RegistrySchema {
+    Avro(Arc<Schema>),
+    Protobuf(prost_reflect::FileDescriptor),
+}
+
+/// The most .proto files one schema may pull in through its references (imports of imports included).
+const MAX_REFERENCES: usize = 64;
 
 #[derive(Deserialize)]
 struct SchemaResponse {
     schema: String,
     #[serde(default, rename = "schemaType")]
     schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Reference>,
+}
+
+/// A file a Protobuf schema imports: `name` as the import says it, found as `subject` at `version`.
+#[derive(Deserialize)]
+struct Reference {
+    name: String,
+    subject: String,
+    version: i64,
 }
 
 /// The registry's error body, `{"error_code": 40403, "message": "Schema not found"}`.
@@ -88,6 +110,20 @@ struct ErrorResponse {
 
 /// Confluent's "schema not found".
 const SCHEMA_NOT_FOUND: i64 = 40403;
+/// Confluent's "not found" codes: subject (40401), version (40402), schema (40403).
+const NOT_FOUND: [i64; 3] = [40401, 40402, SCHEMA_NOT_FOUND];
+
+/// A subject name as one URL path segment.
+fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 impl SchemaRegistry {
     pub fn new(cfg: &RegistryConfig) -> Result<Self, String> {
@@ -131,10 +167,10 @@ impl SchemaRegistry {
 
     /// The schema with this id; `Err(Permanent)` when the registry does not know it (asked again once that
     /// answer is older than the time-to-live).
-    pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    pub async fn schema(&self, id: u32) -> Result<RegistrySchema, DecodeError> {
         let mut cache = self.cache.lock().await;
         match cache.get(&id) {
-            Some(Ok(schema)) => return Ok(Arc::clone(schema)),
+            Some(Ok(schema)) => return Ok(schema.clone()),
             Some(Err((e, until))) if Instant::now() < *until => {
                 return Err(DecodeError::Permanent(e.clone()));
             }
@@ -142,7 +178,7 @@ impl SchemaRegistry {
         }
         match self.fetch(id).await {
             Ok(schema) => {
-                cache.insert(id, Ok(Arc::clone(&schema)));
+                cache.insert(id, Ok(schema.clone()));
                 Ok(schema)
             }
             Err(DecodeError::Permanent(e)) => {
@@ -158,8 +194,76 @@ impl SchemaRegistry {
         }
     }
 
-    async fn fetch(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
-        let url = format!("{}/schemas/ids/{id}", self.base);
+    async fn fetch(&self, id: u32) -> Result<RegistrySchema, DecodeError> {
+        let what = format!("schema id {id}");
+        let parsed = self
+            .get(&format!("/schemas/ids/{id}"), &what, || {
+                format!("unknown schema id {id} (the schema registry has no such schema)")
+            })
+            .await?;
+        match parsed.schema_type.as_deref() {
+            None | Some("AVRO") => Schema::parse_str(&parsed.schema)
+                .map(|s| RegistrySchema::Avro(Arc::new(s)))
+                .map_err(|e| {
+                    DecodeError::Permanent(format!("schema id {id}: not a valid Avro schema: {e}"))
+                }),
+            Some("PROTOBUF") => {
+                let imports = self.references(id, parsed.references).await?;
+                let name = format!("schema-{id}.proto");
+                super::protobuf::compile_source(&name, &parsed.schema, &imports)
+                    .map(RegistrySchema::Protobuf)
+                    .map_err(|e| {
+                        DecodeError::Permanent(format!(
+                            "schema id {id}: not a valid .proto file: {e}"
+                        ))
+                    })
+            }
+            Some(other) => Err(DecodeError::Permanent(format!(
+                "schema id {id} is a {other} schema: only Avro and Protobuf are read"
+            ))),
+        }
+    }
+
+    /// The texts of the files a Protobuf schema imports, their own imports too, by import name.
+    async fn references(
+        &self,
+        id: u32,
+        mut pending: Vec<Reference>,
+    ) -> Result<HashMap<String, String>, DecodeError> {
+        let mut texts = HashMap::new();
+        while let Some(r) = pending.pop() {
+            if texts.contains_key(&r.name) {
+                continue;
+            }
+            if texts.len() >= MAX_REFERENCES {
+                return Err(DecodeError::Permanent(format!(
+                    "schema id {id}: references more than {MAX_REFERENCES} files"
+                )));
+            }
+            let subject: String = url_segment(&r.subject);
+            let what = format!("schema id {id}, reference {:?}", r.name);
+            let parsed = self
+                .get(
+                    &format!("/subjects/{subject}/versions/{}", r.version),
+                    &what,
+                    || format!("{what}: the schema registry has no such subject version"),
+                )
+                .await?;
+            pending.extend(parsed.references);
+            texts.insert(r.name, parsed.schema);
+        }
+        Ok(texts)
+    }
+
+    /// GETs `path` and reads a schema response. A well-formed 404 of the registry is permanent (`not_found`
+    /// says what); everything else that is not a schema response is transient.
+    async fn get(
+        &self,
+        path: &str,
+        what: &str,
+        not_found: impl FnOnce() -> String,
+    ) -> Result<SchemaResponse, DecodeError> {
+        let url = format!("{}{path}", self.base);
         let mut request = self
             .client
             .get(&url)
@@ -167,9 +271,8 @@ impl SchemaRegistry {
         if let Some((user, password)) = &self.auth {
             request = request.basic_auth(user, password.as_deref());
         }
-        let transient = |what: String| {
-            DecodeError::Transient(format!("schema registry, schema id {id}: {what}"))
-        };
+        let transient =
+            |why: String| DecodeError::Transient(format!("schema registry, {what}: {why}"));
         let mut response = request
             .send()
             .await
@@ -197,11 +300,11 @@ impl SchemaRegistry {
             }
         }
         if status == reqwest::StatusCode::NOT_FOUND {
-            // Only the registry's own "schema not found" proves the id unknown; a proxy's 404 proves nothing.
+            // Only the registry's own "not found" proves the id unknown; a proxy's 404 proves nothing.
             return match serde_json::from_slice::<ErrorResponse>(&body) {
-                Ok(e) if e.error_code == SCHEMA_NOT_FOUND => Err(DecodeError::Permanent(format!(
-                    "unknown schema id {id} (the schema registry has no such schema)"
-                ))),
+                Ok(e) if NOT_FOUND.contains(&e.error_code) => {
+                    Err(DecodeError::Permanent(not_found()))
+                }
                 _ => Err(transient(format!(
                     "HTTP {status} but not the registry's \"schema not found\" (error_code {SCHEMA_NOT_FOUND})"
                 ))),
@@ -210,22 +313,12 @@ impl SchemaRegistry {
         if !status.is_success() {
             return Err(transient(format!("HTTP {status}")));
         }
-        let Ok(parsed) = serde_json::from_slice::<SchemaResponse>(&body) else {
-            return Err(transient(format!(
+        serde_json::from_slice::<SchemaResponse>(&body).map_err(|_| {
+            transient(format!(
                 "HTTP {} but not a schema response",
                 status.as_u16()
-            )));
-        };
-        if parsed.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
-            return Err(DecodeError::Permanent(format!(
-                "schema id {id} is not an Avro schema"
-            )));
-        }
-        Schema::parse_str(&parsed.schema)
-            .map(Arc::new)
-            .map_err(|e| {
-                DecodeError::Permanent(format!("schema id {id}: not a valid Avro schema: {e}"))
-            })
+            ))
+        })
     }
 
     /// What went wrong with a request, without its URL: the kind, and the innermost cause ("connection

@@ -3,6 +3,8 @@
 //! [`local`]). A function's `main` builds an [`App`] and calls [`main`].
 
 pub mod cli;
+#[cfg(feature = "aws")]
+pub mod glue;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 #[cfg(feature = "kafka")]
@@ -130,14 +132,18 @@ impl App {
 
     /// Compiles `config` with this function's syncs: the typed ones, else the config's `[[sync]]` sections,
     /// of which a declarative function needs one at least.
+    /// With feature `aws`, a codec with `codec.glue` is connected to AWS Glue here ([`glue::connect`]).
     pub fn compile(&self, config: &Config) -> Result<Compiled, Vec<String>> {
-        match &self.syncs {
+        let compiled = match &self.syncs {
             Syncs::Typed(m) => config.compile(Some(m.clone())),
             Syncs::Declarative if config.syncs.is_empty() => Err(vec![
                 "the config has no [[sync]] section: nothing to apply".into(),
             ]),
             Syncs::Declarative => config.compile(None),
-        }
+        }?;
+        #[cfg(feature = "aws")]
+        glue::connect(compiled.pipeline.codec());
+        Ok(compiled)
     }
 
     /// The compiled pipeline alone, for callers that hold a [`Config`] (benchmarks).

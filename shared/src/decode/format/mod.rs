@@ -6,7 +6,9 @@
 pub(crate) mod avro_confluent;
 pub(crate) mod avro_ocf;
 pub(crate) mod avro_raw;
+pub(crate) mod glue;
 pub(crate) mod json;
+pub(crate) mod protobuf;
 
 use std::cell::Cell;
 
@@ -29,7 +31,12 @@ pub enum Format {
     AvroConfluent,
     /// A bare Avro datum of `codec.raw_schema` ([`avro_raw`]).
     AvroRaw,
-    /// OCF magic → OCF; byte 0 and a known schema id → Confluent; else JSON.
+    /// Protobuf: Confluent-framed, or a bare message of `codec.message` ([`protobuf`]).
+    Protobuf,
+    /// AWS Glue Schema Registry's framing: byte 3, compression, schema version id, payload ([`glue`]).
+    Glue,
+    /// In this order: OCF magic → container file; byte 3 and a Glue header → Glue; byte 0 and a schema id that
+    /// is a .proto → Confluent Protobuf; byte 0 and any other id → Confluent Avro; else JSON.
     #[default]
     Auto,
 }
@@ -58,7 +65,9 @@ pub(crate) enum Value {
     AvroOcf(avro_ocf::AvroOcf),
     AvroConfluent(avro_confluent::AvroConfluent),
     AvroRaw(avro_raw::AvroRaw),
-    /// Chooses by the bytes: [`avro::OCF_MAGIC`] → container file, Confluent framing → Confluent, else JSON.
+    Protobuf(protobuf::Protobuf),
+    Glue(glue::Glue),
+    /// Chooses by the bytes, as [`Format::Auto`] says.
     Auto,
 }
 
@@ -76,13 +85,18 @@ impl Value {
                 Value::AvroConfluent(avro_confluent::AvroConfluent::build(cfg, problems)?)
             }
             Format::AvroRaw => Value::AvroRaw(avro_raw::AvroRaw::build(cfg, schemas, problems)?),
+            Format::Protobuf => Value::Protobuf(protobuf::Protobuf::build(cfg, problems)?),
+            Format::Glue => Value::Glue(glue::Glue::build(cfg, problems)?),
             Format::Auto => Value::Auto,
         })
     }
 
     /// Whether values may be Confluent-framed (their schema ids are fetched from a registry before a batch).
     pub(crate) fn confluent(&self) -> bool {
-        matches!(self, Value::AvroConfluent(_) | Value::Auto)
+        matches!(
+            self,
+            Value::AvroConfluent(_) | Value::Protobuf(_) | Value::Auto
+        )
     }
 
     /// Decodes one record value. `meta` is the record's `valueSchemaMetadata`, which Lambda's schema-registry
@@ -97,6 +111,18 @@ impl Value {
         if let Some(meta) = meta.filter(|m| m.data_format.is_some())
             && !matches!(self, Value::Json(_))
         {
+            // SOURCE mode with a Glue registry: the value as the producer wrote it, Glue header and all.
+            let glue_id = meta
+                .schema_id
+                .as_deref()
+                .and_then(crate::decode::glue::parse_uuid);
+            if glue_id.is_some() && glue::split(bytes).map(|(_, id, _)| id) == glue_id {
+                return glue::Glue.decode(bytes, cx);
+            }
+            // SOURCE mode of a Protobuf schema: the message, Confluent-framed or bare.
+            if meta.data_format.as_deref() == Some("PROTOBUF") && bytes.first() != Some(&b'{') {
+                return protobuf::Protobuf.decode(bytes, cx);
+            }
             return avro_raw::decode_with_metadata(bytes, meta, cx);
         }
         match self {
@@ -104,8 +130,17 @@ impl Value {
             Value::AvroOcf(f) => f.decode(bytes, cx),
             Value::AvroConfluent(f) => f.decode(bytes, cx),
             Value::AvroRaw(f) => f.decode(bytes, cx),
+            Value::Protobuf(f) => f.decode(bytes, cx),
+            Value::Glue(f) => f.decode(bytes, cx),
             Value::Auto if bytes.starts_with(avro::OCF_MAGIC) => {
                 avro_ocf::AvroOcf.decode(bytes, cx)
+            }
+            // JSON text never starts with byte 3 (nor 0): this is Glue framing, known id or not.
+            Value::Auto if glue::split(bytes).is_some() => glue::Glue.decode(bytes, cx),
+            Value::Auto
+                if avro::split_confluent(bytes).is_some_and(|(id, _)| cx.schemas.is_proto(id)) =>
+            {
+                protobuf::Protobuf.decode(bytes, cx)
             }
             // JSON text never starts with a zero byte: this is Confluent framing, known id or not.
             Value::Auto if avro::split_confluent(bytes).is_some() => {
