@@ -18,7 +18,9 @@ use crate::filter::Filter;
 use crate::mask::{Mask, MaskRule};
 use crate::message::Message;
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_OK};
-use crate::sync::{Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink, dead_letter};
+use crate::sync::{
+    Applied, Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink, dead_letter,
+};
 use crate::topics::TopicRouter;
 
 /// The compiled, database-free part of a function: codec, routing and mappings.
@@ -283,6 +285,38 @@ impl<'e> Batch<'e> {
             report: self.report,
             order,
         }
+    }
+}
+
+/// What the sink did with a planned batch, into its report: the counts, and a line for every message it found
+/// stale or refused as data (dead-lettered). The caller puts the report back in batch order. Shared by the
+/// handler and `redrive`.
+pub(crate) fn note_applied(
+    report: &mut BatchReport,
+    applied: &Applied,
+    records: &[Record<'_>],
+    order: &[usize],
+) {
+    report.upserted = applied.upserted;
+    report.deleted = applied.deleted;
+    for at in &applied.stale {
+        note(
+            report,
+            &records[order[at.record]],
+            *at,
+            Outcome::Stale,
+            None,
+        );
+    }
+    for (at, reason) in &applied.rejected {
+        let reason = bounded_reason(reason.clone());
+        note(
+            report,
+            &records[order[at.record]],
+            *at,
+            Outcome::DeadLetter,
+            Some(&reason),
+        );
     }
 }
 
@@ -668,29 +702,9 @@ impl Handler {
             tracing::warn!(event_source = %source, records = report.received, error = %e, "batch failed");
             HandlerError::Transient(e.to_string())
         })?;
-        report.upserted = applied.upserted;
-        report.deleted = applied.deleted;
-        for at in &applied.stale {
-            note(
-                &mut report,
-                &records[order[at.record]],
-                *at,
-                Outcome::Stale,
-                None,
-            );
-        }
+        note_applied(&mut report, &applied, records, &order);
         if !applied.rejected.is_empty() || !applied.stale.is_empty() {
-            for (at, reason) in &applied.rejected {
-                let reason = bounded_reason(reason.clone());
-                note(
-                    &mut report,
-                    &records[order[at.record]],
-                    *at,
-                    Outcome::DeadLetter,
-                    Some(&reason),
-                );
-            }
-            // The refused rows were found after the others: put them in their place.
+            // The refused and stale rows were found after the others: put them in their place.
             report.sort();
         }
         tracing::info!(

@@ -11,7 +11,9 @@
 //! applied with their batch and are not applied a second time.
 
 use crate::event::MskEvent;
-use crate::pipeline::{Handler, HandlerError, Inspection, Plan, bounded_reason, note};
+use crate::pipeline::{
+    Handler, HandlerError, Inspection, Plan, bounded_reason, note, note_applied,
+};
 use crate::report::{BatchReport, Outcome};
 use crate::sync::redrive::{RecordKey, StoredRecord};
 use crate::sync::{DeadLetter, Extra, Origin, PreflightError};
@@ -189,27 +191,7 @@ async fn redrive_chunk(
         .apply_with(&changes, &dead_letters, &reject, &mut Extra::Redrive(&rows))
         .await
         .map_err(transient)?;
-    report.upserted = applied.upserted;
-    report.deleted = applied.deleted;
-    for at in &applied.stale {
-        note(
-            &mut report,
-            &records[order[at.record]],
-            *at,
-            Outcome::Stale,
-            None,
-        );
-    }
-    for (at, reason) in &applied.rejected {
-        let reason = bounded_reason(reason.clone());
-        note(
-            &mut report,
-            &records[order[at.record]],
-            *at,
-            Outcome::DeadLetter,
-            Some(&reason),
-        );
-    }
+    note_applied(&mut report, &applied, records, &order);
     // Records that could not be rebuilt keep their rows untouched; they are listed, not counted as tried.
     for s in broken {
         report.received += 1;
