@@ -8,10 +8,7 @@
 //! installs it into ~/.cache/msk-sync-ci-venv, which is also looked at). Without it these tests fail, they do
 //! not skip.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_glue::Client;
 use aws_sdk_glue::config::{Credentials, Region};
@@ -23,60 +20,20 @@ use msk_sync::event::MskEvent;
 use msk_sync::run::glue::GlueClient;
 use msk_sync_tests::*;
 use serde_json::json;
-use tokio::process::{Child, Command};
 
-fn moto_server() -> PathBuf {
-    let named = std::env::var_os("MSK_SYNC_MOTO").map(PathBuf::from);
-    let venv = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/moto_server"));
-    named
-        .or(venv.filter(|p| p.is_file()))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "moto_server not found: `pip install 'moto[server]'` and set MSK_SYNC_MOTO=/path/to/moto_server \
-                 (`cargo xtask test` installs it into ~/.cache/msk-sync-ci-venv)"
-            )
-        })
-}
-
-/// A moto server of the test's own, on a free loopback port; killed when dropped.
-struct Moto {
-    port: u16,
-    _child: Child,
-}
+/// The test's own moto server (tests/common) with this file's helpers.
+struct Moto(MotoServer);
 
 const REGISTRY: &str = "msk-sync-registry";
 const TEST_KEY: (&str, &str) = ("test", "test");
 
 impl Moto {
     async fn start(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let child = Command::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start moto_server");
-        for _ in 0..600 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    port,
-                    _child: child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("moto_server did not listen on port {port} within 30 s");
+        Self(MotoServer::start(env).await)
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// A client to set the registry up with.

@@ -9,8 +9,6 @@
 //! The rotation test runs on MariaDB: PostgreSQL on the test machines trusts every local connection
 //! (pg_hba `trust`), so it would accept any password and could not show a refused one.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
@@ -20,51 +18,17 @@ use msk_sync::run::secret::{SecretHandler, SecretSource};
 use msk_sync_tests::*;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 
-fn moto_server() -> PathBuf {
-    let named = std::env::var_os("MSK_SYNC_MOTO").map(PathBuf::from);
-    let venv = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/moto_server"));
-    named
-        .or(venv.filter(|p| p.is_file()))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "moto_server not found: `pip install 'moto[server]'` and set MSK_SYNC_MOTO=/path/to/moto_server \
-                 (`cargo xtask test` installs it into ~/.cache/msk-sync-ci-venv)"
-            )
-        })
-}
-
-/// A moto server of the test's own, on a free loopback port; killed when dropped.
-struct Moto {
-    port: u16,
-    _child: Child,
-}
+/// The test's own moto server (tests/common) with this file's helpers.
+struct Moto(MotoServer);
 
 impl Moto {
     async fn start(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(moto_server());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("start moto_server");
-        assert!(
-            listening(port, 600, Duration::from_millis(50)).await,
-            "moto_server did not listen on port {port} within 30 s"
-        );
-        Self {
-            port,
-            _child: child,
-        }
+        Self(MotoServer::start(env).await)
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// A secret source on this server, as Lambda mode builds it, with the test's endpoint and credentials
@@ -111,7 +75,7 @@ impl Moto {
 
     /// One IAM query-protocol call (moto answers it unsigned while it does not check credentials yet).
     async fn iam(&self, query: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.0.port))
             .await
             .unwrap();
         let body = format!("{query}&Version=2010-05-08");
@@ -119,7 +83,7 @@ impl Moto {
             "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
              Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/iam/aws4_request, \
              SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.port,
+            self.0.port,
             body.len()
         );
         stream.write_all(request.as_bytes()).await.unwrap();

@@ -606,3 +606,55 @@ impl LambdaWatch {
             .expect("run cargo lambda invoke")
     }
 }
+
+/// `$MSK_SYNC_MOTO`, else moto_server in the venv `cargo xtask setup` makes; a test without it fails, naming
+/// the setup (it never skips).
+pub fn moto_server() -> PathBuf {
+    let named = std::env::var_os("MSK_SYNC_MOTO").map(PathBuf::from);
+    let venv = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/msk-sync-ci-venv/bin/moto_server"));
+    named
+        .or(venv.filter(|p| p.is_file()))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "moto_server not found: `pip install 'moto[server]'` and set MSK_SYNC_MOTO=/path/to/moto_server \
+                 (`cargo xtask test` installs it into ~/.cache/msk-sync-ci-venv)"
+            )
+        })
+}
+
+/// A moto server (an AWS API emulator) of the test's own, on a free loopback port; killed when dropped.
+pub struct MotoServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _child: tokio::process::Child,
+}
+
+impl MotoServer {
+    /// Starts moto_server with `env` added to its environment and waits until it listens.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = tokio::process::Command::new(moto_server())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start moto_server");
+        assert!(
+            listening(port, 600, std::time::Duration::from_millis(50)).await,
+            "moto_server did not listen on port {port} within 30 s"
+        );
+        Self {
+            port,
+            _child: child,
+        }
+    }
+
+    /// Its endpoint URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
