@@ -643,7 +643,8 @@ async fn mock_a_database_outage_is_retried_until_the_runner_catches_up() {
     let handler = Arc::new(entity_sync_handler(&proxied).await);
     let mut o = options(&brokers, "outage");
     o.batch_size = 50;
-    o.exit_when_idle = Some(Duration::from_secs(8));
+    // Shorter than the outage's retries (0.5 + 1 + 2 + 4 s): time spent retrying a batch is not idle time.
+    o.exit_when_idle = Some(Duration::from_secs(3));
     let runner = tokio::spawn(local::consume(
         handler,
         o,

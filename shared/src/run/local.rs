@@ -106,7 +106,8 @@ pub struct ConsumeOptions {
     pub max_batch_bytes: usize,
     /// Stop (exit 0) once this many records were applied and committed.
     pub max_records: Option<u64>,
-    /// Stop (exit 0) when no record arrived for this long, counted from the first assignment.
+    /// Stop (exit 0) when no record arrived and no batch was applied for this long, counted from the first
+    /// assignment.
     pub exit_when_idle: Option<Duration>,
     /// Fail ([`ConsumeError::NotAssigned`]) when the group assigned no partition for this long after the start;
     /// `None` waits for ever, as a service waits for its broker.
@@ -457,6 +458,9 @@ impl<H: BatchHandler> Runner<H> {
             if let Err(e) = self.apply(batch, &mut next_progress, started) {
                 break Err(e);
             }
+            // Applying a batch, and retrying it while the database is away, is not idle time: its partitions
+            // were paused meanwhile, so their next records only start to flow now.
+            last_record = Instant::now();
         };
         self.write_progress(started, "stopping");
         // Leaving the group now hands the partitions over at once instead of after the session timeout.
@@ -523,7 +527,7 @@ impl<H: BatchHandler> Runner<H> {
                 }
             };
             let Some(next) = next else {
-                // Idle time counts from the first assignment, then from the last record or the last rebalance:
+                // Idle time counts from the first assignment, then from the last record, batch applied or rebalance:
                 // a runner waiting for the group (joining takes tansu ~20 s; a dead member's session must time
                 // out) has not run dry.
                 let context = self.consumer.context();
