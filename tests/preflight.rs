@@ -383,7 +383,11 @@ struct LeastPrivileged {
 impl LeastPrivileged {
     /// SELECT, INSERT, UPDATE and DELETE on the tables that exist in `db`, nothing else (no CREATE).
     async fn create(db: &TestDb, tables: &[&str]) -> Self {
-        let name = format!("msk_lp_{}", std::process::id());
+        // One user per call: the tests of this binary run concurrently (same process id), and one test
+        // dropping and re-creating a user another test is connected as failed that other test.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("msk_lp_{}_{n}", std::process::id());
         let db_name = db
             .url
             .rsplit('/')
