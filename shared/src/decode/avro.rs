@@ -691,9 +691,6 @@ impl AvroSchema {
         c.resolve_cost = c.resolve_cost.saturating_add(unions);
         // The value itself (a message, or an array's item); strings and fields add their own below.
         c.charge(at, std::mem::size_of::<Message<'static>>())?;
-        let out_of_range = |c: &Cursor<'_>, e: DecodeError| match e {
-            DecodeError::Permanent(m) | DecodeError::Transient(m) => c.bad(at, m),
-        };
         Ok(match &self.nodes[id] {
             Node::Null => Message::Null,
             Node::Boolean => match c.take(1, "boolean")?[0] {
@@ -810,6 +807,27 @@ impl AvroSchema {
                 let factor = branches.len().max(2) as u64;
                 self.value(*branch, c, depth, unions.saturating_mul(factor))?
             }
+            logical @ (Node::Date
+            | Node::TimeMillis
+            | Node::TimeMicros
+            | Node::Timestamp(..)
+            | Node::UuidString
+            | Node::UuidBytes
+            | Node::UuidFixed(_)
+            | Node::Decimal(..)
+            | Node::BigDecimal
+            | Node::Duration(_)) => Self::logical(logical, c, at)?,
+            Node::Pending => return Err(c.bad(at, "the schema has an unresolved type")),
+        })
+    }
+
+    /// A value of a logical type (date, time, timestamp, uuid, decimal, duration) as its JSON text or object;
+    /// `at` is where the value starts, for errors.
+    fn logical<'a>(node: &Node, c: &mut Cursor<'a>, at: usize) -> Res<Message<'a>> {
+        let out_of_range = |c: &Cursor<'_>, e: DecodeError| match e {
+            DecodeError::Permanent(m) | DecodeError::Transient(m) => c.bad(at, m),
+        };
+        Ok(match node {
             Node::Date => {
                 let days = c.int()?;
                 let date = NaiveDate::from_ymd_opt(1970, 1, 1)
@@ -838,7 +856,7 @@ impl AvroSchema {
                 Message::from(uuid.to_string())
             }
             Node::UuidBytes | Node::UuidFixed(_) => {
-                let b = match &self.nodes[id] {
+                let b = match node {
                     Node::UuidFixed(n) => c.take(*n, "uuid")?,
                     _ => c.bytes("uuid")?,
                 };
@@ -877,7 +895,7 @@ impl AvroSchema {
                 let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
                 Message::from(serde_json::json!({"months": u(0), "days": u(4), "millis": u(8)}))
             }
-            Node::Pending => return Err(c.bad(at, "the schema has an unresolved type")),
+            _ => return Err(c.bad(at, "not a logical type")),
         })
     }
 }
