@@ -11,21 +11,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, ConfigLoader, Region};
+use aws_config::{ConfigLoader, Region};
 use aws_sdk_glue::Client;
 use aws_sdk_glue::error::{DisplayErrorContext, ProvideErrorMetadata};
-use tokio::sync::OnceCell;
 
+use super::aws::LazyClient;
 use crate::decode::glue::{GlueConfig, GlueSchemaVersion, GlueSource};
 use crate::decode::{Codec, DecodeError};
-
-type Customize = Arc<dyn Fn(ConfigLoader) -> ConfigLoader + Send + Sync>;
 
 /// GetSchemaVersion on one registry's account and region.
 pub struct GlueClient {
     config: GlueConfig,
-    customize: Option<Customize>,
-    client: OnceCell<Client>,
+    client: LazyClient<Client>,
 }
 
 impl std::fmt::Debug for GlueClient {
@@ -42,8 +39,7 @@ impl GlueClient {
     pub fn new(config: &GlueConfig) -> Self {
         Self {
             config: config.clone(),
-            customize: None,
-            client: OnceCell::new(),
+            client: LazyClient::new(),
         }
     }
 
@@ -53,29 +49,22 @@ impl GlueClient {
         mut self,
         customize: impl Fn(ConfigLoader) -> ConfigLoader + Send + Sync + 'static,
     ) -> Self {
-        self.customize = Some(Arc::new(customize));
+        self.client.customize(Arc::new(customize));
         self
     }
 
-    fn config_loader(&self) -> ConfigLoader {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(super::secret::http_client());
-        if let Some(region) = &self.config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &self.config.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        match &self.customize {
-            Some(customize) => customize(loader),
-            None => loader,
-        }
-    }
-
     async fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| async { Client::new(&self.config_loader().load().await) })
-            .await
+        let config = &self.config;
+        let adjust = |mut loader: ConfigLoader| {
+            if let Some(region) = &config.region {
+                loader = loader.region(Region::new(region.clone()));
+            }
+            if let Some(endpoint) = &config.endpoint {
+                loader = loader.endpoint_url(endpoint);
+            }
+            loader
+        };
+        self.client.get(adjust, Client::new).await
     }
 
     async fn fetch(&self, id: &str) -> Result<GlueSchemaVersion, DecodeError> {

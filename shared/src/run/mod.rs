@@ -2,6 +2,8 @@
 //! line ([`cli`]: `replay`, `config check`, and `consume` / `publish` on a Kafka broker with the `kafka` feature:
 //! [`local`]). A function's `main` builds an [`App`] and calls [`main`].
 
+#[cfg(feature = "aws")]
+mod aws;
 pub mod cli;
 #[cfg(feature = "aws")]
 pub mod glue;

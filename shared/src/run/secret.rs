@@ -19,13 +19,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, ConfigLoader};
+use aws_config::ConfigLoader;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 use sea_orm::{DbErr, RuntimeErr};
 use serde_json::Value;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
+use super::aws::LazyClient;
+pub use super::aws::http_client;
 use super::open_sink;
 use crate::event::MskEvent;
 use crate::pipeline::{Handler, HandlerError, Pipeline};
@@ -46,13 +48,10 @@ pub fn env_secret_arn() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-type Customize = Arc<dyn Fn(ConfigLoader) -> ConfigLoader + Send + Sync>;
-
 /// One secret in Secrets Manager, read on demand with a client built on first use.
 pub struct SecretSource {
     secret_id: String,
-    customize: Option<Customize>,
-    client: OnceCell<Client>,
+    client: LazyClient<Client>,
 }
 
 impl std::fmt::Debug for SecretSource {
@@ -78,8 +77,7 @@ impl SecretSource {
     pub fn new(secret_id: impl Into<String>) -> Self {
         Self {
             secret_id: secret_id.into(),
-            customize: None,
-            client: OnceCell::new(),
+            client: LazyClient::new(),
         }
     }
 
@@ -89,7 +87,7 @@ impl SecretSource {
         mut self,
         customize: impl Fn(ConfigLoader) -> ConfigLoader + Send + Sync + 'static,
     ) -> Self {
-        self.customize = Some(Arc::new(customize));
+        self.client.customize(Arc::new(customize));
         self
     }
 
@@ -100,17 +98,11 @@ impl SecretSource {
 
     /// The AWS configuration the client is built from: the environment's, over rustls with `ring`.
     pub fn config_loader(&self) -> ConfigLoader {
-        let loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
-        match &self.customize {
-            Some(customize) => customize(loader),
-            None => loader,
-        }
+        self.client.config_loader(|loader| loader)
     }
 
     async fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| async { Client::new(&self.config_loader().load().await) })
-            .await
+        self.client.get(|loader| loader, Client::new).await
     }
 
     /// Reads the secret now and turns it into a database URL.
@@ -161,15 +153,6 @@ impl SecretSource {
             .ok_or_else(|| error("it has no SecretString (a binary secret is not read)".into()))?;
         url_from_secret(text).map_err(error)
     }
-}
-
-/// The HTTPS client of the AWS SDK: hyper on rustls with `ring` (aws-lc-rs is the SDK's default, a C build
-/// that the rest of the binary does not need), the system's root certificates.
-pub fn http_client() -> aws_sdk_secretsmanager::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
 }
 
 /// A database URL from a secret's text: a URL as it is, or the RDS / Aurora JSON shape. Errors name the
