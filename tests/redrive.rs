@@ -65,19 +65,9 @@ fn event(topic: &str, changes: &[(&str, i64, &str)], first_offset: i64) -> Value
 /// Replays `event` with `config` through the CLI; the one report.
 async fn replay_event(db: &TestDb, config: &str, event: &Value, name: &str) -> BatchReport {
     let config = db.write("sync.toml", config);
+    // An absolute path: `event_file` joins it as it is.
     let file = db.write(name, &event.to_string());
-    let run = cli(
-        &entity_sync(),
-        &[
-            "replay",
-            "--database-url",
-            &db.url,
-            "--config",
-            &config.display().to_string(),
-            &file.display().to_string(),
-        ],
-    )
-    .await;
+    let run = replay_config(db, &config, &[&file.display().to_string()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let mut reports = run.reports();
     assert_eq!(reports.len(), 1);
@@ -354,19 +344,7 @@ async fn a_container_file_redrives_only_its_dead_lettered_messages(backend: Back
     // of them is made a dead letter by hand (as a refused row would be), with a row pointing at the holder.
     let toml_path = event_file("avro.toml");
     let toml = std::fs::read_to_string(&toml_path).unwrap();
-    let file = event_file("planet-avro-ocf.json");
-    let run = cli(
-        &entity_sync(),
-        &[
-            "replay",
-            "--database-url",
-            &db.url,
-            "--config",
-            &toml_path.display().to_string(),
-            &file.display().to_string(),
-        ],
-    )
-    .await;
+    let run = replay_config(&db, &toml_path, &["planet-avro-ocf.json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let applied = run.reports()[0].upserted;
     assert!(applied >= 2, "the sample holds several messages");
@@ -378,7 +356,9 @@ async fn a_container_file_redrives_only_its_dead_lettered_messages(backend: Back
     let table = &tables[0];
     let rows_before = db.count(table).await;
     // Every row of the table deleted but one message's: redrive must bring back that one only.
-    let event: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let event: Value =
+        serde_json::from_str(&std::fs::read_to_string(event_file("planet-avro-ocf.json")).unwrap())
+            .unwrap();
     let record = event["records"]
         .as_object()
         .unwrap()
