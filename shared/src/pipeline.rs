@@ -456,62 +456,78 @@ impl Pipeline {
                 key: key.as_deref(),
                 key_value: key_value.as_ref(),
             };
-            let (sync, Decoded { messages, schema }) =
-                match self.open(&decoder, &meta, &mut value_buf)? {
-                    Opened::Messages(sync, decoded) => (sync, decoded),
-                    Opened::Settled(sync, fate) => {
-                        seen.sync = sync.map(|s| self.mappings.items[s].name());
-                        batch.settle_record(only, seen, fate, inspect);
-                        continue;
-                    }
-                };
-            seen.sync = Some(self.mappings.items[sync].name());
-            let filter = self.filters.get(&record.topic);
-            let mask = self
-                .masks
-                .get(&record.topic)
-                .map(|rule| rule.mask_for(schema.as_deref()));
-            let held = messages.len();
-            for (index, mut message) in messages.into_iter().enumerate() {
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                if only.is_some_and(|o| o.binary_search(&index).is_err()) {
+            let (sync, decoded) = match self.open(&decoder, &meta, &mut value_buf)? {
+                Opened::Messages(sync, decoded) => (sync, decoded),
+                Opened::Settled(sync, fate) => {
+                    seen.sync = sync.map(|s| self.mappings.items[s].name());
+                    batch.settle_record(only, seen, fate, inspect);
                     continue;
                 }
-                inject(&mut message, record);
-                let fate = self.step(sync, &mut message, filter, mask.as_ref(), &meta);
-                // A message that was filtered out, or could not be masked, is never shown.
-                let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
-                let at = Origin {
-                    record: position,
-                    index,
-                };
-                let message = shown.then_some(&message);
-                batch.settle(
-                    Seen {
-                        at,
-                        message,
-                        ..seen
-                    },
-                    fate,
-                    inspect,
-                );
-            }
-            let gone = only
-                .unwrap_or_default()
-                .iter()
-                .filter(|&&i| usize::try_from(i).is_ok_and(|i| i >= held));
-            for &index in gone {
-                let at = Origin {
-                    record: position,
-                    index,
-                };
-                let reason = format!(
-                    "message {index} is not in the record any more: its value decodes to {held} message(s)"
-                );
-                batch.settle(Seen { at, ..seen }, Fate::DeadLetter(reason), inspect);
-            }
+            };
+            seen.sync = Some(self.mappings.items[sync].name());
+            self.settle_messages(&mut batch, sync, decoded, only, seen, &meta, inspect);
         }
         Ok(batch.finish(&event.records, order))
+    }
+
+    /// Settles each message of a record decoded for `sync` (only the `only` ones when redrive selects some:
+    /// a selected message the value no longer holds is dead-lettered).
+    #[allow(clippy::too_many_arguments)] // the record as plan_selected holds it, and where it goes
+    fn settle_messages<'e>(
+        &self,
+        batch: &mut Batch<'e>,
+        sync: usize,
+        Decoded { messages, schema }: Decoded<'_>,
+        only: Option<&[u32]>,
+        seen: Seen<'_, 'e>,
+        meta: &Meta<'_>,
+        inspect: &mut dyn FnMut(Inspection<'_>),
+    ) {
+        let (record, position) = (seen.record, seen.at.record);
+        let filter = self.filters.get(&record.topic);
+        let mask = self
+            .masks
+            .get(&record.topic)
+            .map(|rule| rule.mask_for(schema.as_deref()));
+        let held = messages.len();
+        for (index, mut message) in messages.into_iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            if only.is_some_and(|o| o.binary_search(&index).is_err()) {
+                continue;
+            }
+            inject(&mut message, record);
+            let fate = self.step(sync, &mut message, filter, mask.as_ref(), meta);
+            // A message that was filtered out, or could not be masked, is never shown.
+            let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
+            let at = Origin {
+                record: position,
+                index,
+            };
+            let message = shown.then_some(&message);
+            batch.settle(
+                Seen {
+                    at,
+                    message,
+                    ..seen
+                },
+                fate,
+                inspect,
+            );
+        }
+        let gone = only
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&i| usize::try_from(i).is_ok_and(|i| i >= held));
+        for &index in gone {
+            let at = Origin {
+                record: position,
+                index,
+            };
+            let reason = format!(
+                "message {index} is not in the record any more: its value decodes to {held} message(s)"
+            );
+            batch.settle(Seen { at, ..seen }, Fate::DeadLetter(reason), inspect);
+        }
     }
 
     /// A record's sync and its value decoded into messages, or the fate of the whole record when it has no
