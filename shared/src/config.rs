@@ -290,6 +290,10 @@ impl Config {
         let pipeline = Pipeline::new(codec, typed.unwrap_or(declarative))
             .and_then(|p| p.with_filters(filters))
             .and_then(|p| p.with_masks(masks))?;
+        let pipeline = match self.codec.threads {
+            Some(threads) => pipeline.with_threads(threads),
+            None => pipeline,
+        };
         Ok(Compiled {
             pipeline,
             sink,
@@ -328,6 +332,24 @@ pub(crate) fn sync_label(i: usize, sync: &SyncConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_threads_caps_the_decode_threads_and_cannot_be_zero() {
+        let compiled = Config::from_toml("[codec]\nthreads = 3\n")
+            .unwrap()
+            .compile(Some(Vec::new()))
+            .unwrap();
+        assert_eq!(compiled.pipeline.threads(), 3);
+        let problems = Config::from_toml("[codec]\nthreads = 0\n")
+            .unwrap()
+            .problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "codec.threads must be at least 1"),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn unknown_keys_are_errors_with_a_location() {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::change::{Change, route};
+use crate::decode::avro::Budget;
 use crate::decode::{Codec, DecodeError, Decoded, Decoder};
 use crate::event::{MskEvent, Record};
 use crate::filter::Filter;
@@ -30,6 +31,8 @@ pub struct Pipeline {
     mappings: ByTopic<Arc<dyn Mapping>>,
     filters: ByTopic<Filter>,
     masks: ByTopic<MaskRule>,
+    /// The most threads [`Pipeline::plan_batch`] decodes a batch on.
+    threads: usize,
 }
 
 /// Things chosen by topic (syncs, filters, masks): exact names, then globs in order, then `*`.
@@ -139,7 +142,8 @@ struct Seen<'s, 'e> {
     record: &'e Record<'e>,
     at: Origin,
     key: Option<&'s str>,
-    sync: Option<&'s str>,
+    /// The sync it was routed to, by its index in the pipeline's mappings.
+    sync: Option<usize>,
     /// The message as it would be mapped; `None` when it was not decoded, filtered, or could not be masked.
     message: Option<&'s Message<'s>>,
 }
@@ -167,6 +171,92 @@ enum Opened<'m> {
     Settled(Option<usize>, Fate),
 }
 
+/// Where the per-record steps put each message's fate ([`Pipeline::work`]): straight into the batch, shown to
+/// `inspect` ([`Direct`]), or kept for settling later in batch order ([`Collect`], on a worker thread).
+trait Settle<'e> {
+    /// One message's fate.
+    fn message(&mut self, seen: Seen<'_, 'e>, fate: Fate);
+
+    /// A fate of a whole record: once, or once for each of its `only` (selected) messages.
+    fn record(&mut self, only: Option<&[u32]>, seen: Seen<'_, 'e>, fate: Fate) {
+        match only {
+            None => self.message(seen, fate),
+            Some(indices) => {
+                for &index in indices {
+                    let at = Origin { index, ..seen.at };
+                    self.message(Seen { at, ..seen }, fate.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Fates settled as they come, on the planning thread.
+struct Direct<'b, 'e, 'i> {
+    batch: &'b mut Batch<'e>,
+    inspect: &'i mut dyn FnMut(Inspection<'_>),
+}
+
+impl<'e> Settle<'e> for Direct<'_, 'e, '_> {
+    fn message(&mut self, seen: Seen<'_, 'e>, fate: Fate) {
+        self.batch.settle(seen, fate, self.inspect);
+    }
+}
+
+/// A message's fate as a worker thread keeps it: all but what only `inspect` would show.
+struct Settled<'e> {
+    record: &'e Record<'e>,
+    at: Origin,
+    sync: Option<usize>,
+    fate: Fate,
+}
+
+/// Fates kept in the order they came, to be settled in batch order once every thread is done.
+struct Collect<'e>(Vec<Settled<'e>>);
+
+impl<'e> Settle<'e> for Collect<'e> {
+    fn message(&mut self, seen: Seen<'_, 'e>, fate: Fate) {
+        self.0.push(Settled {
+            record: seen.record,
+            at: seen.at,
+            sync: seen.sync,
+            fate,
+        });
+    }
+}
+
+/// The fewest records worth a thread of their own: below this, starting one costs more than it saves.
+const MIN_RECORDS_PER_THREAD: usize = 512;
+
+/// How [`Pipeline::plan_batch`] divides a batch among at most `threads` threads: runs of positions in
+/// `order`, each about the same bytes of keys and values (a container file can be a thousand records' worth),
+/// each at least [`MIN_RECORDS_PER_THREAD`] records.
+fn runs(event: &MskEvent<'_>, order: &[usize], threads: usize) -> Vec<std::ops::Range<usize>> {
+    let n = threads.min(order.len() / MIN_RECORDS_PER_THREAD).max(1);
+    if n == 1 {
+        return std::iter::once(0..order.len()).collect();
+    }
+    let size = |i: usize| {
+        let r = &event.records[i];
+        // A record's fixed cost (its fields, its row) counts for something even when it has no value.
+        64 + r.key.as_deref().map_or(0, str::len) + r.value.as_deref().map_or(0, str::len)
+    };
+    let total: usize = order.iter().map(|&i| size(i)).sum();
+    let mut runs = Vec::with_capacity(n);
+    let (mut start, mut so_far) = (0, 0);
+    for (position, &i) in order.iter().enumerate() {
+        so_far += size(i);
+        let done = runs.len() + 1;
+        if done < n && so_far >= total / n * done && position + 1 - start >= MIN_RECORDS_PER_THREAD
+        {
+            runs.push(start..position + 1);
+            start = position + 1;
+        }
+    }
+    runs.push(start..order.len());
+    runs
+}
+
 /// A decoder's answer by failure class: `Err` (transient) fails the batch, `Ok(Err(reason))` dead-letters.
 fn permanent<T>(decoded: Result<T, DecodeError>) -> Result<Result<T, String>, DecodeError> {
     match decoded {
@@ -186,6 +276,8 @@ struct Batch<'e> {
     report: BatchReport,
     changes: Vec<Changes>,
     dead_letters: Vec<DeadLetter<'e>>,
+    /// The pipeline's mappings, for the names `inspect` shows.
+    syncs: Vec<Arc<dyn Mapping>>,
 }
 
 impl<'e> Batch<'e> {
@@ -205,6 +297,7 @@ impl<'e> Batch<'e> {
                 })
                 .collect(),
             dead_letters: Vec::new(),
+            syncs: mappings.to_vec(),
         }
     }
 
@@ -222,7 +315,7 @@ impl<'e> Batch<'e> {
             index: seen.at.index,
             key: seen.key,
             outcome: fate.outcome(),
-            sync: seen.sync,
+            sync: seen.sync.map(|s| self.syncs[s].name()),
             reason: match &fate {
                 Fate::DeadLetter(reason) => Some(reason),
                 _ => None,
@@ -247,25 +340,6 @@ impl<'e> Batch<'e> {
                 // Its occurrence is counted once the batch is planned, and only if something was dead-lettered.
                 self.dead_letters
                     .push(DeadLetter::new(record, seen.at, 0, reason));
-            }
-        }
-    }
-
-    /// Settles a fate of a whole record: once, or once for each of its `only` (selected) messages.
-    fn settle_record(
-        &mut self,
-        only: Option<&[u32]>,
-        seen: Seen<'_, 'e>,
-        fate: Fate,
-        inspect: &mut dyn FnMut(Inspection<'_>),
-    ) {
-        match only {
-            None => self.settle(seen, fate, inspect),
-            Some(indices) => {
-                for &index in indices {
-                    let at = Origin { index, ..seen.at };
-                    self.settle(Seen { at, ..seen }, fate.clone(), inspect);
-                }
             }
         }
     }
@@ -375,7 +449,22 @@ impl Pipeline {
             mappings: ByTopic::new(mappings)?,
             filters: ByTopic::new(Vec::new())?,
             masks: ByTopic::new(Vec::new())?,
+            threads: default_threads(),
         })
+    }
+
+    /// At most `threads` threads for [`Pipeline::plan_batch`] (at least 1). The default is the CPUs this
+    /// process may use (`codec.threads` sets it). Lambda shows a function two CPUs up to 3,008 MB and six at
+    /// 10,240 MB but grants CPU time by memory (one CPU's worth at 1,769 MB), so a second thread pays off above
+    /// that; below, the threads share one CPU's time and cost little more than one.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The most threads [`Pipeline::plan_batch`] decodes a batch on.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Emit filters by topic pattern; a topic no pattern matches passes every message.
@@ -421,6 +510,85 @@ impl Pipeline {
         self.plan_selected(event, None, inspect)
     }
 
+    /// [`Pipeline::plan`] without inspecting the messages, on as many threads as [`Pipeline::threads`] allows
+    /// for a batch this size: what the handler runs. The plan is the one [`Pipeline::plan`] makes.
+    ///
+    /// Each thread takes a run of the batch's records in order (about the same bytes each) and decodes, filters,
+    /// masks and maps them with its own buffers and decoder; what becomes of each message is then settled in
+    /// batch order on this thread, so the collapse per key, the report and the dead letters are the same as one
+    /// thread's. Each thread's decoder draws on its own copy of the batch's budget for container files and
+    /// Protobuf messages; when the draws together go past the budget, which one thread would have refused part
+    /// way, the batch is planned again on one thread, so that the same records are refused.
+    pub fn plan_batch<'e>(&self, event: &'e MskEvent<'_>) -> Result<Plan<'e>, DecodeError> {
+        let order = event.order();
+        let runs = runs(event, &order, self.threads);
+        if runs.len() < 2 {
+            return self.plan_selected(event, None, &mut |_| {});
+        }
+        let decoder = self.codec.decoder();
+        let worked = std::thread::scope(|scope| {
+            let mut rest = runs[1..]
+                .iter()
+                .map(|run| {
+                    let (decoder, order) = (decoder.fresh(), &order);
+                    scope.spawn(move || self.work_run(&decoder, event, order, run.clone()))
+                })
+                .collect::<Vec<_>>()
+                .into_iter();
+            let first = self.work_run(&decoder, event, &order, runs[0].clone());
+            std::iter::once(first)
+                .chain(rest.by_ref().map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                }))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let budgets: Vec<Budget> = worked.iter().map(|(_, budget)| *budget).collect();
+        if !Budget::fits_together(&budgets) {
+            tracing::debug!(
+                records = event.record_count(),
+                "the batch's threads drew past its decode budget together: planning it on one thread"
+            );
+            return self.plan_selected(event, None, &mut |_| {});
+        }
+        let mut batch = Batch::new(&self.mappings.items, event.record_count());
+        let mut direct = Direct {
+            batch: &mut batch,
+            inspect: &mut |_| {},
+        };
+        for (settled, _) in worked {
+            for s in settled {
+                let seen = Seen {
+                    record: s.record,
+                    at: s.at,
+                    key: None,
+                    sync: s.sync,
+                    message: None,
+                };
+                direct.message(seen, s.fate);
+            }
+        }
+        Ok(batch.finish(&event.records, order))
+    }
+
+    /// The records at `run` of `order`, each through every per-record step with `decoder`; what became of each
+    /// message, to be settled in batch order, and what the run drew from the decoder's budget.
+    fn work_run<'e>(
+        &self,
+        decoder: &Decoder<'_>,
+        event: &'e MskEvent<'_>,
+        order: &[usize],
+        run: std::ops::Range<usize>,
+    ) -> Result<(Vec<Settled<'e>>, Budget), DecodeError> {
+        let mut out = Collect(Vec::with_capacity(run.len()));
+        let mut bufs = (Vec::new(), Vec::new());
+        for position in run {
+            let record = &event.records[order[position]];
+            self.work(decoder, record, position, None, &mut bufs, &mut out)?;
+        }
+        Ok((out.0, decoder.budget()))
+    }
+
     /// [`Pipeline::plan`] of only some messages: `selected[i]` lists (ascending) the message indices of the
     /// event's record `i` to plan (`redrive`: the ones that were dead-lettered; the others were applied
     /// already). A record that fails as a whole settles each of its selected messages with that fate, and a
@@ -434,54 +602,71 @@ impl Pipeline {
     ) -> Result<Plan<'e>, DecodeError> {
         let order = event.order();
         let mut batch = Batch::new(&self.mappings.items, event.record_count());
+        let mut direct = Direct {
+            batch: &mut batch,
+            inspect,
+        };
         let decoder = self.codec.decoder();
-        let (mut key_buf, mut value_buf) = (Vec::new(), Vec::new());
+        let mut bufs = (Vec::new(), Vec::new());
         for (position, &i) in order.iter().enumerate() {
-            let record = &event.records[i];
             let only: Option<&[u32]> =
                 selected.map(|s| s.get(i).map(Vec::as_slice).unwrap_or_default());
-            let mut seen = Seen::new(record, position);
-            let key_value =
-                match permanent(decoder.decode_key(record.key.as_deref(), &mut key_buf))? {
-                    Ok(key_value) => key_value,
-                    Err(reason) => {
-                        batch.settle_record(only, seen, Fate::DeadLetter(reason), inspect);
-                        continue;
-                    }
-                };
-            let key = key_value.as_ref().map(key_text);
-            seen.key = key.as_deref();
-            let meta = Meta {
-                record,
-                key: key.as_deref(),
-                key_value: key_value.as_ref(),
-            };
-            let (sync, decoded) = match self.open(&decoder, &meta, &mut value_buf)? {
-                Opened::Messages(sync, decoded) => (sync, decoded),
-                Opened::Settled(sync, fate) => {
-                    seen.sync = sync.map(|s| self.mappings.items[s].name());
-                    batch.settle_record(only, seen, fate, inspect);
-                    continue;
-                }
-            };
-            seen.sync = Some(self.mappings.items[sync].name());
-            self.settle_messages(&mut batch, sync, decoded, only, seen, &meta, inspect);
+            let record = &event.records[i];
+            self.work(&decoder, record, position, only, &mut bufs, &mut direct)?;
         }
         Ok(batch.finish(&event.records, order))
     }
 
+    /// One record through every per-record step: its key decoded, its value opened, each of its messages (the
+    /// `only` ones, when redrive selects some) filtered, masked, routed and mapped, and each fate handed to
+    /// `out`. `bufs` are the key and value buffers, reused from record to record.
+    fn work<'e>(
+        &self,
+        decoder: &Decoder<'_>,
+        record: &'e Record<'e>,
+        position: usize,
+        only: Option<&[u32]>,
+        (key_buf, value_buf): &mut (Vec<u8>, Vec<u8>),
+        out: &mut dyn Settle<'e>,
+    ) -> Result<(), DecodeError> {
+        let mut seen = Seen::new(record, position);
+        let key_value = match permanent(decoder.decode_key(record.key.as_deref(), key_buf))? {
+            Ok(key_value) => key_value,
+            Err(reason) => {
+                out.record(only, seen, Fate::DeadLetter(reason));
+                return Ok(());
+            }
+        };
+        let key = key_value.as_ref().map(key_text);
+        seen.key = key.as_deref();
+        let meta = Meta {
+            record,
+            key: key.as_deref(),
+            key_value: key_value.as_ref(),
+        };
+        match self.open(decoder, &meta, value_buf)? {
+            Opened::Messages(sync, decoded) => {
+                seen.sync = Some(sync);
+                self.settle_messages(out, sync, decoded, only, seen, &meta);
+            }
+            Opened::Settled(sync, fate) => {
+                seen.sync = sync;
+                out.record(only, seen, fate);
+            }
+        }
+        Ok(())
+    }
+
     /// Settles each message of a record decoded for `sync` (only the `only` ones when redrive selects some:
     /// a selected message the value no longer holds is dead-lettered).
-    #[allow(clippy::too_many_arguments)] // the record as plan_selected holds it, and where it goes
     fn settle_messages<'e>(
         &self,
-        batch: &mut Batch<'e>,
+        out: &mut dyn Settle<'e>,
         sync: usize,
         Decoded { messages, schema }: Decoded<'_>,
         only: Option<&[u32]>,
         seen: Seen<'_, 'e>,
         meta: &Meta<'_>,
-        inspect: &mut dyn FnMut(Inspection<'_>),
     ) {
         let (record, position) = (seen.record, seen.at.record);
         let filter = self.filters.get(&record.topic);
@@ -504,14 +689,13 @@ impl Pipeline {
                 index,
             };
             let message = shown.then_some(&message);
-            batch.settle(
+            out.message(
                 Seen {
                     at,
                     message,
                     ..seen
                 },
                 fate,
-                inspect,
             );
         }
         let gone = only
@@ -526,7 +710,7 @@ impl Pipeline {
             let reason = format!(
                 "message {index} is not in the record any more: its value decodes to {held} message(s)"
             );
-            batch.settle(Seen { at, ..seen }, Fate::DeadLetter(reason), inspect);
+            out.message(Seen { at, ..seen }, Fate::DeadLetter(reason));
         }
     }
 
@@ -600,6 +784,11 @@ impl Pipeline {
         };
         fate.unwrap_or_else(Fate::DeadLetter)
     }
+}
+
+/// The CPUs this process may use (its affinity and cgroup quota), 1 when that cannot be told.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// The record key as mappings and reports see it: a string as it is, any other key as compact JSON.
@@ -698,7 +887,7 @@ impl Handler {
             order,
         } = self
             .pipeline
-            .plan(event, &mut |_| {})
+            .plan_batch(event)
             .map_err(|e| HandlerError::Transient(format!("batch not applied (retry it): {e}")))?;
         let records = &event.records;
         // Rows the database refuses are dead-lettered while the batch is applied, with the same coordinates
@@ -765,6 +954,159 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use base64::Engine as _;
+    use serde_json::json;
+
+    fn b64(bytes: impl AsRef<[u8]>) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// `records` planet changes over three partitions, timestamps interleaved with jitter, and among them what
+    /// a hostile producer sends: values that are not base64, not JSON, an unknown changeType, tombstones.
+    fn mixed_event(records: usize, value: impl Fn(usize) -> String) -> MskEvent<'static> {
+        let mut lists = vec![Vec::new(), Vec::new(), Vec::new()];
+        for i in 0..records {
+            let planet = (i * 7919) % 300;
+            let p = planet % 3;
+            let offset = lists[p].len();
+            let value = match i {
+                i if i % 97 == 0 => json!("!!! not base64"),
+                i if i % 89 == 0 => json!(b64("{not json")),
+                i if i % 83 == 0 => Value::Null,
+                i => json!(value(i)),
+            };
+            lists[p].push(json!({
+                "topic": "planets", "partition": p, "offset": offset,
+                "timestamp": 1_764_000_000_000_i64 + (i as i64) * 3 + (i % 5) as i64,
+                "timestampType": "CREATE_TIME", "key": b64(format!("p{planet}")), "value": value,
+                "headers": []
+            }));
+        }
+        let lists: serde_json::Map<String, Value> = lists
+            .into_iter()
+            .enumerate()
+            .map(|(p, l)| (format!("planets-{p}"), Value::Array(l)))
+            .collect();
+        MskEvent::from_value(json!({"eventSource": "aws:kafka", "records": lists})).unwrap()
+    }
+
+    fn json_value(i: usize) -> String {
+        let planet = (i * 7919) % 300;
+        let change = match i {
+            i if i % 31 == 0 => "EXPLODED",
+            i if i % 10 == 0 => "DELETED",
+            _ => "UPDATED",
+        };
+        b64(json!({"changeType": change, "planetUuid": format!("p{planet}"), "planetName": format!("n{i}")})
+            .to_string())
+    }
+
+    fn pipeline(codec: &str) -> Pipeline {
+        let config = crate::config::Config::from_toml(&format!(
+            r#"{codec}
+[[sync]]
+topics = ["planets"]
+table = "planet"
+key = ["uuid"]
+columns = [{{ name = "uuid", from = "key" }}, {{ name = "name", path = "$.planetName" }}]
+"#
+        ))
+        .unwrap();
+        config.compile(None).unwrap().pipeline
+    }
+
+    /// Everything a plan says, in a form two plans compare by: report, dead letters, the surviving change of
+    /// each key by its origin, order.
+    type Summary = (Value, Vec<String>, Vec<Vec<(Origin, bool)>>, Vec<usize>);
+
+    fn summary(plan: &Plan<'_>) -> Summary {
+        (
+            serde_json::to_value(&plan.report).unwrap(),
+            plan.dead_letters.iter().map(|d| format!("{d:?}")).collect(),
+            plan.changes.iter().map(|c| c.origins().collect()).collect(),
+            plan.order.clone(),
+        )
+    }
+
+    #[test]
+    fn a_batch_planned_on_threads_is_the_batch_planned_on_one() {
+        let event = mixed_event(5_000, json_value);
+        let one = pipeline("").with_threads(1);
+        let four = pipeline("").with_threads(4);
+        assert_eq!(
+            runs(&event, &event.order(), 4).len(),
+            4,
+            "four threads' work"
+        );
+        let alone = one.plan(&event, &mut |_| {}).unwrap();
+        let shared = four.plan_batch(&event).unwrap();
+        assert!(alone.report.dead_lettered > 100, "{:?}", alone.report);
+        assert!(alone.report.superseded > 1_000, "{:?}", alone.report);
+        assert_eq!(summary(&alone), summary(&shared));
+    }
+
+    #[test]
+    fn runs_cover_the_order_once_by_bytes_and_small_batches_stay_on_one_thread() {
+        let event = mixed_event(2_000, json_value);
+        let order = event.order();
+        for threads in 1..=6 {
+            let runs = runs(&event, &order, threads);
+            assert_eq!(runs.len(), threads.min(2_000 / MIN_RECORDS_PER_THREAD));
+            assert_eq!(runs.first().unwrap().start, 0);
+            assert_eq!(runs.last().unwrap().end, order.len());
+            assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(runs.iter().all(|r| r.len() >= MIN_RECORDS_PER_THREAD));
+        }
+        let small = mixed_event(MIN_RECORDS_PER_THREAD * 2 - 1, json_value);
+        assert_eq!(runs(&small, &small.order(), 8).len(), 1);
+    }
+
+    /// A container file of one deflated block holding one planet and `pad` bytes of padding.
+    fn padded_ocf(i: usize, pad: usize) -> String {
+        let schema = apache_avro::Schema::parse_str(
+            r#"{"type": "record", "name": "P", "fields": [
+                {"name": "planetName", "type": "string"}, {"name": "pad", "type": "string"}]}"#,
+        )
+        .unwrap();
+        let codec = apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default());
+        let mut writer = apache_avro::Writer::with_codec(&schema, Vec::new(), codec).unwrap();
+        let record = apache_avro::types::Value::Record(vec![
+            (
+                "planetName".into(),
+                apache_avro::types::Value::String(format!("n{i}")),
+            ),
+            (
+                "pad".into(),
+                apache_avro::types::Value::String("x".repeat(pad)),
+            ),
+        ]);
+        writer.append_value(record).unwrap();
+        b64(writer.into_inner().unwrap())
+    }
+
+    #[test]
+    fn threads_that_draw_past_the_budget_together_refuse_what_one_thread_refuses() {
+        // 2,100 files of ~5 KB inflated: ~10 MiB in all. Within 64 MiB every thread's draw fits; within 4 MiB
+        // one thread refuses all but the first ~800 files, where four threads' copies of the budget would
+        // each let their ~525 through.
+        let event = mixed_event(2_100, |i| padded_ocf(i, 5_000));
+        for (budget, refused) in [(64, false), (4, true)] {
+            let codec = format!("[codec]\nvalue = \"avro-ocf\"\nmax_inflated_mib = {budget}\n");
+            let alone = pipeline(&codec)
+                .with_threads(1)
+                .plan(&event, &mut |_| {})
+                .unwrap();
+            let shared = pipeline(&codec).with_threads(4).plan_batch(&event).unwrap();
+            let over = alone
+                .dead_letters
+                .iter()
+                .filter(|d| d.error.contains("max_inflated_mib"))
+                .count();
+            assert_eq!(over > 500, refused, "{budget} MiB: {over} refused");
+            assert_eq!(summary(&alone), summary(&shared), "{budget} MiB");
+        }
+    }
 
     #[test]
     fn decoders_leave_room_for_exactly_the_injected_fields() {

@@ -112,6 +112,22 @@ impl Budget {
         self.decoded
     }
 
+    /// Whether budgets drawn on separately, each from a fresh copy of one budget (one per thread, each
+    /// decoding a run of the batch's records), stay within that budget taken together. Then one budget drawn
+    /// on by every record in batch order would have let each record draw what it drew (what was drawn before
+    /// it is at most the total) and refused exactly what was refused (a refusing copy had at least as much
+    /// left as the one budget would have had), so the records' fates are the same. Otherwise the caller
+    /// decodes the batch again with one budget.
+    pub fn fits_together(parts: &[Budget]) -> bool {
+        let Some(first) = parts.first() else {
+            return true;
+        };
+        let (inflated, decoded) = parts.iter().fold((0usize, 0usize), |(i, d), b| {
+            (i.saturating_add(b.inflated), d.saturating_add(b.decoded))
+        });
+        inflated <= first.max_inflated && decoded <= first.max_decoded
+    }
+
     /// Estimated bytes of messages the batch may still decode to.
     pub(crate) fn decoded_left(&self) -> usize {
         self.max_decoded.saturating_sub(self.decoded)

@@ -23,6 +23,7 @@ use super::{Codec, Envelope, KeyFormat, SchemaFiles, registry};
 /// reader_schema = "schemas/planet-v2.avsc"    # optional: resolve every Avro value to this schema
 /// max_inflated_mib = 256                      # what a batch's container files may inflate to, in total
 /// max_decoded_mib = 512                       # … and decode to (estimated memory of their messages)
+/// threads = 2                                 # the most threads a batch decodes on (default: the CPUs)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,10 @@ pub struct CodecConfig {
     /// (default [`super::avro::DEFAULT_MAX_DECODED_MIB`]); a record past it is dead-lettered.
     #[serde(default)]
     pub max_decoded_mib: Option<u64>,
+    /// The most threads one batch is decoded on (default: the CPUs the process may use; see
+    /// [`crate::pipeline::Pipeline::plan_batch`]). `1` decodes on the handler's thread only.
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
 impl CodecConfig {
@@ -89,6 +94,9 @@ impl CodecConfig {
         let mut problems = Vec::new();
         let schemas = Schemas::build(self, files, &mut problems);
         let value = format::Value::build(self, &schemas, &mut problems);
+        if self.threads == Some(0) {
+            problems.push("codec.threads must be at least 1".into());
+        }
         match value {
             Some(value) if problems.is_empty() => Ok(Codec {
                 value,

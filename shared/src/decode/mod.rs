@@ -186,7 +186,24 @@ impl Codec {
     }
 }
 
-impl Decoder<'_> {
+impl<'c> Decoder<'c> {
+    /// Another decoder of the same batch, for another thread: the same schemas, and its own fresh copy of
+    /// the batch's budget (see [`avro::Budget::fits_together`]).
+    pub fn fresh(&self) -> Decoder<'c> {
+        Decoder {
+            codec: self.codec,
+            cx: Context {
+                schemas: self.cx.schemas.clone(),
+                budget: Cell::new(self.codec.budget),
+            },
+        }
+    }
+
+    /// What this decoder's budget has drawn so far.
+    pub fn budget(&self) -> avro::Budget {
+        self.cx.budget.get()
+    }
+
     /// Decodes one record value into its messages (an Avro container file may carry several); strings borrow
     /// from `bytes` and field names from the schemas.
     ///

@@ -204,7 +204,7 @@ impl Schemas {
 }
 
 /// The schemas of one batch (see [`Schemas::for_batch`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct BatchSchemas<'c> {
     schemas: &'c Schemas,
     fetched: HashMap<u32, Answer>,
