@@ -227,13 +227,20 @@ fn main() {
             .expect("connect");
         rt.block_on(db.execute_unprepared("DROP TABLE IF EXISTS servicea_planet"))
             .expect("drop");
-        // msk-sync creates the table (planet-sync's DDL); the peer writes the same one.
+        // msk-sync creates the table (planet-sync's DDL); the peer writes the same one. Two handlers: as it
+        // ships (a batch decoded on as many threads as the machine has CPUs) and on one thread, the figure of a
+        // Lambda function under 1,769 MB.
         let handler = rt
             .block_on(planet_sync::app().handler(&Config::default(), Some(&url)))
             .expect("handler");
+        let mut one_thread = Config::default();
+        one_thread.codec.threads = Some(1);
+        let single = rt
+            .block_on(planet_sync::app().handler(&one_thread, Some(&url)))
+            .expect("handler");
         rt.block_on(handler.sink().ensure_tables())
             .expect("create the table");
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut ours, mut theirs, mut ours_single) = (Vec::new(), Vec::new(), Vec::new());
         let mut ratios = Vec::new();
         let mut differing = 0;
         for _ in 0..blocks {
@@ -244,6 +251,13 @@ fn main() {
             clear();
             let a = rt.block_on(msk_sync(&handler, &payloads, rounds));
             let ours_rows = rt.block_on(rows(&db));
+            clear();
+            ours_single.extend(rt.block_on(msk_sync(&single, &payloads, rounds)));
+            assert!(
+                rt.block_on(rows(&db)) == ours_rows,
+                "{name}: msk-sync on one thread left another table than on {}",
+                handler.pipeline().threads()
+            );
             clear();
             let b = python(&python_bin, &alchemy_url, &paths, rounds);
             let theirs_rows = rt.block_on(rows(&db));
@@ -292,6 +306,15 @@ fn main() {
             range(&ratios),
             ms(ours.iter().copied().fold(f64::MAX, f64::min)),
             ms(theirs.iter().copied().fold(f64::MAX, f64::min)),
+        );
+        let c = median(&ours_single);
+        println!(
+            "peer/{name}: msk-sync on {} threads {} per batch, on one thread {} ({:.2}x); the peer against one thread: {:.1}x",
+            handler.pipeline().threads(),
+            ms(a),
+            ms(c),
+            c / a,
+            b / c,
         );
     }
 }
