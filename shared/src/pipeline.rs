@@ -228,6 +228,11 @@ impl<'e> Settle<'e> for Collect<'e> {
 /// The fewest records worth a thread of their own: below this, starting one costs more than it saves.
 const MIN_RECORDS_PER_THREAD: usize = 512;
 
+/// Records per thread in one window of [`Pipeline::plan_batch`]: the fates of a window's records wait to be
+/// settled (each with its row, ~250 bytes), so a window bounds them at a few MB, whatever the file `replay`
+/// reads; a thread is started per window, which costs little next to 8,192 records' work.
+const WINDOW_PER_THREAD: usize = 8_192;
+
 /// How [`Pipeline::plan_batch`] divides a batch among at most `threads` threads: runs of positions in
 /// `order`, each about the same bytes of keys and values (a container file can be a thousand records' worth),
 /// each at least [`MIN_RECORDS_PER_THREAD`] records.
@@ -513,37 +518,63 @@ impl Pipeline {
     /// [`Pipeline::plan`] without inspecting the messages, on as many threads as [`Pipeline::threads`] allows
     /// for a batch this size: what the handler runs. The plan is the one [`Pipeline::plan`] makes.
     ///
-    /// Each thread takes a run of the batch's records in order (about the same bytes each) and decodes, filters,
-    /// masks and maps them with its own buffers and decoder; what becomes of each message is then settled in
-    /// batch order on this thread, so the collapse per key, the report and the dead letters are the same as one
-    /// thread's. Each thread's decoder draws on its own copy of the batch's budget for container files and
-    /// Protobuf messages; when the draws together go past the budget, which one thread would have refused part
-    /// way, the batch is planned again on one thread, so that the same records are refused.
+    /// The batch's records are taken in windows of [`WINDOW_PER_THREAD`] records a thread. Each thread takes
+    /// a run of a window's records in order (about the same bytes each) and decodes, filters, masks and maps
+    /// them with its own buffers and decoder; what becomes of each message is then settled in batch order on
+    /// this thread, so the collapse per key, the report and the dead letters are the same as one thread's, and
+    /// what waits to be settled is one window's, not the batch's. Each thread's decoder draws on its own copy
+    /// of the batch's budget for container files and Protobuf messages; when the draws together go past the
+    /// budget, which one thread would have refused part way, the batch is planned again on one thread, so that
+    /// the same records are refused.
     pub fn plan_batch<'e>(&self, event: &'e MskEvent<'_>) -> Result<Plan<'e>, DecodeError> {
         let order = event.order();
-        let runs = runs(event, &order, self.threads);
-        if runs.len() < 2 {
+        if runs(event, &order, self.threads).len() < 2 {
             return self.plan_selected(event, None, &mut |_| {});
         }
-        let decoder = self.codec.decoder();
-        let worked = std::thread::scope(|scope| {
-            let mut rest = runs[1..]
-                .iter()
-                .map(|run| {
-                    let (decoder, order) = (decoder.fresh(), &order);
-                    scope.spawn(move || self.work_run(&decoder, event, order, run.clone()))
-                })
-                .collect::<Vec<_>>()
-                .into_iter();
-            let first = self.work_run(&decoder, event, &order, runs[0].clone());
-            std::iter::once(first)
-                .chain(rest.by_ref().map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                }))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        let budgets: Vec<Budget> = worked.iter().map(|(_, budget)| *budget).collect();
+        let first = self.codec.decoder();
+        let mut decoders: Vec<Decoder<'_>> = (0..self.threads).map(|_| first.fresh()).collect();
+        let mut batch = Batch::new(&self.mappings.items, event.record_count());
+        let mut direct = Direct {
+            batch: &mut batch,
+            inspect: &mut |_| {},
+        };
+        let window = WINDOW_PER_THREAD * self.threads;
+        for start in (0..order.len()).step_by(window) {
+            let end = order.len().min(start + window);
+            let runs = runs(event, &order[start..end], self.threads);
+            let order = &order;
+            let worked = std::thread::scope(|scope| {
+                let threads: Vec<_> = runs
+                    .iter()
+                    .zip(decoders.drain(..runs.len()))
+                    .map(|(run, decoder)| {
+                        let run = start + run.start..start + run.end;
+                        scope.spawn(move || {
+                            let settled = self.work_run(&decoder, event, order, run);
+                            (decoder, settled)
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect::<Vec<_>>()
+            });
+            for (decoder, settled) in worked {
+                decoders.push(decoder);
+                for s in settled? {
+                    let seen = Seen {
+                        record: s.record,
+                        at: s.at,
+                        key: None,
+                        sync: s.sync,
+                        message: None,
+                    };
+                    direct.message(seen, s.fate);
+                }
+            }
+        }
+        let budgets: Vec<Budget> = decoders.iter().map(Decoder::budget).collect();
         if !Budget::fits_together(&budgets) {
             tracing::debug!(
                 records = event.record_count(),
@@ -551,42 +582,25 @@ impl Pipeline {
             );
             return self.plan_selected(event, None, &mut |_| {});
         }
-        let mut batch = Batch::new(&self.mappings.items, event.record_count());
-        let mut direct = Direct {
-            batch: &mut batch,
-            inspect: &mut |_| {},
-        };
-        for (settled, _) in worked {
-            for s in settled {
-                let seen = Seen {
-                    record: s.record,
-                    at: s.at,
-                    key: None,
-                    sync: s.sync,
-                    message: None,
-                };
-                direct.message(seen, s.fate);
-            }
-        }
         Ok(batch.finish(&event.records, order))
     }
 
-    /// The records at `run` of `order`, each through every per-record step with `decoder`; what became of each
-    /// message, to be settled in batch order, and what the run drew from the decoder's budget.
+    /// The records at `run` of `order`, each through every per-record step with `decoder`: what became of
+    /// each message, to be settled in batch order.
     fn work_run<'e>(
         &self,
         decoder: &Decoder<'_>,
         event: &'e MskEvent<'_>,
         order: &[usize],
         run: std::ops::Range<usize>,
-    ) -> Result<(Vec<Settled<'e>>, Budget), DecodeError> {
+    ) -> Result<Vec<Settled<'e>>, DecodeError> {
         let mut out = Collect(Vec::with_capacity(run.len()));
         let mut bufs = (Vec::new(), Vec::new());
         for position in run {
             let record = &event.records[order[position]];
             self.work(decoder, record, position, None, &mut bufs, &mut out)?;
         }
-        Ok((out.0, decoder.budget()))
+        Ok(out.0)
     }
 
     /// [`Pipeline::plan`] of only some messages: `selected[i]` lists (ascending) the message indices of the
@@ -1031,19 +1045,26 @@ columns = [{{ name = "uuid", from = "key" }}, {{ name = "name", path = "$.planet
 
     #[test]
     fn a_batch_planned_on_threads_is_the_batch_planned_on_one() {
-        let event = mixed_event(5_000, json_value);
-        let one = pipeline("").with_threads(1);
-        let four = pipeline("").with_threads(4);
-        assert_eq!(
-            runs(&event, &event.order(), 4).len(),
-            4,
-            "four threads' work"
-        );
-        let alone = one.plan(&event, &mut |_| {}).unwrap();
-        let shared = four.plan_batch(&event).unwrap();
-        assert!(alone.report.dead_lettered > 100, "{:?}", alone.report);
-        assert!(alone.report.superseded > 1_000, "{:?}", alone.report);
-        assert_eq!(summary(&alone), summary(&shared));
+        // Four threads in one window; two threads over three windows (16,384 records each, the last short).
+        for (records, threads) in [(5_000, 4), (WINDOW_PER_THREAD * 2 * 2 + 3_000, 2)] {
+            let event = mixed_event(records, json_value);
+            assert_eq!(runs(&event, &event.order(), threads).len(), threads);
+            let alone = pipeline("")
+                .with_threads(1)
+                .plan(&event, &mut |_| {})
+                .unwrap();
+            let shared = pipeline("")
+                .with_threads(threads)
+                .plan_batch(&event)
+                .unwrap();
+            assert!(alone.report.dead_lettered > 100, "{:?}", alone.report);
+            assert!(alone.report.superseded > 1_000, "{:?}", alone.report);
+            assert_eq!(
+                summary(&alone),
+                summary(&shared),
+                "{records} records, {threads} threads"
+            );
+        }
     }
 
     #[test]
