@@ -346,7 +346,16 @@ mod tests {
         assert!(
             problems
                 .iter()
-                .any(|p| p == "codec.threads must be at least 1"),
+                .any(|p| p == "codec.threads must be between 1 and 256"),
+            "{problems:?}"
+        );
+        let problems = Config::from_toml("[codec]\nthreads = 100000\n")
+            .unwrap()
+            .problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "codec.threads must be between 1 and 256"),
             "{problems:?}"
         );
     }

@@ -225,6 +225,10 @@ impl<'e> Settle<'e> for Collect<'e> {
     }
 }
 
+/// The most threads a batch is decoded on, whatever `codec.threads` says (each thread holds a copy of the
+/// batch's schema snapshot; Lambda has at most six CPUs).
+pub const MAX_THREADS: usize = 256;
+
 /// The fewest records worth a thread of their own: below this, starting one costs more than it saves.
 const MIN_RECORDS_PER_THREAD: usize = 512;
 
@@ -463,7 +467,7 @@ impl Pipeline {
     /// 10,240 MB but grants CPU time by memory (one CPU's worth at 1,769 MB), so a second thread pays off above
     /// that; below, the threads share one CPU's time and cost little more than one.
     pub fn with_threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
+        self.threads = threads.clamp(1, MAX_THREADS);
         self
     }
 
@@ -531,17 +535,19 @@ impl Pipeline {
         if runs(event, &order, self.threads).len() < 2 {
             return self.plan_selected(event, None, &mut |_| {});
         }
+        // No more threads (nor decoders) than the batch can give work to.
+        let threads = self.threads.min(order.len() / MIN_RECORDS_PER_THREAD);
         let first = self.codec.decoder();
-        let mut decoders: Vec<Decoder<'_>> = (0..self.threads).map(|_| first.fresh()).collect();
+        let mut decoders: Vec<Decoder<'_>> = (0..threads).map(|_| first.fresh()).collect();
         let mut batch = Batch::new(&self.mappings.items, event.record_count());
         let mut direct = Direct {
             batch: &mut batch,
             inspect: &mut |_| {},
         };
-        let window = WINDOW_PER_THREAD * self.threads;
+        let window = WINDOW_PER_THREAD * threads;
         for start in (0..order.len()).step_by(window) {
             let end = order.len().min(start + window);
-            let runs = runs(event, &order[start..end], self.threads);
+            let runs = runs(event, &order[start..end], threads);
             let order = &order;
             let worked = std::thread::scope(|scope| {
                 let threads: Vec<_> = runs
@@ -1065,6 +1071,19 @@ columns = [{{ name = "uuid", from = "key" }}, {{ name = "name", path = "$.planet
                 "{records} records, {threads} threads"
             );
         }
+    }
+
+    #[test]
+    fn threads_are_at_least_one_and_at_most_max_threads() {
+        assert_eq!(pipeline("").with_threads(0).threads(), 1);
+        assert_eq!(pipeline("").with_threads(usize::MAX).threads(), MAX_THREADS);
+        // A huge setting decodes a large batch as any other would (no overflow in the window size).
+        let event = mixed_event(2_000, json_value);
+        let plan = pipeline("")
+            .with_threads(usize::MAX)
+            .plan_batch(&event)
+            .unwrap();
+        assert_eq!(plan.report.received, 2_000);
     }
 
     #[test]

@@ -94,8 +94,13 @@ impl CodecConfig {
         let mut problems = Vec::new();
         let schemas = Schemas::build(self, files, &mut problems);
         let value = format::Value::build(self, &schemas, &mut problems);
-        if self.threads == Some(0) {
-            problems.push("codec.threads must be at least 1".into());
+        if let Some(n) = self.threads
+            && !(1..=crate::pipeline::MAX_THREADS).contains(&n)
+        {
+            problems.push(format!(
+                "codec.threads must be between 1 and {}",
+                crate::pipeline::MAX_THREADS
+            ));
         }
         match value {
             Some(value) if problems.is_empty() => Ok(Codec {
