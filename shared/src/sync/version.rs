@@ -326,7 +326,7 @@ impl Sink {
         } else {
             let rows = self.rows_per_statement(backend, table.columns.len());
             cleared.extend(decided.upserts.iter().filter_map(|(_, c)| c.as_deref()));
-            for chunk in decided.upserts.chunks(rows) {
+            for chunk in table::in_statements(&decided.upserts, rows) {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|((row, _), _)| *row).collect();
                 txn.execute(&guarded_upsert(table, &chunk, version, backend)?)
                     .await?;
@@ -335,7 +335,7 @@ impl Sink {
             let keys = self
                 .rows_per_statement(backend, table.key.len() + 1)
                 .min(MAX_GUARDED_DELETES);
-            for chunk in decided.deletes.chunks(keys) {
+            for chunk in table::in_statements(&decided.deletes, keys) {
                 let chunk: Vec<(&[SqlValue], &SqlValue)> =
                     chunk.iter().map(|(k, v, _)| (*k, *v)).collect();
                 txn.execute(&guarded_delete(table, version, &chunk)).await?;
@@ -346,7 +346,7 @@ impl Sink {
                 .iter()
                 .map(|(k, v, _)| tombstone(k, v))
                 .collect();
-            for chunk in rows.chunks(tomb_rows) {
+            for chunk in table::in_statements(&rows, tomb_rows) {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(Vec::as_slice).collect();
                 txn.execute(&super::upsert_statement_only(
                     &tombstones,
@@ -356,7 +356,7 @@ impl Sink {
                 .await?;
             }
         }
-        for chunk in cleared.chunks(tomb_rows) {
+        for chunk in table::in_statements(&cleared, tomb_rows) {
             let mut clear = Query::delete();
             clear
                 .from_table(Alias::new(TOMBSTONE_TABLE))
@@ -432,7 +432,7 @@ impl Sink {
         let mut tombs: HashMap<String, i64> = HashMap::new();
         let v = table.columns.get(version).cloned().unwrap_or_default();
         let per = self.rows_per_statement(backend, klen);
-        for chunk in keyed.chunks(per) {
+        for chunk in table::in_statements(&keyed, per) {
             let mut select = Query::select();
             select
                 .columns(table.key_columns().map(Alias::new))
