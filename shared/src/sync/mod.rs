@@ -701,21 +701,11 @@ impl Sink {
             let (upserts, deletes) = changes.split();
             applied.upserted += upserts.len();
             applied.deleted += deletes.len();
-            // PostgreSQL takes a column as one array when the rows allow it ([`unnest`]): one prepared
-            // statement per table, however many rows, and no bind-parameter limit on a statement's rows.
-            let arrays = |values: &[Values<'_>], width: usize| {
-                (backend == DbBackend::Postgres)
-                    .then(|| unnest::ArrayColumns::of(values.iter().map(|(v, _)| *v), width))
-                    .flatten()
-            };
-            let upsert_arrays = arrays(&upserts, table.columns.len());
-            let rows = match upsert_arrays {
-                Some(_) => self.options.max_rows_per_statement.max(1),
-                None => self.rows_per_statement(backend, table.columns.len()),
-            };
-            for chunk in table::in_statements(&upserts, rows) {
+            let max_rows = self.options.max_rows_per_statement;
+            let (arrays, chunks) = statements(backend, &upserts, table.columns.len(), max_rows);
+            for chunk in chunks {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(row, _)| *row).collect();
-                match &upsert_arrays {
+                match &arrays {
                     Some(types) => {
                         txn.execute_raw(unnest::upsert(table, types, &chunk))
                             .await?
@@ -723,14 +713,10 @@ impl Sink {
                     None => txn.execute(&upsert_statement(table, &chunk)?).await?,
                 };
             }
-            let delete_arrays = arrays(&deletes, table.key.len());
-            let keys = match delete_arrays {
-                Some(_) => self.options.max_rows_per_statement.max(1),
-                None => self.rows_per_statement(backend, table.key.len()),
-            };
-            for chunk in table::in_statements(&deletes, keys) {
+            let (arrays, chunks) = statements(backend, &deletes, table.key.len(), max_rows);
+            for chunk in chunks {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(key, _)| *key).collect();
-                match &delete_arrays {
+                match &arrays {
                     Some(types) => {
                         txn.execute_raw(unnest::delete(table, types, &chunk))
                             .await?
@@ -893,9 +879,35 @@ impl Sink {
     }
 
     fn rows_per_statement(&self, backend: DbBackend, columns: usize) -> usize {
-        (table::bind_limit(backend) / columns.max(1))
-            .clamp(1, self.options.max_rows_per_statement.max(1))
+        rows_per_statement(backend, columns, self.options.max_rows_per_statement)
     }
+}
+
+/// The most rows of `columns` values a `VALUES` statement takes: the bind limit's, at most `max_rows`.
+fn rows_per_statement(backend: DbBackend, columns: usize, max_rows: usize) -> usize {
+    (table::bind_limit(backend) / columns.max(1)).clamp(1, max_rows.max(1))
+}
+
+/// How a table's rows (or keys) of `width` values go out. PostgreSQL takes each column as one array when the
+/// rows allow it ([`unnest`]): one statement text however many rows, so a statement takes as many as `max_rows`
+/// (`max_rows_per_statement`). Otherwise `VALUES` statements under the bind limit, in recurring sizes
+/// ([`table::in_statements`]).
+fn statements<'v, 'a>(
+    backend: DbBackend,
+    values: &'v [Values<'a>],
+    width: usize,
+    max_rows: usize,
+) -> (Option<unnest::ArrayColumns>, Vec<&'v [Values<'a>]>) {
+    let arrays = (backend == DbBackend::Postgres)
+        .then(|| unnest::ArrayColumns::of(values.iter().map(|(v, _)| *v), width))
+        .flatten();
+    let chunks = match arrays {
+        Some(_) => values.chunks(max_rows.max(1)).collect(),
+        None => {
+            table::in_statements(values, rows_per_statement(backend, width, max_rows)).collect()
+        }
+    };
+    (arrays, chunks)
 }
 
 /// `INSERT … VALUES (…), (…) ON CONFLICT (key) DO UPDATE SET every other column` (MySQL: ON DUPLICATE KEY).
@@ -1284,6 +1296,36 @@ mod tests {
             Some("[::1]:5432")
         );
         assert_eq!(server_address("sqlite://x.db?mode=rwc"), None);
+    }
+
+    #[test]
+    fn postgres_arrays_go_in_one_statement_and_values_in_recurring_sizes() {
+        let origin = Origin {
+            record: 0,
+            index: 0,
+        };
+        let rows: Vec<Vec<SqlValue>> = (0..1_825)
+            .map(|i| vec![s(&format!("k{i}")), SqlValue::BigInt(Some(i))])
+            .collect();
+        let mut values: Vec<Values<'_>> = rows.iter().map(|r| (r.as_slice(), origin)).collect();
+        let sizes = |backend, values: &[Values<'_>]| {
+            let (arrays, chunks) = super::statements(backend, values, 2, 2_000);
+            (
+                arrays.is_some(),
+                chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(sizes(DbBackend::Postgres, &values), (true, vec![1_825]));
+        let powers = vec![1_024, 512, 256, 32, 1];
+        assert_eq!(sizes(DbBackend::MySql, &values), (false, powers.clone()));
+        assert_eq!(sizes(DbBackend::Sqlite, &values), (false, powers.clone()));
+        // A NULL anywhere: PostgreSQL gets VALUES too.
+        let null = [s("k-null"), SqlValue::BigInt(None)];
+        values[900] = (&null, origin);
+        assert_eq!(sizes(DbBackend::Postgres, &values), (false, powers));
+        // Arrays are not bound by the bind limit, only by max_rows_per_statement.
+        let (_, chunks) = super::statements(DbBackend::Postgres, &values[..900], 2, 100);
+        assert_eq!(chunks.len(), 9);
     }
 
     #[test]
