@@ -932,12 +932,7 @@ fn upsert_statement_only(
             .map_err(|e| DbErr::Custom(format!("row for {}: {e}", table.name)))?;
     }
     let key = table.key_columns().map(Alias::new);
-    // With nothing to update, "update the key to itself" keeps the statement idempotent on every backend.
-    let update: Vec<Alias> = if update.is_empty() {
-        table.key_columns().map(Alias::new).collect()
-    } else {
-        update.iter().map(|c| Alias::new(*c)).collect()
-    };
+    let update = table.set_on_conflict(update).into_iter().map(Alias::new);
     stmt.on_conflict(OnConflict::columns(key).update_columns(update).to_owned());
     Ok(stmt)
 }

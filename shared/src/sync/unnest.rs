@@ -106,12 +106,9 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 pub(crate) fn upsert(table: &TableDef, types: &ArrayColumns, rows: &[&[SqlValue]]) -> Statement {
     let columns = list(table.columns.iter().map(String::as_str));
     let key = list(table.key_columns());
-    // With nothing to update, "update the key to itself" keeps the statement idempotent, as in VALUES.
-    let mut update: Vec<&str> = table.non_key_columns().collect();
-    if update.is_empty() {
-        update = table.key_columns().collect();
-    }
-    let set = update
+    let update: Vec<&str> = table.non_key_columns().collect();
+    let set = table
+        .set_on_conflict(&update)
         .iter()
         .map(|c| format!("{0} = \"excluded\".{0}", quoted(c)))
         .collect::<Vec<_>>()
