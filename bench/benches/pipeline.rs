@@ -366,21 +366,38 @@ fn naive_vs_bulk(c: &mut Criterion) {
     group.finish();
 }
 
-/// The invocation payload into an `MskEvent`, as the Lambda runtime loop does it (the raw JSON text, parsed
-/// once) and as `replay` does (straight from the file's bytes).
+/// The invocation payload into an `MskEvent`: serde's one pass over the whole text (the baseline), the records
+/// read on one and on two threads (`MskEvent::from_slice_on`, what `replay` and Lambda do), and what the Lambda
+/// runtime loop did before the payload went to the handler beside the runtime: a pass to check it is JSON,
+/// one into `Box<RawValue>` (a copy), then the event's own.
 fn payload(c: &mut Criterion) {
     let mut group = bench_group(c, "payload", Duration::from_secs(1), None);
     let (bytes, _) = batch(Format::Json);
     group.throughput(Throughput::Bytes(bytes.len() as u64));
-    group.bench_function("raw", |b| {
+    group.bench_function("serde whole", |b| {
         b.iter(|| {
-            let raw: Box<serde_json::value::RawValue> =
-                serde_json::from_slice(&bytes).expect("json");
-            MskEvent::parse(raw.get()).expect("event").record_count()
+            let text = std::str::from_utf8(&bytes).expect("utf-8");
+            MskEvent::parse_serial(text).expect("event").record_count()
         })
     });
-    group.bench_function("slice", |b| {
-        b.iter(|| MskEvent::from_slice(&bytes).expect("event").record_count())
+    for threads in [1, 2] {
+        group.bench_function(BenchmarkId::new("threads", threads), |b| {
+            b.iter(|| {
+                MskEvent::from_slice_on(&bytes, threads)
+                    .expect("event")
+                    .record_count()
+            })
+        });
+    }
+    group.bench_function("lambda runtime before", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).expect("json");
+            let raw: Box<serde_json::value::RawValue> =
+                serde_json::from_slice(&bytes).expect("json");
+            MskEvent::parse_on(raw.get(), 2)
+                .expect("event")
+                .record_count()
+        })
     });
     group.finish();
 }

@@ -333,6 +333,8 @@ async fn replay(
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
+    // The threads a batch is decoded on (`codec.threads`) also read its event.
+    let threads = compiled.pipeline.threads();
     // Nothing is applied unless every file can be read and is an MSK event, so a typo in the last file name
     // does not leave the database half-replayed. The first files, up to KEEP_CHECKED_BYTES, are kept from the
     // check and parsed once; every later file is checked and dropped, then read again when its turn comes. So a
@@ -357,7 +359,7 @@ async fn replay(
             texts.push(bytes);
         }
     }
-    let kept = match parse_kept(files, &texts) {
+    let kept = match parse_kept(files, &texts, threads) {
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
@@ -367,7 +369,7 @@ async fn replay(
                 Ok(bytes) => bytes,
                 Err(e) => return fail(err, EXIT_INVALID, &e),
             };
-            if let Err(e) = parse_event(file, &bytes) {
+            if let Err(e) = parse_event(file, &bytes, threads) {
                 return fail(err, EXIT_INVALID, &e);
             }
             sizes.push(bytes.len() as u64);
@@ -398,7 +400,7 @@ async fn replay(
             Ok(bytes) => bytes,
             Err(e) => return fail(err, EXIT_INVALID, &e),
         };
-        let event = match parse_event(file, &bytes) {
+        let event = match parse_event(file, &bytes, threads) {
             Ok(event) => event,
             Err(e) => return fail(err, EXIT_INVALID, &e),
         };
@@ -441,11 +443,15 @@ pub(super) fn parse_events<'t>(
 const KEEP_CHECKED_BYTES: u64 = 64 << 20;
 
 /// The events of the files kept from the check (the first `texts.len()` of `files`).
-fn parse_kept<'t>(files: &[PathBuf], texts: &'t [Vec<u8>]) -> Result<Vec<MskEvent<'t>>, String> {
+fn parse_kept<'t>(
+    files: &[PathBuf],
+    texts: &'t [Vec<u8>],
+    threads: usize,
+) -> Result<Vec<MskEvent<'t>>, String> {
     files
         .iter()
         .zip(texts)
-        .map(|(file, bytes)| parse_event(file, bytes))
+        .map(|(file, bytes)| parse_event(file, bytes, threads))
         .collect()
 }
 
@@ -564,8 +570,9 @@ fn read_file(file: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))
 }
 
-fn parse_event<'t>(file: &Path, bytes: &'t [u8]) -> Result<MskEvent<'t>, String> {
-    MskEvent::from_slice(bytes).map_err(|e| format!("{}: {e}", file.display()))
+/// The event in a file's bytes, its records read on at most `threads` threads.
+fn parse_event<'t>(file: &Path, bytes: &'t [u8], threads: usize) -> Result<MskEvent<'t>, String> {
+    MskEvent::from_slice_on(bytes, threads).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// A long replay's progress on a terminal: batches done, records/s, and the time left (from the bytes left,
@@ -747,7 +754,7 @@ async fn publish(
     let events = match files
         .iter()
         .zip(&texts)
-        .map(|(f, bytes)| parse_event(f, bytes))
+        .map(|(f, bytes)| MskEvent::from_slice(bytes).map_err(|e| format!("{}: {e}", f.display())))
         .collect()
     {
         Ok(events) => events,
