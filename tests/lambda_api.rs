@@ -1,7 +1,8 @@
 //! What Lambda sees of a function (issue 14, item 16), against a small server that speaks the Lambda
 //! runtime API (`/runtime/invocation/next`, `…/response`, `…/error`, `/runtime/init/error`) and the real
-//! entity-sync binary in Lambda mode: init errors are posted with a stable error type, and a payload that
-//! is not JSON is an `InvalidEvent` like any other payload that is not an MSK event.
+//! entity-sync binary in Lambda mode: init errors are posted with a stable error type, a payload that is not
+//! JSON is an `InvalidEvent` like any other payload that is not an MSK event, and a Lambda-sized batch read on
+//! several threads applies as one thread applies it.
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -229,4 +230,73 @@ async fn invocation_errors_have_stable_types() {
     let post = next_post(&mut posts).await;
     assert!(post.path.ends_with("/response"), "{post:?}");
     assert_eq!(post.body["upserted"], 6, "{post:?}");
+}
+
+/// A Lambda-sized batch through the runtime API: its payload goes to the handler beside the runtime and its
+/// records are read in shares on four threads (`codec.threads = 4`, whatever the machine's CPUs). The table
+/// it leaves is the one `replay` leaves on one thread, where serde reads the event in one pass.
+#[tokio::test]
+async fn a_large_batch_read_in_shares_applies_as_one_thread_does() {
+    let db = TestDb::new(Backend::Sqlite, "lambda_api_large").await;
+    let event = msk_sync_bench::generate(&msk_sync_bench::GenConfig {
+        records: 4_000,
+        entities: 400,
+        partitions: 3,
+        ..Default::default()
+    })
+    .to_string();
+    assert!(
+        event.len() > 2 << 20,
+        "four shares of at least 256 KiB: {}",
+        event.len()
+    );
+    let config = |threads: usize| {
+        let file = db.dir.path().join(format!("threads-{threads}.toml"));
+        let base = std::fs::read_to_string(default_config()).unwrap();
+        std::fs::write(&file, format!("{base}\n[codec]\nthreads = {threads}\n")).unwrap();
+        file.display().to_string()
+    };
+
+    let (port, mut posts) = runtime_api(vec![event.clone()]).await;
+    let _child = start_function(
+        port,
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("MSK_SYNC_CONFIG", config(4)),
+        ],
+    );
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/response"), "{post:?}");
+    assert_eq!(post.body["received"], 4_000, "{post:?}");
+
+    let reference = TestDb::new(Backend::Sqlite, "lambda_api_large_reference").await;
+    let file = db.dir.path().join("batch.json");
+    std::fs::write(&file, &event).unwrap();
+    let run = cli(
+        &entity_sync(),
+        &[
+            "replay",
+            "--database-url",
+            &reference.url,
+            "--config",
+            &config(1),
+            &file.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    for count in [
+        "received",
+        "messages",
+        "upserted",
+        "deleted",
+        "superseded",
+        "deadLettered",
+    ] {
+        assert_eq!(post.body[count], report[count], "{count}: {post:?}");
+    }
+    let planets = db.planets().await;
+    assert!(planets.len() > 100, "{}", planets.len());
+    assert_eq!(planets, reference.planets().await);
 }

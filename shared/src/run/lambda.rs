@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -32,19 +33,24 @@ pub const PARTIAL_BATCH_ENV: &str = "MSK_SYNC_PARTIAL_BATCH_RESPONSE";
 pub async fn run(app: App) -> ExitCode {
     init_logging();
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    // The threads a batch is decoded on (`codec.threads`) also read its event.
+    let mut threads = 1;
     let handler = match app.load(None) {
         // DATABASE_URL first, as everywhere: the secret is the deployed function's way.
-        Ok(compiled) => match env_secret_arn().filter(|_| super::env_database_url().is_none()) {
-            Some(arn) => Ok(Serve::Secret(Box::new(SecretHandler::new(
-                compiled.pipeline,
-                compiled.sink,
-                SecretSource::new(arn),
-            )))),
-            None => compiled
-                .handler(None)
-                .await
-                .map(|h| Serve::Handler(Box::new(h))),
-        },
+        Ok(compiled) => {
+            threads = compiled.pipeline.threads();
+            match env_secret_arn().filter(|_| super::env_database_url().is_none()) {
+                Some(arn) => Ok(Serve::Secret(Box::new(SecretHandler::new(
+                    compiled.pipeline,
+                    compiled.sink,
+                    SecretSource::new(arn),
+                )))),
+                None => compiled
+                    .handler(None)
+                    .await
+                    .map(|h| Serve::Handler(Box::new(h))),
+            }
+        }
         Err(e) => Err(e),
     };
     let metrics = Arc::new(Metrics::from_env(app.name));
@@ -59,27 +65,39 @@ pub async fn run(app: App) -> ExitCode {
             return ExitCode::from(super::cli::EXIT_INVALID);
         }
     };
-    // The payload as raw JSON text, parsed once by MskEvent itself: a `Value` first would build a tree of the
-    // whole 6 MB batch only to take it apart again, and the error for a payload that is not an MSK event
-    // stays ours.
-    let service = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
+    // The payload's bytes go to the handler beside the runtime, not through it (see `PayloadLayer`), and are
+    // parsed once, by MskEvent itself.
+    let payloads = Payloads::default();
+    let taken = payloads.clone();
+    let service = service_fn(move |event: LambdaEvent<IgnoredAny>| {
         let handler = Arc::clone(&handler);
         let metrics = Arc::clone(&metrics);
+        let payload = taken.take(&event.context.request_id);
         async move {
-            if let Some(reason) = not_json_reason(event.payload.get()) {
+            let Some(payload) = payload else {
+                // Cannot happen: PayloadLayer keeps every invocation's payload before the runtime calls here.
+                return Err(HandlerError::Transient(
+                    "the invocation's payload was not kept (batch not applied)".into(),
+                )
+                .into());
+            };
+            let event = MskEvent::from_slice_on(&payload, threads);
+            if event.is_err()
+                && let Err(e) = serde_json::from_slice::<IgnoredAny>(&payload)
+            {
+                // Where, never the bytes.
                 return Err(HandlerError::Invalid(format!(
-                    "the payload is not JSON ({reason}): expected an MSK event"
+                    "the payload is not JSON ({e}): expected an MSK event"
                 ))
                 .into());
             }
-            let event = MskEvent::parse(event.payload.get());
             respond(handler.as_ref().into(), event, partial, Some(&metrics)).await
         }
     });
-    // What lambda_runtime::run does, plus NotJsonLayer (added last, so it sees each invocation first).
+    // What lambda_runtime::run does, plus PayloadLayer (added last, so it sees each invocation first).
     let served = lambda_runtime::Runtime::new(service)
         .layer(lambda_runtime::layers::TracingLayer::new())
-        .layer(NotJsonLayer)
+        .layer(PayloadLayer(payloads))
         .run()
         .await;
     match served {
@@ -137,35 +155,46 @@ async fn post_init_error(error_type: &str, message: &str) -> Result<(), String> 
     }
 }
 
-/// Key of the JSON object that stands in for a payload that is not JSON (see [`NotJsonLayer`]).
-const NOT_JSON: &str = "mskSyncPayloadNotJson";
+/// The payloads [`PayloadLayer`] took from their invocations, by request id, until the handler takes them.
+#[derive(Clone, Default)]
+struct Payloads(Arc<std::sync::Mutex<BTreeMap<String, bytes::Bytes>>>);
 
-/// Why the payload is not JSON, if [`NotJsonLayer`] replaced it.
-fn not_json_reason(payload: &str) -> Option<String> {
-    if !payload.starts_with(&format!("{{\"{NOT_JSON}\":")) {
-        return None;
+impl Payloads {
+    fn keep(&self, request_id: &str, payload: bytes::Bytes) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.insert(request_id.to_owned(), payload);
     }
-    let marker: std::collections::HashMap<String, String> = serde_json::from_str(payload).ok()?;
-    marker.get(NOT_JSON).cloned()
-}
 
-/// lambda_runtime deserializes the payload before the handler runs and reports a payload that is not JSON
-/// with its deserializer's Rust type name as the error type. This layer sees the invocation first and
-/// replaces such a payload by a small JSON object saying why (a position, never the bytes), so the handler
-/// reports it as [`INVALID_EVENT`] like any other payload that is not an MSK event.
-#[derive(Clone, Copy)]
-struct NotJsonLayer;
-
-impl<S> lambda_runtime::tower::Layer<S> for NotJsonLayer {
-    type Service = NotJson<S>;
-    fn layer(&self, inner: S) -> NotJson<S> {
-        NotJson(inner)
+    fn take(&self, request_id: &str) -> Option<bytes::Bytes> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.remove(request_id)
     }
 }
 
-struct NotJson<S>(S);
+/// lambda_runtime deserializes the payload into the handler's type before the handler runs. For a payload
+/// it would read into `Box<RawValue>`, that is a pass over the whole 6 MB to find where it ends and a copy of
+/// it, before MskEvent reads it again; a payload that is not JSON came back with the deserializer's Rust
+/// type name as its error type. This layer sees each invocation first, keeps its payload's bytes (shared,
+/// not copied) under its request id for the handler, and hands the runtime `null` instead.
+#[derive(Clone)]
+struct PayloadLayer(Payloads);
 
-impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for NotJson<S>
+impl<S> lambda_runtime::tower::Layer<S> for PayloadLayer {
+    type Service = PayloadService<S>;
+    fn layer(&self, inner: S) -> PayloadService<S> {
+        PayloadService(inner, self.0.clone())
+    }
+}
+
+struct PayloadService<S>(S, Payloads);
+
+impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for PayloadService<S>
 where
     S: lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation>,
 {
@@ -181,10 +210,8 @@ where
     }
 
     fn call(&mut self, mut invocation: lambda_runtime::LambdaInvocation) -> Self::Future {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&invocation.body) {
-            let marker = serde_json::json!({ NOT_JSON: e.to_string() });
-            invocation.body = marker.to_string().into_bytes().into();
-        }
+        let payload = std::mem::replace(&mut invocation.body, bytes::Bytes::from_static(b"null"));
+        self.1.keep(&invocation.context.request_id, payload);
         self.0.call(invocation)
     }
 }
