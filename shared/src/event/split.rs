@@ -362,6 +362,33 @@ mod tests {
         assert!(parse(&text, 12, MIN_SHARE).is_none());
     }
 
+    /// What the fuzz target checks, on every one-byte edit of a small event: a deleted byte, or a byte
+    /// replaced by one of JSON's structural characters.
+    #[test]
+    fn every_one_byte_edit_reads_as_serde_reads_it() {
+        let text = event(&[("a", 3), ("b", 0), ("c", 2)]).replace("\"eventSourceArn\":\"arn\",", "");
+        let mut edits = 0;
+        for at in 0..text.len() {
+            let mut variants = vec![format!("{}{}", &text[..at], &text[at + 1..])];
+            for c in ["{", "}", "[", "]", ",", ":", "\"", " ", "0"] {
+                variants.push(format!("{}{c}{}", &text[..at], &text[at + 1..]));
+            }
+            for edited in &variants {
+                let whole = MskEvent::parse_serial(edited);
+                for threads in 2..=4 {
+                    let split = MskEvent::parse_with(edited, threads, 1);
+                    match (&whole, &split) {
+                        (Ok(a), Ok(b)) => assert_eq!(a, b, "{edited}"),
+                        (Err(a), Err(b)) => assert_eq!(a.0, b.0, "{edited}"),
+                        _ => panic!("{edited}: {whole:?} but {threads} threads: {split:?}"),
+                    }
+                }
+                edits += 1;
+            }
+        }
+        assert!(edits > 5_000, "{edits}");
+    }
+
     #[test]
     fn pretty_printed_events_are_cut_too() {
         let text = serde_json::to_string_pretty(
