@@ -4,7 +4,7 @@
 //! and databases (SQLite file, PostgreSQL, MariaDB), in one run; prints each side's time per batch and the ratio.
 //!
 //! Both sides are measured the same way, warm, per batch, inside their own process: from the payload's bytes
-//! to the commit (msk-sync: `MskEvent::from_slice` and the whole planet-sync handler; Python: `json.loads` and
+//! to the commit (msk-sync: `MskEvent::from_slice_on` and the whole planet-sync handler; Python: `json.loads` and
 //! the handler). Each backend runs in blocks, msk-sync then Python, so a busy spell of the host hits both; after
 //! each side the table is read back: both must leave the same planets, and at most 1 % of them with another name
 //! (records whose timestamps run against their offsets, which the peer's timestamp sort reorders; the count is
@@ -156,7 +156,8 @@ async fn msk_sync(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> Vec
     for round in 0..=rounds {
         for bytes in payloads {
             let started = Instant::now();
-            let event = MskEvent::from_slice(bytes).expect("event");
+            // As replay and Lambda read it: on the threads `codec.threads` allows.
+            let event = MskEvent::from_slice_on(bytes, handler.pipeline().threads()).expect("event");
             handler.handle(&event).await.expect("applied");
             drop(event);
             if round > 0 {
