@@ -157,7 +157,8 @@ async fn msk_sync(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> Vec
         for bytes in payloads {
             let started = Instant::now();
             // As replay and Lambda read it: on the threads `codec.threads` allows.
-            let event = MskEvent::from_slice_on(bytes, handler.pipeline().threads()).expect("event");
+            let event =
+                MskEvent::from_slice_on(bytes, handler.pipeline().threads()).expect("event");
             handler.handle(&event).await.expect("applied");
             drop(event);
             if round > 0 {

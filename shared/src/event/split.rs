@@ -366,7 +366,8 @@ mod tests {
     /// replaced by one of JSON's structural characters.
     #[test]
     fn every_one_byte_edit_reads_as_serde_reads_it() {
-        let text = event(&[("a", 3), ("b", 0), ("c", 2)]).replace("\"eventSourceArn\":\"arn\",", "");
+        let text =
+            event(&[("a", 3), ("b", 0), ("c", 2)]).replace("\"eventSourceArn\":\"arn\",", "");
         let mut edits = 0;
         for at in 0..text.len() {
             let mut variants = vec![format!("{}{}", &text[..at], &text[at + 1..])];
