@@ -243,7 +243,7 @@ impl<'a> MskEvent<'a> {
     }
 
     /// [`MskEvent::parse`] on at most `threads` threads: the records of an event of 512 KiB or more are read in
-    /// shares of at least 256 KiB, one thread each (a 6 MB batch on two threads: 0.66 of serde's one pass).
+    /// shares of at least 256 KiB, one thread each (a 6 MB batch on two threads: 0.61 of serde's one pass).
     /// The shares are cut where records start and checked to meet, so the event is the one a single pass
     /// reads, with any number of threads (`event/split.rs`).
     pub fn parse_on(text: &'a str, threads: usize) -> Result<Self, NotAnMskEvent> {
