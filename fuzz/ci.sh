@@ -4,6 +4,7 @@
 #
 #   bash fuzz/ci.sh                  # 60 s per target
 #   FUZZ_SECONDS=600 bash fuzz/ci.sh # longer
+#   FUZZ_JOBS=1 bash fuzz/ci.sh      # one target at a time (default: as many as there are cores)
 #
 # Needs the nightly toolchain (rustup); installs cargo-fuzz into ~/.cargo/bin when it is missing. Each target
 # starts from its committed seed corpus (fuzz/corpus/<target>, read-only here: new inputs go to a temporary
@@ -37,15 +38,19 @@ cargo +nightly fuzz build
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failed=()
-for target in $targets; do
+# Each libFuzzer run is one process on one core: FUZZ_JOBS targets run at once (default: the cores there are),
+# so the whole set takes about (targets / cores) x FUZZ_SECONDS. Each keeps its own log, read when it ends.
+jobs="${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}"
+fuzz_one() { # target -> its log; exit status 0 when libFuzzer found nothing
+    local target="$1"
     mkdir -p "$work/$target"
-    log="$work/$target.log"
-    if cargo +nightly fuzz run "$target" "$work/$target" "fuzz/corpus/$target" -- \
+    cargo +nightly fuzz run "$target" "$work/$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb="$rss_mb" -malloc_limit_mb="$malloc_mb" \
-        -timeout="$timeout_s" -print_final_stats=1 >"$log" 2>&1; then
-        result=ok
-    else
+        -timeout="$timeout_s" -print_final_stats=1 >"$work/$target.log" 2>&1
+}
+report() { # target status
+    local target="$1" status="$2" log="$work/$1.log" result=ok
+    if [ "$status" -ne 0 ]; then
         result=FAILED
         failed+=("$target")
         tail -n 60 "$log"
@@ -53,7 +58,28 @@ for target in $targets; do
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
     peak=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
     echo "fuzz $target: $result, ${execs:-?} executions in ${seconds} s, peak RSS ${peak:-?} MB"
+}
+
+failed=()
+running=() # targets of the current round, with their pids in pids[]
+pids=()
+finish_round() {
+    local i status
+    for i in "${!pids[@]}"; do
+        status=0
+        wait "${pids[$i]}" || status=$?
+        report "${running[$i]}" "$status"
+    done
+    running=()
+    pids=()
+}
+for target in $targets; do
+    fuzz_one "$target" &
+    running+=("$target")
+    pids+=("$!")
+    [ "${#pids[@]}" -ge "$jobs" ] && finish_round
 done
+finish_round
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "fuzz: findings in ${failed[*]} (inputs in fuzz/artifacts/)"
