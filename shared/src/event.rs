@@ -234,12 +234,18 @@ impl MskEvent<'static> {
     }
 }
 
+/// The CPUs this process may use (its affinity and cgroup quota), 1 when that cannot be told: the threads
+/// [`MskEvent::parse`] reads on, and `codec.threads`' default (the pipeline's decode runs after this stage and
+/// takes it from here).
+pub(crate) fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 impl<'a> MskEvent<'a> {
     /// Parses the event's JSON text; records borrow their strings from it. A large event's records are read on
     /// as many threads as the process may use (see [`MskEvent::parse_on`]).
     pub fn parse(text: &'a str) -> Result<Self, NotAnMskEvent> {
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Self::parse_on(text, threads)
+        Self::parse_on(text, available_threads())
     }
 
     /// [`MskEvent::parse`] on at most `threads` threads: the records of an event of 512 KiB or more are read in
@@ -286,8 +292,7 @@ impl<'a> MskEvent<'a> {
 
     /// As [`MskEvent::parse`]; the bytes must be UTF-8 (checked once, for the whole payload).
     pub fn from_slice(bytes: &'a [u8]) -> Result<Self, NotAnMskEvent> {
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Self::from_slice_on(bytes, threads)
+        Self::from_slice_on(bytes, available_threads())
     }
 
     /// As [`MskEvent::parse_on`], from bytes that must be UTF-8.

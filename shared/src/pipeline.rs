@@ -458,7 +458,7 @@ impl Pipeline {
             mappings: ByTopic::new(mappings)?,
             filters: ByTopic::new(Vec::new())?,
             masks: ByTopic::new(Vec::new())?,
-            threads: default_threads(),
+            threads: crate::event::available_threads(),
         })
     }
 
@@ -804,11 +804,6 @@ impl Pipeline {
         };
         fate.unwrap_or_else(Fate::DeadLetter)
     }
-}
-
-/// The CPUs this process may use (its affinity and cgroup quota), 1 when that cannot be told.
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// The record key as mappings and reports see it: a string as it is, any other key as compact JSON.

@@ -161,19 +161,18 @@ struct Payloads(Arc<std::sync::Mutex<BTreeMap<String, bytes::Bytes>>>);
 
 impl Payloads {
     fn keep(&self, request_id: &str, payload: bytes::Bytes) {
-        let mut kept = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        kept.insert(request_id.to_owned(), payload);
+        self.kept().insert(request_id.to_owned(), payload);
     }
 
     fn take(&self, request_id: &str) -> Option<bytes::Bytes> {
-        let mut kept = self
-            .0
+        self.kept().remove(request_id)
+    }
+
+    /// The map, also after a thread panicked holding it: an insert or remove leaves it whole either way.
+    fn kept(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bytes::Bytes>> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        kept.remove(request_id)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
