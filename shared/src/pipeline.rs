@@ -533,7 +533,7 @@ impl Pipeline {
     pub fn plan_batch<'e>(&self, event: &'e MskEvent<'_>) -> Result<Plan<'e>, DecodeError> {
         let order = event.order();
         if runs(event, &order, self.threads).len() < 2 {
-            return self.plan_selected(event, None, &mut |_| {});
+            return self.plan_in_order(event, order, None, &mut |_| {});
         }
         // No more threads (nor decoders) than the batch can give work to.
         let threads = self.threads.min(order.len() / MIN_RECORDS_PER_THREAD);
@@ -620,7 +620,17 @@ impl Pipeline {
         selected: Option<&[Vec<u32>]>,
         inspect: &mut dyn FnMut(Inspection<'_>),
     ) -> Result<Plan<'e>, DecodeError> {
-        let order = event.order();
+        self.plan_in_order(event, event.order(), selected, inspect)
+    }
+
+    /// [`Pipeline::plan_selected`] in an order [`MskEvent::order`] gave.
+    fn plan_in_order<'e>(
+        &self,
+        event: &'e MskEvent<'_>,
+        order: Vec<usize>,
+        selected: Option<&[Vec<u32>]>,
+        inspect: &mut dyn FnMut(Inspection<'_>),
+    ) -> Result<Plan<'e>, DecodeError> {
         let mut batch = Batch::new(&self.mappings.items, event.record_count());
         let mut direct = Direct {
             batch: &mut batch,

@@ -176,7 +176,9 @@ fn share(
                     Some(stop) if r.pos > stop => return None,
                     _ => {}
                 }
-                out.push(r.value::<Record<'_>>()?);
+                let mut record = r.value::<Record<'_>>()?;
+                super::share_topic(out.last(), &mut record);
+                out.push(record);
                 r.ws();
                 match r.next()? {
                     b',' => {
