@@ -13,7 +13,8 @@
 //! Setup: the peer's venv (bench/peer/setup.sh: pinned versions, ~/.cache/msk-sync-peer-venv or
 //! $MSK_SYNC_PEER_VENV) is installed by this benchmark when it is missing. `MSK_SYNC_BENCH_QUICK=1` runs one small
 //! batch once per side (CI runs it so the comparison cannot rot); databases as in benches/pipeline.rs
-//! (MSK_SYNC_BENCH_POSTGRES / MSK_SYNC_BENCH_MARIADB, database msk_bench, created if missing).
+//! (MSK_SYNC_BENCH_POSTGRES / MSK_SYNC_BENCH_MARIADB, database msk_bench, created if missing);
+//! `MSK_SYNC_BENCH_BACKENDS=postgres` (a comma-separated list of sqlite, postgres, mariadb) runs only those.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -169,6 +170,49 @@ async fn msk_sync(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> Vec
     times
 }
 
+/// Where msk-sync's batch goes: the handler's stages timed apart over the same passes as [`msk_sync`] (one
+/// warm-up pass, then `rounds`): reading the event, planning it (decode, filter, mask, map, collapse) and applying
+/// the plan (the transaction: statements and commit). Medians per batch, in seconds.
+async fn phases(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> [f64; 4] {
+    let (mut parse, mut plan, mut apply, mut freed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        for bytes in payloads {
+            let t0 = Instant::now();
+            let event =
+                MskEvent::from_slice_on(bytes, handler.pipeline().threads()).expect("event");
+            let t1 = Instant::now();
+            handler.pipeline().prepare(&event).await.expect("prepared");
+            let p = handler.pipeline().plan_batch(&event).expect("planned");
+            let t2 = Instant::now();
+            let reject = |_, _: &str| -> msk_sync::sync::DeadLetter<'_> {
+                panic!("the database refused a row of a generated batch")
+            };
+            handler
+                .sink()
+                .apply(&p.changes, &p.dead_letters, &reject)
+                .await
+                .expect("applied");
+            let t3 = Instant::now();
+            drop(p);
+            drop(event);
+            let t4 = Instant::now();
+            if round > 0 {
+                parse.push((t1 - t0).as_secs_f64());
+                plan.push((t2 - t1).as_secs_f64());
+                apply.push((t3 - t2).as_secs_f64());
+                freed.push((t4 - t3).as_secs_f64());
+            }
+        }
+    }
+    [
+        median(&parse),
+        median(&plan),
+        median(&apply),
+        median(&freed),
+    ]
+}
+
 /// The Python peer: the same files, its own warm-up pass, then `rounds` timed passes; seconds per batch.
 fn python(python: &Path, url: &str, files: &[PathBuf], rounds: usize) -> Vec<f64> {
     let out = std::process::Command::new(python)
@@ -223,7 +267,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // MSK_SYNC_BENCH_BACKENDS=postgres,mariadb runs only those (a profile of one backend's batches).
+    let only = std::env::var("MSK_SYNC_BENCH_BACKENDS").ok();
+    for b in only.iter().flat_map(|o| o.split(',')) {
+        assert!(
+            ["sqlite", "postgres", "mariadb"].contains(&b.trim()),
+            "MSK_SYNC_BENCH_BACKENDS: {b:?} is not sqlite, postgres or mariadb"
+        );
+    }
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|b| b.trim() == name))
+    };
     for (name, url, alchemy_url) in rt.block_on(databases(dir.path())) {
+        if !wanted(name) {
+            continue;
+        }
         let db = rt
             .block_on(Database::connect(url.as_str()))
             .expect("connect");
@@ -308,6 +367,16 @@ fn main() {
             range(&ratios),
             ms(ours.iter().copied().fold(f64::MAX, f64::min)),
             ms(theirs.iter().copied().fold(f64::MAX, f64::min)),
+        );
+        let [parse, plan, apply, freed] = rt.block_on(phases(&handler, &payloads, rounds));
+        println!(
+            "peer/{name}: msk-sync's stages on {} threads, median per batch: read the event {}, plan {}, apply {}, free the event and plan {} (sum {})",
+            handler.pipeline().threads(),
+            ms(parse),
+            ms(plan),
+            ms(apply),
+            ms(freed),
+            ms(parse + plan + apply + freed),
         );
         let c = median(&ours_single);
         println!(

@@ -369,7 +369,7 @@ fn naive_vs_bulk(c: &mut Criterion) {
 /// The invocation payload into an `MskEvent`: serde's one pass over the whole text (the baseline), the records
 /// read on one and on two threads (`MskEvent::from_slice_on`, what `replay` and Lambda do), and what the Lambda
 /// runtime loop did before the payload went to the handler beside the runtime: a pass to check it is JSON,
-/// one into `Box<RawValue>` (a copy), then the event's own.
+/// one into `Box<RawValue>` (a copy), then the event's own; and the order the parsed records are applied in.
 fn payload(c: &mut Criterion) {
     let mut group = bench_group(c, "payload", Duration::from_secs(1), None);
     let (bytes, _) = batch(Format::Json);
@@ -389,6 +389,11 @@ fn payload(c: &mut Criterion) {
             })
         });
     }
+    // The apply order of the parsed event's records (partitions merged by timestamp), as each batch's plan
+    // starts.
+    let event = MskEvent::from_slice_on(&bytes, 2).expect("event");
+    group.bench_function("order", |b| b.iter(|| event.order().len()));
+    drop(event);
     group.bench_function("lambda runtime before", |b| {
         b.iter(|| {
             serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).expect("json");
