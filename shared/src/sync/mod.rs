@@ -28,7 +28,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, TransactionTrait,
+    DbErr, Statement, TransactionTrait,
 };
 use tokio::sync::OnceCell;
 
@@ -702,28 +702,24 @@ impl Sink {
             applied.upserted += upserts.len();
             applied.deleted += deletes.len();
             let max_rows = self.options.max_rows_per_statement;
-            let (arrays, chunks) = statements(backend, &upserts, table.columns.len(), max_rows);
-            for chunk in chunks {
+            let (up_arrays, up_chunks) =
+                statements(backend, &upserts, table.columns.len(), max_rows);
+            let (del_arrays, del_chunks) = statements(backend, &deletes, table.key.len(), max_rows);
+            let upserts = up_chunks.into_iter().map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(row, _)| *row).collect();
-                match &arrays {
-                    Some(types) => {
-                        txn.execute_raw(unnest::upsert(table, types, &chunk))
-                            .await?
-                    }
-                    None => txn.execute(&upsert_statement(table, &chunk)?).await?,
-                };
-            }
-            let (arrays, chunks) = statements(backend, &deletes, table.key.len(), max_rows);
-            for chunk in chunks {
+                match &up_arrays {
+                    Some(types) => Ok(unnest::upsert(table, types, &chunk)),
+                    None => Ok(backend.build(&upsert_statement(table, &chunk)?)),
+                }
+            });
+            let deletes = del_chunks.into_iter().map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(key, _)| *key).collect();
-                match &arrays {
-                    Some(types) => {
-                        txn.execute_raw(unnest::delete(table, types, &chunk))
-                            .await?
-                    }
-                    None => txn.execute(&delete_statement(table, &chunk)).await?,
-                };
-            }
+                match &del_arrays {
+                    Some(types) => Ok(unnest::delete(table, types, &chunk)),
+                    None => Ok(backend.build(&delete_statement(table, &chunk))),
+                }
+            });
+            execute_all(&txn, upserts.chain(deletes)).await?;
         }
         self.write_dead_letters(&txn, dead_letters, extra).await?;
         applied.dead_lettered = dead_letters.len();
@@ -908,6 +904,27 @@ fn statements<'v, 'a>(
         }
     };
     (arrays, chunks)
+}
+
+/// Runs `statements` in order on `txn`, building each while the database runs the one before: the building
+/// (the statement's text, a copy of every value) is CPU work of this thread that would otherwise leave the
+/// database idle, statement after statement. `join!` polls the statement first, which sends it and waits for
+/// the answer; the next one is built in that wait. Only the first is built while the database waits, which is
+/// why [`table::in_statements`] puts the smallest first. A statement that fails stops the rest: the one built
+/// in its wait is dropped unsent.
+async fn execute_all(
+    txn: &DatabaseTransaction,
+    mut statements: impl Iterator<Item = Result<Statement, DbErr>>,
+) -> Result<(), DbErr> {
+    let mut next = statements.next().transpose()?;
+    while let Some(statement) = next {
+        let (ran, built) = tokio::join!(txn.execute_raw(statement), async {
+            statements.next().transpose()
+        });
+        ran?;
+        next = built?;
+    }
+    Ok(())
 }
 
 /// `INSERT … VALUES (…), (…) ON CONFLICT (key) DO UPDATE SET every other column` (MySQL: ON DUPLICATE KEY).
@@ -1311,7 +1328,7 @@ mod tests {
             )
         };
         assert_eq!(sizes(DbBackend::Postgres, &values), (true, vec![1_825]));
-        let powers = vec![1_024, 512, 256, 32, 1];
+        let powers = vec![1, 32, 256, 512, 1_024];
         assert_eq!(sizes(DbBackend::MySql, &values), (false, powers.clone()));
         assert_eq!(sizes(DbBackend::Sqlite, &values), (false, powers.clone()));
         // A NULL anywhere: PostgreSQL gets VALUES too.
@@ -1428,5 +1445,59 @@ mod tests {
         for (message, expected) in cases {
             assert_eq!(redact_quoted(message), expected, "{message}");
         }
+    }
+}
+
+#[cfg(test)]
+mod execute_all_tests {
+    use super::*;
+
+    /// `execute_all` runs every statement in order on the transaction, and a failing one stops the rest: the
+    /// statement built while it ran is never sent.
+    #[tokio::test]
+    async fn statements_run_in_order_and_a_failure_stops_the_rest() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        let sql = |s: &str| Ok(Statement::from_string(DbBackend::Sqlite, s));
+        db.execute_unprepared("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            .await
+            .unwrap();
+        let txn = db.begin().await.unwrap();
+        // In order: the update finds the row the insert before it wrote.
+        let ok = [
+            sql("INSERT INTO t VALUES (1, 'a')"),
+            sql("UPDATE t SET v = v || 'b' WHERE k = 1"),
+            sql("INSERT INTO t VALUES (2, 'c')"),
+        ];
+        execute_all(&txn, ok.into_iter()).await.unwrap();
+        let failing = [
+            sql("INSERT INTO t VALUES (3, 'd')"),
+            sql("INSERT INTO missing VALUES (4)"),
+            sql("INSERT INTO t VALUES (5, 'e')"),
+        ];
+        let err = execute_all(&txn, failing.into_iter()).await.unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        // A statement that cannot be built stops the rest as well.
+        let unbuilt = [
+            sql("INSERT INTO t VALUES (6, 'f')"),
+            Err(DbErr::Custom("not built".into())),
+            sql("INSERT INTO t VALUES (7, 'g')"),
+        ];
+        let err = execute_all(&txn, unbuilt.into_iter()).await.unwrap_err();
+        assert!(err.to_string().contains("not built"), "{err}");
+        let rows = txn
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT k, v FROM t ORDER BY k",
+            ))
+            .await
+            .unwrap();
+        let rows: Vec<(i64, String)> = rows
+            .iter()
+            .map(|r| (r.try_get("", "k").unwrap(), r.try_get("", "v").unwrap()))
+            .collect();
+        let expected = [(1, "ab"), (2, "c"), (3, "d"), (6, "f")];
+        let expected: Vec<(i64, String)> =
+            expected.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(rows, expected);
     }
 }

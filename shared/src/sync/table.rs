@@ -92,23 +92,33 @@ pub(crate) fn long_text(def: &mut ColumnDef, backend: DbBackend) -> &mut ColumnD
     }
 }
 
-/// `items` cut into statements of at most `max` rows whose sizes recur from batch to batch: as many of `max`
-/// as fit, then the rest in powers of two, largest first (1 800 rows under a `max` of 2 000: 1 024, 512, 256
-/// and 8). A statement's text depends on its rows, and a new text is prepared again: by sqlx, in a round trip,
-/// and by the database, which parses and plans it: for 1 800 rows of two columns, MariaDB's `PREPARE` takes
-/// 2.1–3.3 ms (server profile). With the sizes above, a table needs at most one text per power of two below
-/// `max`, prepared once per connection and then found in sqlx's statement cache, for the cost of a few more
-/// statements per batch, each of them cheap once prepared. `replay` of eight 6 MB files of different sizes:
-/// MariaDB 0.91× the time of one statement per batch; SQLite no change above the noise (0.89–1.05×), although
-/// Python's sqlite3 shows ~5 ms for a new text of that size.
+/// `items` cut into statements of at most `max` rows whose sizes recur from batch to batch: the rest below
+/// `max` in powers of two, smallest first, then as many of `max` as fit (1 800 rows under a `max` of 2 000: 8,
+/// 256, 512 and 1 024). A statement's text depends on its rows, and a new text is prepared again: by sqlx, in a
+/// round trip, and by the database, which parses and plans it: for 1 800 rows of two columns, MariaDB's
+/// `PREPARE` takes 2.1–3.3 ms (server profile). With the sizes above, a table needs at most one text per power
+/// of two below `max`, prepared once per connection and then found in sqlx's statement cache, for the cost of a
+/// few more statements per batch, each of them cheap once prepared. `replay` of eight 6 MB files of different
+/// sizes: MariaDB 0.91× the time of one statement per batch; SQLite no change above the noise (0.89–1.05×),
+/// although Python's sqlite3 shows ~5 ms for a new text of that size.
+///
+/// Smallest first because the sink builds each statement while the database runs the one before
+/// ([`super::Sink`]'s `execute_all`): only the first is built while the database waits, so it should be the
+/// cheapest. The pieces stay in the order of `items` (key order: see `Changes::split`).
 pub fn in_statements<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     let max = max.max(1);
     let mut rest = items;
+    // The part below `max`, cut by its set bits from the lowest; then whole statements of `max`.
+    let mut small = items.len() % max;
     std::iter::from_fn(move || {
-        let n = match rest.len() {
-            0 => return None,
-            len if len >= max => max,
-            len => 1 << len.ilog2(),
+        let n = match small {
+            0 if rest.is_empty() => return None,
+            0 => max.min(rest.len()),
+            bits => {
+                let lowest = 1 << bits.trailing_zeros();
+                small -= lowest;
+                lowest
+            }
         };
         let (head, tail) = rest.split_at(n);
         rest = tail;
@@ -137,8 +147,8 @@ mod tests {
             assert_eq!(pieces.concat(), items, "{n} in pieces of at most {max}");
             pieces.iter().map(|p| p.len()).collect()
         };
-        assert_eq!(sizes(1_800, 2_000), [1_024, 512, 256, 8]);
-        assert_eq!(sizes(4_100, 2_000), [2_000, 2_000, 64, 32, 4]);
+        assert_eq!(sizes(1_800, 2_000), [8, 256, 512, 1_024]);
+        assert_eq!(sizes(4_100, 2_000), [4, 32, 64, 2_000, 2_000]);
         assert_eq!(sizes(2_000, 2_000), [2_000]);
         assert_eq!(sizes(7, 1), [1; 7]);
         assert_eq!(sizes(3, 0), [1; 3]);
