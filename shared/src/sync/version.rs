@@ -27,7 +27,7 @@ use sea_orm::{
 };
 
 use super::table::{self, TableDef};
-use super::{Applied, Changes, Mapping, Op, Origin, Sink, Values, data_error};
+use super::{Applied, Changes, Mapping, Op, Origin, Sink, Values, data_error, execute_all};
 
 /// Where deletes of versioned syncs remember their versions.
 pub const TOMBSTONE_TABLE: &str = "msk_sync_tombstone";
@@ -326,35 +326,33 @@ impl Sink {
         } else {
             let rows = self.rows_per_statement(backend, table.columns.len());
             cleared.extend(decided.upserts.iter().filter_map(|(_, c)| c.as_deref()));
-            for chunk in table::in_statements(&decided.upserts, rows) {
+            let upserts = table::in_statements(&decided.upserts, rows).map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|((row, _), _)| *row).collect();
-                txn.execute(&guarded_upsert(table, &chunk, version, backend)?)
-                    .await?;
-            }
+                Ok(backend.build(&guarded_upsert(table, &chunk, version, backend)?))
+            });
+            execute_all(txn, upserts).await?;
             applied.upserted += decided.upserts.len();
             let keys = self
                 .rows_per_statement(backend, table.key.len() + 1)
                 .min(MAX_GUARDED_DELETES);
-            for chunk in table::in_statements(&decided.deletes, keys) {
+            let deletes = table::in_statements(&decided.deletes, keys).map(|chunk| {
                 let chunk: Vec<(&[SqlValue], &SqlValue)> =
                     chunk.iter().map(|(k, v, _)| (*k, *v)).collect();
-                txn.execute(&guarded_delete(table, version, &chunk)).await?;
-            }
+                Ok(backend.build(&guarded_delete(table, version, &chunk)))
+            });
+            execute_all(txn, deletes).await?;
             applied.deleted += decided.deletes.len();
             let rows: Vec<Vec<SqlValue>> = decided
                 .deletes
                 .iter()
                 .map(|(k, v, _)| tombstone(k, v))
                 .collect();
-            for chunk in table::in_statements(&rows, tomb_rows) {
+            let tomb_statements = table::in_statements(&rows, tomb_rows).map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(Vec::as_slice).collect();
-                txn.execute(&super::upsert_statement_only(
-                    &tombstones,
-                    &chunk,
-                    &["version", "deleted_at"],
-                )?)
-                .await?;
-            }
+                let update = ["version", "deleted_at"];
+                Ok(backend.build(&super::upsert_statement_only(&tombstones, &chunk, &update)?))
+            });
+            execute_all(txn, tomb_statements).await?;
         }
         for chunk in table::in_statements(&cleared, tomb_rows) {
             let mut clear = Query::delete();
