@@ -1446,11 +1446,6 @@ mod tests {
             assert_eq!(redact_quoted(message), expected, "{message}");
         }
     }
-}
-
-#[cfg(test)]
-mod execute_all_tests {
-    use super::*;
 
     /// `execute_all` runs every statement in order on the transaction, and a failing one stops the rest: the
     /// statement built while it ran is never sent.

@@ -330,8 +330,6 @@ impl Sink {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|((row, _), _)| *row).collect();
                 Ok(backend.build(&guarded_upsert(table, &chunk, version, backend)?))
             });
-            execute_all(txn, upserts).await?;
-            applied.upserted += decided.upserts.len();
             let keys = self
                 .rows_per_statement(backend, table.key.len() + 1)
                 .min(MAX_GUARDED_DELETES);
@@ -340,21 +338,23 @@ impl Sink {
                     chunk.iter().map(|(k, v, _)| (*k, *v)).collect();
                 Ok(backend.build(&guarded_delete(table, version, &chunk)))
             });
-            execute_all(txn, deletes).await?;
-            applied.deleted += decided.deletes.len();
-            let rows: Vec<Vec<SqlValue>> = decided
+            let tomb_values: Vec<Vec<SqlValue>> = decided
                 .deletes
                 .iter()
                 .map(|(k, v, _)| tombstone(k, v))
                 .collect();
-            let tomb_statements = table::in_statements(&rows, tomb_rows).map(|chunk| {
+            let tomb_statements = table::in_statements(&tomb_values, tomb_rows).map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(Vec::as_slice).collect();
                 let update = ["version", "deleted_at"];
                 Ok(backend.build(&super::upsert_statement_only(&tombstones, &chunk, &update)?))
             });
-            execute_all(txn, tomb_statements).await?;
+            // One run, so that the first delete and the first tombstone are built while the statement before
+            // each runs too; a failure fails the batch (the transaction), so the counts need no partial case.
+            execute_all(txn, upserts.chain(deletes).chain(tomb_statements)).await?;
+            applied.upserted += decided.upserts.len();
+            applied.deleted += decided.deletes.len();
         }
-        for chunk in table::in_statements(&cleared, tomb_rows) {
+        let clears = table::in_statements(&cleared, tomb_rows).map(|chunk| {
             let mut clear = Query::delete();
             clear
                 .from_table(Alias::new(TOMBSTONE_TABLE))
@@ -362,8 +362,9 @@ impl Sink {
                 .and_where(
                     Expr::col(Alias::new("key_json")).is_in(chunk.iter().map(|j| j.to_string())),
                 );
-            txn.execute(&clear).await?;
-        }
+            Ok(backend.build(&clear))
+        });
+        execute_all(txn, clears).await?;
         Ok(())
     }
 
