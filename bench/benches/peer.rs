@@ -170,21 +170,53 @@ async fn msk_sync(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> Vec
     times
 }
 
+/// This process's CPU time so far, on all its threads (msk-sync's own work: the database server's is in
+/// another process; SQLite's is in this one).
+fn cpu_time() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is; CLOCK_PROCESS_CPUTIME_ID is always there on
+    // Linux, and a failure (-1) leaves `ts` zero, which shows as a negative stage, not as memory unsafety.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// A stage's medians per batch, in seconds: the time it took, and the CPU time this process spent in it.
+#[derive(Default)]
+struct Stage {
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl Stage {
+    fn push(&mut self, (w0, c0): (Instant, f64), (w1, c1): (Instant, f64)) {
+        self.wall.push((w1 - w0).as_secs_f64());
+        self.cpu.push(c1 - c0);
+    }
+    fn medians(&self) -> (f64, f64) {
+        (median(&self.wall), median(&self.cpu))
+    }
+}
+
 /// Where msk-sync's batch goes: the handler's stages timed apart over the same passes as [`msk_sync`] (one
 /// warm-up pass, then `rounds`): reading the event, planning it (decode, filter, mask, map, collapse) and applying
-/// the plan (the transaction: statements and commit). Medians per batch, in seconds.
-async fn phases(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> [f64; 4] {
-    let (mut parse, mut plan, mut apply, mut freed) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+/// the plan (the transaction: statements and commit). Medians per batch of the time and of this process's CPU
+/// time, in seconds.
+async fn phases(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> [(f64, f64); 4] {
+    let now = || (Instant::now(), cpu_time());
+    let (mut parse, mut plan, mut apply, mut freed) = Default::default();
     for round in 0..=rounds {
         for bytes in payloads {
-            let t0 = Instant::now();
+            let t0 = now();
             let event =
                 MskEvent::from_slice_on(bytes, handler.pipeline().threads()).expect("event");
-            let t1 = Instant::now();
+            let t1 = now();
             handler.pipeline().prepare(&event).await.expect("prepared");
             let p = handler.pipeline().plan_batch(&event).expect("planned");
-            let t2 = Instant::now();
+            let t2 = now();
             let reject = |_, _: &str| -> msk_sync::sync::DeadLetter<'_> {
                 panic!("the database refused a row of a generated batch")
             };
@@ -193,27 +225,21 @@ async fn phases(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> [f64;
                 .apply(&p.changes, &p.dead_letters, &reject)
                 .await
                 .expect("applied");
-            let t3 = Instant::now();
+            let t3 = now();
             drop(p);
             drop(event);
-            let t4 = Instant::now();
+            let t4 = now();
             if round > 0 {
-                parse.push((t1 - t0).as_secs_f64());
-                plan.push((t2 - t1).as_secs_f64());
-                apply.push((t3 - t2).as_secs_f64());
-                freed.push((t4 - t3).as_secs_f64());
+                Stage::push(&mut parse, t0, t1);
+                Stage::push(&mut plan, t1, t2);
+                Stage::push(&mut apply, t2, t3);
+                Stage::push(&mut freed, t3, t4);
             }
         }
     }
-    [
-        median(&parse),
-        median(&plan),
-        median(&apply),
-        median(&freed),
-    ]
+    [&parse, &plan, &apply, &freed].map(Stage::medians)
 }
 
-/// The Python peer: the same files, its own warm-up pass, then `rounds` timed passes; seconds per batch.
 fn python(python: &Path, url: &str, files: &[PathBuf], rounds: usize) -> Vec<f64> {
     let out = std::process::Command::new(python)
         .arg(bench_dir().join("peer/peer.py"))
@@ -369,14 +395,27 @@ fn main() {
             ms(theirs.iter().copied().fold(f64::MAX, f64::min)),
         );
         let [parse, plan, apply, freed] = rt.block_on(phases(&handler, &payloads, rounds));
+        let stages = |pick: fn((f64, f64)) -> f64| {
+            let [a, b, c, d] = [parse, plan, apply, freed].map(pick);
+            format!(
+                "read the event {}, plan {}, apply {}, free the event and plan {} (sum {})",
+                ms(a),
+                ms(b),
+                ms(c),
+                ms(d),
+                ms(a + b + c + d)
+            )
+        };
         println!(
-            "peer/{name}: msk-sync's stages on {} threads, median per batch: read the event {}, plan {}, apply {}, free the event and plan {} (sum {})",
+            "peer/{name}: msk-sync's stages on {} threads, median per batch: {}",
             handler.pipeline().threads(),
-            ms(parse),
-            ms(plan),
-            ms(apply),
-            ms(freed),
-            ms(parse + plan + apply + freed),
+            stages(|(wall, _)| wall),
+        );
+        // The CPU time of all this process's threads: what two cores could at best halve. Beside the stages'
+        // times it says how much of each is msk-sync's own work and how much waits on the database server.
+        println!(
+            "peer/{name}: msk-sync's CPU time (all its threads), median per batch: {}",
+            stages(|(_, cpu)| cpu),
         );
         let c = median(&ours_single);
         println!(
