@@ -23,6 +23,7 @@ on_every_backend!(
     typed_sync_deletes_on_tombstones_keyed_by_uuid,
     self_managed_and_aws_doc_events_are_accepted,
     every_declarative_column_type_round_trips,
+    every_typed_column_type_round_trips,
     rows_without_a_null_read_back_as_rows_with_one,
     large_batches_are_chunked_under_the_bind_limit,
     filtered_and_masked_messages_never_reach_the_table,
@@ -533,6 +534,121 @@ async fn large_batches_are_chunked_under_the_bind_limit(backend: Backend) {
 }
 
 /// An MSK event from (topic, partition, offset, message) tuples; timestamps follow offsets, header source=test.
+/// A typed sync with a column of every type the bulk statements bind as a PostgreSQL array (`int2[]`,
+/// `int4[]`, `int8[]`, `float4[]`, `float8[]`, `bool[]`, `text[]`, `jsonb[]`, `timestamptz[]`), none NULL.
+mod kinds {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "typed_kinds")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub small: i16,
+        pub big: i64,
+        pub ratio: f32,
+        pub precise: f64,
+        pub flag: bool,
+        pub name: String,
+        pub doc: Json,
+        pub at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+impl msk_sync::sync::typed::FromKafkaEvent for kinds::Model {
+    fn from_kafka_event(message: &msk_sync::message::Message<'_>) -> Result<Self, String> {
+        use msk_sync::sync::typed::field;
+        let millis: i64 = field(message, "atMillis")?;
+        Ok(Self {
+            id: field(message, "id")?,
+            small: field(message, "small")?,
+            big: field(message, "big")?,
+            ratio: field(message, "ratio")?,
+            precise: field(message, "precise")?,
+            flag: field(message, "flag")?,
+            name: field(message, "name")?,
+            doc: field(message, "doc")?,
+            at: sea_orm::prelude::DateTimeUtc::from_timestamp_millis(millis)
+                .ok_or("atMillis: out of range")?,
+        })
+    }
+}
+
+/// Every value of a typed row reaches the table as it was: on PostgreSQL through one `UNNEST` of typed arrays
+/// (a batch without a NULL), elsewhere through `VALUES`; the delete goes the same way by key.
+async fn every_typed_column_type_round_trips(backend: Backend) {
+    use sea_orm::EntityTrait;
+    let db = TestDb::new(backend, &format!("typed_kinds_{backend:?}")).await;
+    let app = msk_sync::App::typed::<kinds::Entity>("typed-kinds", "kinds");
+    let h = app
+        .handler(&msk_sync::config::Config::default(), Some(&db.url))
+        .await
+        .unwrap();
+    // Values at each type's edges where all three databases hold them exactly (MariaDB's TIMESTAMP ends in
+    // 2038 and keeps whole seconds; floats that binary fractions represent exactly).
+    let row = |id: i32, small: i16, big: i64, ratio: f32, flag: bool, at: i64| kinds::Model {
+        id,
+        small,
+        big,
+        ratio,
+        precise: f64::from(ratio) * 1e6 + 0.125,
+        flag,
+        name: format!("name {id} ü"),
+        doc: serde_json::json!({"id": id, "tags": ["a", "b"], "nested": {"n": big}}),
+        at: sea_orm::prelude::DateTimeUtc::from_timestamp_millis(at).unwrap(),
+    };
+    let rows = [
+        row(1, i16::MIN, i64::MIN, -0.5, true, 1_000),
+        row(2, i16::MAX, i64::MAX, 1.25, false, 2_000_000_000_000),
+        row(3, 0, 0, 0.0, true, 1_764_000_000_000),
+        row(4, 7, 7, 3.75, false, 1_764_000_001_000),
+    ];
+    let message = |m: &kinds::Model, change: &str| {
+        serde_json::json!({"changeType": change, "id": m.id, "small": m.small, "big": m.big,
+            "ratio": m.ratio, "precise": m.precise, "flag": m.flag, "name": m.name, "doc": m.doc,
+            "atMillis": m.at.timestamp_millis()})
+    };
+    let records: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ("kinds", 0, i as i64, message(m, "CREATED")))
+        .collect();
+    let report = h
+        .handle_json(serde_json::from_str(&make_event(&records)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.upserted, report.dead_lettered),
+        (4, 0),
+        "{report:?}"
+    );
+    let mut read = kinds::Entity::find().all(&db.conn).await.unwrap();
+    read.sort_by_key(|m| m.id);
+    assert_eq!(read, rows.to_vec());
+    // The upsert replaces every column; the delete (by the whole model's key) removes one row.
+    let mut changed = rows[1].clone();
+    changed.small = -1;
+    changed.flag = true;
+    changed.doc = serde_json::json!([1, 2, 3]);
+    let records = [
+        ("kinds", 0, 10, message(&changed, "UPDATED")),
+        ("kinds", 0, 11, message(&rows[2], "DELETED")),
+    ];
+    let report = h
+        .handle_json(serde_json::from_str(&make_event(&records)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((report.upserted, report.deleted), (1, 1), "{report:?}");
+    let mut read = kinds::Entity::find().all(&db.conn).await.unwrap();
+    read.sort_by_key(|m| m.id);
+    assert_eq!(read, vec![rows[0].clone(), changed, rows[3].clone()]);
+}
+
 fn make_event(records: &[(&str, i32, i64, serde_json::Value)]) -> String {
     use base64::Engine;
     let mut map = serde_json::Map::new();
