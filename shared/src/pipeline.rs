@@ -586,7 +586,7 @@ impl Pipeline {
                 records = event.record_count(),
                 "the batch's threads drew past its decode budget together: planning it on one thread"
             );
-            return self.plan_selected(event, None, &mut |_| {});
+            return self.plan_in_order(event, order, None, &mut |_| {});
         }
         Ok(batch.finish(&event.records, order))
     }
