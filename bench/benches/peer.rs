@@ -240,6 +240,7 @@ async fn phases(handler: &Handler, payloads: &[Vec<u8>], rounds: usize) -> [(f64
     [&parse, &plan, &apply, &freed].map(Stage::medians)
 }
 
+/// The Python peer: the same files, its own warm-up pass, then `rounds` timed passes; seconds per batch.
 fn python(python: &Path, url: &str, files: &[PathBuf], rounds: usize) -> Vec<f64> {
     let out = std::process::Command::new(python)
         .arg(bench_dir().join("peer/peer.py"))
