@@ -61,6 +61,12 @@ fn events_dir() -> std::path::PathBuf {
 
 /// The pipeline under test: the typed planet mapping, the codec for `format`, an emit filter and a mask.
 fn config(format: Format) -> Config {
+    config_with_mask(format, "schema = \"schemas/planet.avsc\"\n")
+}
+
+/// [`config`] with `mask_schema` in its `[[mask]]` (a `schema = …` line, or nothing: the mask then classifies
+/// each Avro message by its writer schema).
+fn config_with_mask(format: Format, mask_schema: &str) -> Config {
     let codec = match format {
         Format::Json => "[codec]\nvalue = \"json\"\n",
         Format::Avro => {
@@ -74,7 +80,7 @@ fn config(format: Format) -> Config {
         }
     };
     let text = format!(
-        "{codec}\n[[filter]]\nrequired = true\npath = \"$.published\"\nvalues = true\n\n[[mask]]\nschema = \"schemas/planet.avsc\"\nlevels = [\"public\", \"confidential\", \"secret\"]\nemit_level = \"confidential\"\n"
+        "{codec}\n[[filter]]\nrequired = true\npath = \"$.published\"\nvalues = true\n\n[[mask]]\n{mask_schema}levels = [\"public\", \"confidential\", \"secret\"]\nemit_level = \"confidential\"\n"
     );
     let mut config = Config::from_toml(&text).expect("bench config");
     config.base_dir = Some(events_dir());
@@ -143,6 +149,19 @@ fn decode(c: &mut Criterion) {
             })
         });
     }
+    // The mask without a schema of its own: each message's writer schema (the registry's, one per id) says
+    // what is classified.
+    let (bytes, _) = batch(Format::Avro);
+    let pipeline = planet_sync::app()
+        .pipeline(&config_with_mask(Format::Avro, ""))
+        .expect("pipeline");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function(BenchmarkId::new("bytes", "avro-writer-mask"), |b| {
+        b.iter(|| {
+            let event = MskEvent::from_slice(&bytes).expect("event");
+            std::hint::black_box(pipeline.plan(&event, &mut |_| {}).expect("plan"));
+        })
+    });
     group.finish();
 }
 

@@ -703,7 +703,7 @@ impl Pipeline {
         let mask = self
             .masks
             .get(&record.topic)
-            .map(|rule| rule.mask_for(schema.as_deref()));
+            .map(|rule| rule.mask_for(schema.as_ref()));
         let held = messages.len();
         for (index, mut message) in messages.into_iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
