@@ -72,7 +72,9 @@ struct RecordMask {
 pub struct MaskRule {
     cfg: MaskConfig,
     fixed: Option<Arc<Mask>>,
-    by_schema: Mutex<HashMap<String, Built>>,
+    /// Masks by the writer schema's canonical form, up to [`MAX_SCHEMA_BYTES`] of forms: a producer whose
+    /// container files each carry a schema of their own must not grow it for as long as the process runs.
+    by_schema: Mutex<(HashMap<String, Built>, usize)>,
     /// The masks of the writer schemas met last, by the schema's allocation. A registry or configured schema
     /// is one `Arc` for all its messages, so they find their mask here without writing the schema's canonical
     /// form, a JSON text of the whole schema, for every record (10–13 µs a record: `decode/bytes/avro-writer-mask`
@@ -90,6 +92,10 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The most bytes of canonical forms [`MaskRule`] keeps masks by; past it, it forgets them all and starts
+/// again (a registry's schemas are a few KB each: thousands fit).
+const MAX_SCHEMA_BYTES: usize = 4 << 20;
+
 /// How many schemas [`MaskRule`] keeps by address: a batch's topics' writer schemas, a few versions each.
 const RECENT_SCHEMAS: usize = 16;
 
@@ -98,7 +104,7 @@ impl MaskRule {
         Self {
             cfg,
             fixed: fixed.map(Arc::new),
-            by_schema: Mutex::new(HashMap::new()),
+            by_schema: Mutex::new((HashMap::new(), 0)),
             recent: Mutex::new(Vec::with_capacity(RECENT_SCHEMAS)),
         }
     }
@@ -123,14 +129,24 @@ impl MaskRule {
             return mask;
         }
         let key = schema.canonical_form();
-        let mask = locked(&self.by_schema)
-            .entry(key)
-            .or_insert_with(|| {
-                Mask::build(&self.cfg, schema)
+        let mut cache = locked(&self.by_schema);
+        let (masks, bytes) = &mut *cache;
+        let mask = match masks.get(&key) {
+            Some(mask) => mask.clone(),
+            None => {
+                if *bytes + key.len() > MAX_SCHEMA_BYTES {
+                    masks.clear();
+                    *bytes = 0;
+                }
+                let mask = Mask::build(&self.cfg, schema)
                     .map(Arc::new)
-                    .map_err(|p| format!("mask: {}", p.join("; ")))
-            })
-            .clone();
+                    .map_err(|p| format!("mask: {}", p.join("; ")));
+                *bytes += key.len();
+                masks.insert(key, mask.clone());
+                mask
+            }
+        };
+        drop(cache);
         let mut recent = locked(&self.recent);
         if recent.len() == RECENT_SCHEMAS {
             drop(recent.remove(0));
@@ -412,7 +428,40 @@ mod tests {
             &recent[RECENT_SCHEMAS - 1].0,
             &many[many.len() - 1]
         ));
-        assert_eq!(locked(&rule.by_schema).len(), 2);
+        assert_eq!(locked(&rule.by_schema).0.len(), 2);
+    }
+
+    /// Schemas that are all different (a producer's container files, each with its own) keep the masks by
+    /// canonical form under their bound: the cache starts again instead of growing, and still answers.
+    #[test]
+    fn masks_by_canonical_form_stay_under_their_bound() {
+        let levels = [json!("public"), json!("secret")];
+        let rule = MaskRule::new(config(&levels, json!("public")), None);
+        // A field name is part of the canonical form (a doc is not): 64 KiB of it make each form that large.
+        let pad = format!("pad{}", "x".repeat(64 * 1024));
+        let distinct = |i: usize| {
+            let fields = vec![
+                json!({"name": pad, "type": "string"}),
+                json!({"name": format!("f{i}"), "type": "string", "aetherMaskingLevel": "secret"}),
+            ];
+            Arc::new(
+                Schema::parse(&json!({"type": "record", "name": "P", "fields": fields})).unwrap(),
+            )
+        };
+        let form = distinct(0).canonical_form().len();
+        assert!(form > 64 * 1024, "{form}");
+        let fit = MAX_SCHEMA_BYTES / form;
+        for i in 0..fit * 3 {
+            let mask = rule.mask_for(Some(&distinct(i))).unwrap();
+            let mut m = Message::from(json!({"id": "x", format!("f{i}"): "secret"}));
+            mask.apply(&mut m);
+            assert_eq!(m.as_object().unwrap().len(), 1, "{i}");
+            let (masks, bytes) = &*locked(&rule.by_schema);
+            assert!(
+                *bytes <= MAX_SCHEMA_BYTES && masks.len() <= fit,
+                "{i}: {bytes}"
+            );
+        }
     }
 
     #[test]
