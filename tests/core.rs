@@ -533,7 +533,6 @@ async fn large_batches_are_chunked_under_the_bind_limit(backend: Backend) {
     assert_eq!(db.count("servicea_planet").await, 18_000);
 }
 
-/// An MSK event from (topic, partition, offset, message) tuples; timestamps follow offsets, header source=test.
 /// A typed sync with a column of every type the bulk statements bind as a PostgreSQL array (`int2[]`,
 /// `int4[]`, `int8[]`, `float4[]`, `float8[]`, `bool[]`, `text[]`, `jsonb[]`, `timestamptz[]`), none NULL.
 mod kinds {
@@ -649,6 +648,7 @@ async fn every_typed_column_type_round_trips(backend: Backend) {
     assert_eq!(read, vec![rows[0].clone(), changed, rows[3].clone()]);
 }
 
+/// An MSK event from (topic, partition, offset, message) tuples; timestamps follow offsets, header source=test.
 fn make_event(records: &[(&str, i32, i64, serde_json::Value)]) -> String {
     use base64::Engine;
     let mut map = serde_json::Map::new();
