@@ -80,7 +80,7 @@ pub struct MaskRule {
     /// form, a JSON text of the whole schema, for every record (10–13 µs a record: `decode/bytes/avro-writer-mask`
     /// took 160–206 ms a 6 MB batch that way, 13–17 ms this way). Each entry holds its `Arc`, so its address
     /// cannot be another schema's while it is here. A container file's schema is its own per record: it
-    /// misses, and goes by the canonical form.
+    /// goes by the canonical form, and is not kept here (see [`MaskRule::mask_for`]).
     recent: Mutex<Vec<(Arc<Schema>, Built)>>,
 }
 
@@ -110,7 +110,9 @@ impl MaskRule {
     }
 
     /// The mask for a message described by `schema` (Avro messages), or the configured one. `Err` says why the
-    /// message cannot be masked; it must then not be applied.
+    /// message cannot be masked; it must then not be applied. A schema is remembered by its address only while
+    /// something besides the caller holds it (a registry, a schema file): the caller's own copy is taken to be
+    /// gone after the call.
     pub fn mask_for(&self, schema: Option<&Arc<Schema>>) -> Result<Arc<Mask>, String> {
         if let Some(mask) = &self.fixed {
             return Ok(Arc::clone(mask));
@@ -147,6 +149,12 @@ impl MaskRule {
             }
         };
         drop(cache);
+        // A schema no one else holds cannot come back at this address: the pipeline hands over a container
+        // file's, parsed for this record and dropped after it, while a registry or schema file keeps its own
+        // `Arc`. Kept here, such schemas would only push out the ones that do come back.
+        if Arc::strong_count(schema) == 1 {
+            return mask;
+        }
         let mut recent = locked(&self.recent);
         if recent.len() == RECENT_SCHEMAS {
             drop(recent.remove(0));
@@ -385,18 +393,25 @@ mod tests {
     }
 
     /// A schema met again as the same `Arc` gets its mask by address; an equal schema in another `Arc` (a
-    /// container file's, parsed per record) by its canonical form, the same mask; a schema without a mask, its
-    /// error either way; and the schemas kept by address are bounded.
+    /// container file's, parsed per record) by its canonical form, the same mask, without being kept by
+    /// address; a schema without a mask, its error either way; and the schemas kept by address are bounded.
     #[test]
     fn masks_are_found_by_schema_address_then_by_canonical_form() {
         let levels = [json!("public"), json!("secret")];
         let rule = MaskRule::new(config(&levels, json!("public")), None);
+        let by_address =
+            |s: &Arc<Schema>| locked(&rule.recent).iter().any(|(r, _)| Arc::ptr_eq(r, s));
+        // As a registry keeps a schema: one `Arc` for all its messages, held between them.
         let person = Arc::new(schema(&levels));
+        let registry = vec![Arc::clone(&person)];
         let first = rule.mask_for(Some(&person)).unwrap();
+        assert!(by_address(&person));
         let again = rule.mask_for(Some(&person)).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
+        // As a container file's: its own `Arc`, which only this message holds.
         let equal = Arc::new(schema(&levels));
         assert!(Arc::ptr_eq(&first, &rule.mask_for(Some(&equal)).unwrap()));
+        assert!(!by_address(&equal) && by_address(&person));
         let mut m = message(2);
         again.apply(&mut m);
         assert_eq!(
@@ -419,6 +434,7 @@ mod tests {
         let many: Vec<Arc<Schema>> = (0..RECENT_SCHEMAS + 4)
             .map(|_| Arc::new(schema(&levels)))
             .collect();
+        let _registry: Vec<Arc<Schema>> = registry.into_iter().chain(many.clone()).collect();
         for s in &many {
             assert!(Arc::ptr_eq(&first, &rule.mask_for(Some(s)).unwrap()));
         }
