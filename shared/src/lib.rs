@@ -22,12 +22,13 @@
 //! - [`report`]: the batch report, which is also the Lambda response.
 //! - [`metrics`]: a batch's report as CloudWatch Embedded Metric Format (Lambda's stdout, `--emf`).
 //! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
+//! - `threads`: the threads a batch is read and planned on, which stay up between batches.
 //! - [`config`]: the configuration file and its validation.
 //! - [`run`]: the ways in: Lambda, `replay` (and `--plan`), `redrive`, `config check`, and the local runner on a
 //!   Kafka broker (`consume`, `publish`, feature `kafka`), and the database secret read from Secrets Manager
 //!   (`run::secret`, feature `aws`). The only module that knows about Lambda, Kafka or AWS clients.
 //!
-//! `filter`, `mask`, `change`, `topics` and `text` are internal; their settings are in [`config`].
+//! `filter`, `mask`, `change`, `topics`, `text` and `threads` are internal; their settings are in [`config`].
 //!
 //! # Writing a function
 //!
@@ -68,6 +69,7 @@ pub mod report;
 pub mod run;
 pub mod sync;
 mod text;
+mod threads;
 pub(crate) mod topics;
 
 pub use message::Message;

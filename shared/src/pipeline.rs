@@ -229,12 +229,12 @@ impl<'e> Settle<'e> for Collect<'e> {
 /// batch's schema snapshot; Lambda has at most six CPUs).
 pub const MAX_THREADS: usize = 256;
 
-/// The fewest records worth a thread of their own: below this, starting one costs more than it saves.
+/// The fewest records worth a thread of their own: below this, handing them over costs more than it saves.
 const MIN_RECORDS_PER_THREAD: usize = 512;
 
 /// Records per thread in one window of [`Pipeline::plan_batch`]: the fates of a window's records wait to be
 /// settled (each with its row, ~250 bytes), so a window bounds them at a few MB, whatever the file `replay`
-/// reads; a thread is started per window, which costs little next to 8,192 records' work.
+/// reads; each window's runs go to threads that stay up between windows and batches (`crate::threads`).
 const WINDOW_PER_THREAD: usize = 8_192;
 
 /// How [`Pipeline::plan_batch`] divides a batch among at most `threads` threads: runs of positions in
@@ -549,23 +549,19 @@ impl Pipeline {
             let end = order.len().min(start + window);
             let runs = runs(event, &order[start..end], threads);
             let order = &order;
-            let worked = std::thread::scope(|scope| {
-                let threads: Vec<_> = runs
-                    .iter()
-                    .zip(decoders.drain(..runs.len()))
-                    .map(|(run, decoder)| {
-                        let run = start + run.start..start + run.end;
-                        scope.spawn(move || {
-                            let settled = self.work_run(&decoder, event, order, run);
-                            (decoder, settled)
-                        })
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect::<Vec<_>>()
-            });
+            // The first run on this thread, each other on a pool thread (crate::threads).
+            let jobs: Vec<_> = runs
+                .iter()
+                .zip(decoders.drain(..runs.len()))
+                .map(|(run, decoder)| {
+                    let run = start + run.start..start + run.end;
+                    move || {
+                        let settled = self.work_run(&decoder, event, order, run);
+                        (decoder, settled)
+                    }
+                })
+                .collect();
+            let worked = crate::threads::all(jobs);
             for (decoder, settled) in worked {
                 decoders.push(decoder);
                 for s in settled? {
