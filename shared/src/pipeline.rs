@@ -561,7 +561,7 @@ impl Pipeline {
                     }
                 })
                 .collect();
-            let worked = crate::threads::all(jobs);
+            let worked = crate::threads::all(self.threads, jobs);
             for (decoder, settled) in worked {
                 decoders.push(decoder);
                 for s in settled? {

@@ -13,20 +13,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rayon_core::{ThreadPool, ThreadPoolBuilder};
 
-/// How many pools are kept, one per number of worker threads: a process reads and plans with one number
+/// How many pools are kept, one per number of threads: a process reads and plans with one number
 /// (`codec.threads`); tests and the fuzz targets use a few.
 const POOLS: usize = 4;
 
-/// Runs `jobs` at once and returns their answers in order: the first on this thread, each other on a thread of
-/// a pool with as many threads. Should the pool's threads not start (a process at its thread limit), the jobs
-/// run one after the other on this thread, with the same answers.
-pub(crate) fn all<T, F>(jobs: Vec<F>) -> Vec<T>
+/// Runs `jobs` at once and returns their answers in order: the first on this thread, the others on the pool
+/// kept for `threads` (`threads` − 1 threads, or one per other job if there are more jobs). A batch that is cut
+/// into fewer jobs than `threads` uses the same pool, so a process keeps one pool whatever its batches' sizes.
+/// Should the pool's threads not start (a process at its thread limit), the jobs run one after the other on
+/// this thread, with the same answers.
+pub(crate) fn all<T, F>(threads: usize, jobs: Vec<F>) -> Vec<T>
 where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    let others = jobs.len().saturating_sub(1);
-    let Some(pool) = (others > 0).then(|| pool(others)).flatten() else {
+    let workers = threads.max(jobs.len()).saturating_sub(1);
+    let Some(pool) = (jobs.len() > 1 && workers > 0)
+        .then(|| pool(workers))
+        .flatten()
+    else {
         return jobs.into_iter().map(|job| job()).collect();
     };
     let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(jobs.len()).collect();
@@ -96,7 +101,7 @@ mod tests {
                 }
             })
             .collect();
-        let answers = all(jobs);
+        let answers = all(4, jobs);
         let sums: Vec<u64> = answers.iter().map(|(s, _, _)| *s).collect();
         assert_eq!(sums, [31_125, 93_625, 156_125, 218_625]);
         assert_eq!(answers[0].1, here);
@@ -107,21 +112,26 @@ mod tests {
                 "{name:?}"
             );
         }
-        assert_eq!(all(Vec::<fn() -> u8>::new()), Vec::<u8>::new());
-        assert_eq!(all(vec![|| 7]), [7]);
+        assert_eq!(all(4, Vec::<fn() -> u8>::new()), Vec::<u8>::new());
+        assert_eq!(all(4, vec![|| 7]), [7]);
+        // More jobs than `threads`: a thread each still.
+        assert_eq!(all(1, vec![|| 1, || 2, || 3]), [1, 2, 3]);
     }
 
     /// A job's panic reaches the caller, once every job is done; the pool still works after it.
     #[test]
     fn a_panicking_job_panics_the_caller() {
         let caught = std::panic::catch_unwind(|| {
-            all(vec![
-                Box::new(|| 1) as Box<dyn FnOnce() -> i32 + Send>,
-                Box::new(|| panic!("job")),
-            ])
+            all(
+                2,
+                vec![
+                    Box::new(|| 1) as Box<dyn FnOnce() -> i32 + Send>,
+                    Box::new(|| panic!("job")),
+                ],
+            )
         });
         assert!(caught.is_err());
-        assert_eq!(all(vec![|| 1, || 2]), [1, 2]);
+        assert_eq!(all(2, vec![|| 1, || 2]), [1, 2]);
     }
 
     /// No more than [`POOLS`] pools are kept, whatever sizes are asked for.

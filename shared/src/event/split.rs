@@ -101,7 +101,7 @@ fn records_map(
         .chain((0..cuts.len()).map(|i| (cuts[i], false, cuts.get(i + 1).copied())))
         .map(|(from, at_map, stop)| move || share(text, from, at_map, stop))
         .collect();
-    let shares = crate::threads::all(jobs);
+    let shares = crate::threads::all(threads, jobs);
     let mut records = Vec::with_capacity(
         shares
             .iter()
