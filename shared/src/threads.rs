@@ -28,10 +28,7 @@ where
     T: Send,
 {
     let workers = threads.max(jobs.len()).saturating_sub(1);
-    let Some(pool) = (jobs.len() > 1 && workers > 0)
-        .then(|| pool(workers))
-        .flatten()
-    else {
+    let Some(pool) = (jobs.len() > 1).then(|| pool(workers)).flatten() else {
         return jobs.into_iter().map(|job| job()).collect();
     };
     let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(jobs.len()).collect();
