@@ -955,7 +955,7 @@ impl Handler {
             .take(MAX_LOGGED_DEAD_LETTERS);
         let mut logged = 0;
         for r in dead {
-            // Coordinates and reason only: a reason quotes no message value but a changeType (see README).
+            // Coordinates and reason only: a reason quotes no message value but a changeType (docs/src/semantics.md).
             tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, index = r.index,
                 reason = r.reason.as_deref().unwrap_or_default(), "record dead-lettered");
             logged += 1;

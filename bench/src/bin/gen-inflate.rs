@@ -1,6 +1,6 @@
 //! `cargo run --release -p msk-sync-bench --bin gen-inflate -- DIR [RECORDS [PAD_MIB]]` writes DIR/inflate.json,
 //! an event of RECORDS (default 20) Avro container files of one deflated block of PAD_MIB (default 60) MiB each,
-//! and DIR/inflate.toml, a config that applies them: the input of README's inflate-budget figure
+//! and DIR/inflate.toml, a config that applies them: the input of the inflate-budget figure (docs/src/performance.md)
 //! (`/usr/bin/time -v entity-sync replay --config DIR/inflate.toml --database-url sqlite::memory: DIR/inflate.json`).
 
 use std::path::PathBuf;
