@@ -41,7 +41,7 @@ pub const CONFIG_ENV: &str = "MSK_SYNC_CONFIG";
 pub const DEFAULT_CONFIG_FILE: &str = "msk-sync.toml";
 
 /// A function's configuration file: database settings, codec, syncs, filters and masks.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The `[database]` section.
@@ -65,20 +65,24 @@ pub struct Config {
 }
 
 /// The `[database]` section.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Used when neither --database-url nor DATABASE_URL is set.
     #[serde(default)]
+    #[schemars(example = &"postgres://app@db.example:5432/app")]
     pub url: Option<String>,
     /// The dead-letter table's name (default `msk_sync_dead_letter`).
     #[serde(default)]
+    #[schemars(extend("default" = crate::sync::dead_letter::DEFAULT_TABLE), example = &"orders_dead_letter")]
     pub dead_letter_table: Option<String>,
     /// The most rows one INSERT (or keys one DELETE) carries; the bind-parameter limit may lower it.
     #[serde(default)]
+    #[schemars(extend("default" = crate::sync::SinkOptions::default().max_rows_per_statement), range(min = 1), example = 500)]
     pub max_rows_per_statement: Option<usize>,
     /// How long a versioned sync remembers a delete (its tombstone), in seconds; 7 days by default.
     #[serde(default)]
+    #[schemars(extend("default" = crate::sync::SinkOptions::default().tombstone_retention.as_secs()), example = 1_209_600)]
     pub tombstone_retention_seconds: Option<u64>,
 }
 
@@ -305,6 +309,22 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         self.compile(None).err().unwrap_or_default()
     }
+}
+
+/// The JSON Schema (draft 7) of the config file, generated from [`Config`] and its doc comments:
+/// `entity-sync config schema` prints it, and `docs/src/msk-sync.schema.json` is a copy that editors use
+/// (`#:schema` in a TOML file) and `tests/docs.rs` keeps equal to it.
+pub fn json_schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let mut schema = generator.into_root_schema_for::<Config>();
+    schema.insert("title".into(), "msk-sync.toml".into());
+    schema.insert(
+        "description".into(),
+        "The config file of msk-sync's functions (entity-sync, planet-sync): database settings, the value \
+         format, syncs (topic → table), emit filters and masks."
+            .into(),
+    );
+    schema.to_value()
 }
 
 /// Items chosen by topic (mappings, filters, masks), each with its topic patterns.

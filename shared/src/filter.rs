@@ -16,7 +16,7 @@ use crate::message::Message;
 use crate::path::JsonPath;
 
 /// One `[[filter]]` section: the default (`topics` absent or `["*"]`) or a per-topic override.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Topic names or globs this filter applies to; none or `*` makes it the default.
@@ -24,12 +24,15 @@ pub struct FilterConfig {
     pub topics: Vec<String>,
     /// Whether a message without an accepted value at `path` is dropped.
     #[serde(default)]
+    #[schemars(example = true)]
     pub required: bool,
     /// The JSONPath of the value to check.
     #[serde(default)]
+    #[schemars(example = &"$.published")]
     pub path: Option<String>,
     /// The accepted values at `path`.
     #[serde(default)]
+    #[schemars(example = true, example = ["approved", "published"])]
     pub values: OneOrMany,
 }
 
@@ -38,7 +41,7 @@ pub(crate) fn all_topics() -> Vec<String> {
 }
 
 /// `values = true` means `values = [true]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(from = "Value", into = "Value")]
 pub struct OneOrMany(pub Vec<Value>);
 

@@ -27,7 +27,7 @@ use crate::message::Message;
 pub const DEFAULT_ANNOTATION: &str = "aetherMaskingLevel";
 
 /// One `[[mask]]` section: the default (`topics` absent or `["*"]`) or a per-topic override.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaskConfig {
     /// Topic names or globs this mask applies to (default `*`).
@@ -37,11 +37,14 @@ pub struct MaskConfig {
     #[serde(default = "default_annotation")]
     pub annotation: String,
     /// Least sensitive first.
+    #[schemars(example = ["public", "confidential", "secret"])]
     pub levels: Vec<Value>,
     /// The most sensitive level a row may hold; fields above it are emitted as null.
+    #[schemars(example = &"confidential")]
     pub emit_level: Value,
     /// An Avro schema (.avsc) that classifies the fields of JSON messages.
     #[serde(default)]
+    #[schemars(example = &"schemas/planet.avsc")]
     pub schema: Option<PathBuf>,
 }
 

@@ -23,12 +23,14 @@ const TANSU_VERSION: &str = "0.6.0";
 /// run. CI-only tools (cfn-lint, aws-sam-cli) stay in .ci/run: the tests never call them.
 /// moto in server mode is the AWS API emulator of tests/secrets.rs (Secrets Manager, IAM).
 /// protobuf is the independent Protobuf writer of tests/protobuf.rs.
-const PYTHON_TOOLS: [&str; 5] = [
+/// jsonschema is the independent validator of tests/docs.rs (the sample configs against msk-sync's JSON Schema).
+const PYTHON_TOOLS: [&str; 6] = [
     "cargo-lambda==1.9.2",
     "ziglang==0.17.0",
     "confluent-kafka==2.16.1",
     "moto[server]==5.2.5",
     "protobuf==7.36.2",
+    "jsonschema==4.26.0",
 ];
 /// librdkafka is compiled from source (rdkafka-sys, the `kafka` feature the tests turn on).
 const DEBIAN_PACKAGES: [&str; 4] = ["make", "zlib1g-dev", "libssl-dev", "pkg-config"];

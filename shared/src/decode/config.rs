@@ -25,7 +25,7 @@ use super::{Codec, Envelope, KeyFormat, SchemaFiles, registry};
 /// max_decoded_mib = 512                       # … and decode to (estimated memory of their messages)
 /// threads = 2                                 # the most threads a batch decodes on (default: the CPUs)
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodecConfig {
     /// The format of record values.
@@ -33,12 +33,15 @@ pub struct CodecConfig {
     pub value: Format,
     /// Confluent schema id → `.avsc` file.
     #[serde(default)]
+    #[schemars(example = serde_json::json!({"1": "schemas/planet.avsc", "7": "schemas/planet.proto"}))]
     pub schemas: BTreeMap<String, PathBuf>,
     /// The writer schema of `avro-raw` values (and of bare datums whose metadata names no known id).
     #[serde(default)]
+    #[schemars(example = &"schemas/planet.avsc")]
     pub raw_schema: Option<PathBuf>,
     /// Optional: every Avro value is resolved to this schema.
     #[serde(default)]
+    #[schemars(example = &"schemas/planet-v2.avsc")]
     pub reader_schema: Option<PathBuf>,
     /// A Confluent-compatible schema registry for ids not in `schemas`.
     #[serde(default)]
@@ -46,21 +49,27 @@ pub struct CodecConfig {
     /// `"kafkaesk"`: values are `{"schema": "name:version", "data": {…}}`; the message is `data`, with
     /// `kafkaeskSchemaName` and `kafkaeskSchemaVersion` added for mappings.
     #[serde(default)]
+    #[schemars(example = &"kafkaesk")]
     pub envelope: Option<Envelope>,
     /// `.proto` files (relative to the config; imports resolve from their folders) for Protobuf values and keys.
     #[serde(default)]
+    #[schemars(example = ["schemas/planet.proto"])]
     pub proto: Vec<PathBuf>,
     /// The message type (`package.Message`) of Protobuf values that are not framed (a framing names its own).
     #[serde(default)]
+    #[schemars(example = &"servicea.Planet")]
     pub message: Option<String>,
     /// The message type of Protobuf keys that are not framed.
     #[serde(default)]
+    #[schemars(example = &"servicea.PlanetKey")]
     pub key_message: Option<String>,
     /// Protobuf field names as declared in the .proto file, instead of the JSON mapping's lowerCamelCase.
     #[serde(default)]
+    #[schemars(example = true)]
     pub proto_field_names: bool,
     /// AWS Glue Schema Registry: schema version id (a UUID) → `.avsc`, `.proto` or `.json` file.
     #[serde(default)]
+    #[schemars(example = serde_json::json!({"b7b4a7f0-1c2d-4e5f-8a9b-0c1d2e3f4a5b": "schemas/planet.avsc"}))]
     pub glue_schemas: BTreeMap<String, PathBuf>,
     /// AWS Glue Schema Registry to fetch schema versions from (GetSchemaVersion), for ids not in `glue_schemas`.
     #[serde(default)]
@@ -68,18 +77,22 @@ pub struct CodecConfig {
     /// How record keys are read: `string` (UTF-8 text, the default), `json`, or `avro` (Confluent-framed, schemas
     /// as for values). Mappings see the decoded key (`from = "key"`, `from = "key:$.id"`).
     #[serde(default)]
+    #[schemars(example = &"json")]
     pub key: KeyFormat,
     /// What the deflated Avro container files of one batch may inflate to, in total, in MiB (default
     /// [`super::avro::DEFAULT_MAX_INFLATED_MIB`]); a record past it is dead-lettered.
     #[serde(default)]
+    #[schemars(extend("default" = super::avro::DEFAULT_MAX_INFLATED_MIB), example = 1024)]
     pub max_inflated_mib: Option<u64>,
     /// The estimated memory of the messages the container files of one batch may decode to, in total, in MiB
     /// (default [`super::avro::DEFAULT_MAX_DECODED_MIB`]); a record past it is dead-lettered.
     #[serde(default)]
+    #[schemars(extend("default" = super::avro::DEFAULT_MAX_DECODED_MIB), example = 2048)]
     pub max_decoded_mib: Option<u64>,
     /// The most threads one batch is decoded on (default: the CPUs the process may use; see
     /// [`crate::pipeline::Pipeline::plan_batch`]). `1` decodes on the handler's thread only.
     #[serde(default)]
+    #[schemars(range(min = 1, max = crate::pipeline::MAX_THREADS), example = 2)]
     pub threads: Option<usize>,
 }
 

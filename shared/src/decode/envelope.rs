@@ -8,7 +8,7 @@ use super::{DecodeError, Decoded};
 use crate::message::Message;
 
 /// `codec.envelope`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Envelope {
     /// kafkaesk (a Python Kafka framework) wraps every value as `{"schema": "name:version", "data": {…}}`; the

@@ -22,16 +22,19 @@ use super::schemas::{Compiled, is_proto};
 use super::{DecodeError, SchemaFiles, protobuf};
 
 /// `codec.glue`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlueConfig {
     /// The registry's name: a schema version of another registry is not used.
+    #[schemars(example = &"my-registry")]
     pub registry: String,
     /// The AWS region (default: the environment's, as Lambda sets it).
     #[serde(default)]
+    #[schemars(example = &"eu-west-1")]
     pub region: Option<String>,
     /// Another endpoint than AWS's (a local emulator).
     #[serde(default)]
+    #[schemars(example = &"http://127.0.0.1:5000")]
     pub endpoint: Option<String>,
     /// How long "no such schema version" stands before a later batch asks again, in ms.
     #[serde(default = "default_not_found_ttl_ms")]

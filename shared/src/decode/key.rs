@@ -8,7 +8,9 @@ use super::{DecodeError, avro, base64_decode_into};
 use crate::message::Message;
 
 /// `codec.key`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyFormat {
     /// UTF-8 text; a key that is not is no key.

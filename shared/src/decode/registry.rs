@@ -27,19 +27,22 @@ use tokio::sync::Mutex;
 use super::DecodeError;
 
 /// `[codec.registry]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// The registry's base URL (`https://…`; `http://` for a registry on loopback).
+    #[schemars(example = &"https://registry.example:8081")]
     pub url: String,
     /// Basic-auth user, if the registry wants one.
     #[serde(default)]
+    #[schemars(example = &"msk-sync")]
     pub username: Option<String>,
     /// The password itself, or (better) the name of an environment variable that holds it.
     #[serde(default)]
     pub password: Option<String>,
     /// The environment variable that holds the basic-auth password (never the config file).
     #[serde(default)]
+    #[schemars(example = &"REGISTRY_PASSWORD")]
     pub password_env: Option<String>,
     /// How long one request may take, in milliseconds.
     #[serde(default = "default_timeout_ms")]

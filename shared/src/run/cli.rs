@@ -10,15 +10,18 @@ use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use super::{App, DATABASE_URL_ENV, redact};
 
+mod reference;
+mod sql;
 mod versions;
 use crate::config::Config;
 use crate::event::MskEvent;
 use crate::metrics::Metrics;
 use crate::pipeline::{Handler, HandlerError, Pipeline};
+pub use reference::{ENVIRONMENT, EnvVar};
 
 /// Exit status: done.
 pub const EXIT_OK: u8 = 0;
@@ -58,7 +61,7 @@ enum Command {
         /// filtered, empty, dead-letter), then a summary line with the counts. Nothing is written.
         #[arg(long, conflicts_with_all = ["dry_run", "emf"])]
         plan: bool,
-        /// MSK event files.
+        /// MSK event files; `-` reads one from standard input.
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
@@ -70,6 +73,20 @@ enum Command {
     /// event-source mapping would (the local runner). SIGINT / SIGTERM finish the batch in hand and exit 0.
     #[cfg(feature = "kafka")]
     Consume(ConsumeArgs),
+    /// The local runner on a Kafka broker: not in this build (it needs the `kafka` feature).
+    #[cfg(not(feature = "kafka"))]
+    #[command(disable_help_flag = true)]
+    Consume {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<OsString>,
+    },
+    /// Produce event files to a Kafka broker: not in this build (it needs the `kafka` feature).
+    #[cfg(not(feature = "kafka"))]
+    #[command(disable_help_flag = true)]
+    Publish {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<OsString>,
+    },
     /// Produce the records of MSK event files to a broker: each to its topic and partition, with its key,
     /// headers, timestamp and decoded value.
     #[cfg(feature = "kafka")]
@@ -88,7 +105,8 @@ enum Command {
         #[arg(required = true, value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
-    /// Check configuration.
+    /// Check a config file; print the config file's JSON Schema, the configuration reference, or the SQL a
+    /// database needs before the first deploy.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -146,6 +164,25 @@ struct ConsumeArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
+    /// Print the JSON Schema of the config file (msk-sync.toml), for editors (`#:schema` in Taplo / Even Better
+    /// TOML) and validators.
+    Schema,
+    /// Print the configuration reference (Markdown): every key of the config file, environment variable and
+    /// command-line flag, with type, default, valid values and an example.
+    Reference,
+    /// Print the SQL to run before the first deploy, for the database's backend: the CREATE TABLE statements of
+    /// the target, dead-letter and tombstone tables (as msk-sync would create them) and the GRANTs of a user
+    /// that only reads keys and writes rows. Creates nothing (MySQL / MariaDB: reads the server's version).
+    Sql {
+        file: PathBuf,
+        /// The database whose backend (and, for MySQL / MariaDB, version) the statements are for; default as
+        /// for replay.
+        #[arg(long, env = DATABASE_URL_ENV)]
+        database_url: Option<String>,
+        /// The database user the GRANTs are for (MySQL / MariaDB: name@host; a bare name gets @'%').
+        #[arg(long, value_name = "USER", default_value = "msk_sync")]
+        grant_to: String,
+    },
     /// List every problem in a config file, and with a database URL every way its tables differ from the
     /// config; exit 2 if there is any.
     Check {
@@ -170,7 +207,17 @@ where
             } else {
                 EXIT_OK
             };
-            let text = e.render().ansi().to_string();
+            // Help goes to stdout, errors to stderr: colour only where that stream is a terminal.
+            let terminal = if code == EXIT_OK {
+                std::io::stdout().is_terminal()
+            } else {
+                std::io::stderr().is_terminal()
+            };
+            let text = if super::logs::colour(terminal) {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
             let _ = if code == EXIT_OK {
                 write!(out, "{text}")
             } else {
@@ -184,8 +231,26 @@ where
         Command::Config {
             command: ConfigCommand::Check { file, database_url },
         } => check(app, &file, database_url.as_deref(), out, err).await,
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => print(out, err, &reference::schema_text()),
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => print(out, err, &reference_page()),
+        Command::Config {
+            command:
+                ConfigCommand::Sql {
+                    file,
+                    database_url,
+                    grant_to,
+                },
+        } => config_sql(app, &file, database_url.as_deref(), &grant_to, out, err).await,
         #[cfg(feature = "kafka")]
         Command::Consume(args) => consume(app, args, err).await,
+        #[cfg(not(feature = "kafka"))]
+        Command::Consume { .. } => without_kafka(app, "consume", err),
+        #[cfg(not(feature = "kafka"))]
+        Command::Publish { .. } => without_kafka(app, "publish", err),
         #[cfg(feature = "kafka")]
         Command::Publish {
             brokers,
@@ -290,6 +355,29 @@ async fn check(
     let _ = writeln!(err, "{database}");
     let _ = writeln!(err, "{}: {} problem(s)", file.display(), problems.len());
     EXIT_INVALID
+}
+
+/// `config sql`: the file's tables and grants on the database's backend.
+async fn config_sql(
+    app: &App,
+    file: &Path,
+    database_url: Option<&str>,
+    grant_to: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let compiled = match app.load(Some(file)) {
+        Ok(c) => c,
+        Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
+    };
+    let handler = match compiled.handler(database_url).await {
+        Ok(h) => h,
+        Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
+    };
+    match sql::setup_sql(handler.sink(), grant_to).await {
+        Ok(text) => print(out, err, &text),
+        Err(e) => fail(err, EXIT_INVALID, &e),
+    }
 }
 
 /// The preflight of `config check --database-url`, which reads the catalogs and creates nothing.
@@ -416,11 +504,7 @@ async fn replay(
 pub(super) fn read_files(files: &[PathBuf]) -> Result<Vec<(&PathBuf, Vec<u8>)>, String> {
     files
         .iter()
-        .map(|file| {
-            std::fs::read(file)
-                .map(|bytes| (file, bytes))
-                .map_err(|e| format!("{}: cannot read: {e}", file.display()))
-        })
+        .map(|file| read_file(file).map(|bytes| (file, bytes)))
         .collect()
 }
 
@@ -494,11 +578,7 @@ impl Replayer {
                     }
                 });
                 if let Some(e) = io_error {
-                    return Err(fail(
-                        err,
-                        EXIT_INVALID,
-                        &format!("cannot write output: {e}"),
-                    ));
+                    return Err(output_failed(err, &e.into()));
                 }
                 if let Err(e) = planned {
                     return Err(fail(
@@ -532,11 +612,7 @@ impl Replayer {
                                 None => Ok(()),
                             });
                         if let Err(e) = written {
-                            return Err(fail(
-                                err,
-                                EXIT_INVALID,
-                                &format!("cannot write output: {e}"),
-                            ));
+                            return Err(output_failed(err, &e));
                         }
                     }
                     Err(HandlerError::Invalid(e)) => {
@@ -566,7 +642,19 @@ impl Replayer {
     }
 }
 
+/// An event file's bytes; `-` is standard input, read once however often it is named.
 fn read_file(file: &Path) -> Result<Vec<u8>, String> {
+    if file == Path::new("-") {
+        static STDIN: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+        return STDIN
+            .get_or_init(|| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+                    .map(|_| bytes)
+                    .map_err(|e| format!("-: cannot read standard input: {e}"))
+            })
+            .clone();
+    }
     std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))
 }
 
@@ -769,8 +857,50 @@ async fn publish(
     }
 }
 
+/// The configuration reference page (`docs/src/configuration.md`) of this build's command line.
+pub fn reference_page() -> String {
+    reference::reference(&Cli::command().name("entity-sync"))
+}
+
+/// The JSON Schema of the config file, as `config schema` prints it (`docs/src/msk-sync.schema.json`).
+pub fn schema_text() -> String {
+    reference::schema_text()
+}
+
+/// `consume` / `publish` in a binary built without the local runner: how to get one.
+#[cfg(not(feature = "kafka"))]
+fn without_kafka(app: &App, command: &str, err: &mut dyn Write) -> u8 {
+    fail(
+        err,
+        EXIT_INVALID,
+        &format!(
+            "{command} needs the local runner, which this {name} was built without (it links librdkafka, which \
+             Lambda builds leave out). Build it with the kafka feature: cargo run -p {name} --features kafka -- \
+             {command} … (librdkafka compiles from source: it needs make, zlib and OpenSSL headers)",
+            name = app.name
+        ),
+    )
+}
+
+/// Writes `text` to `out`: 0, or 2 when it cannot be written.
+fn print(out: &mut dyn Write, err: &mut dyn Write, text: &str) -> u8 {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        Err(e) => output_failed(err, &e),
+    }
+}
+
+/// Output that could not be written: a reader that went away (`| head`) ends the command quietly with 0, as
+/// Unix tools do; anything else is an error.
+pub(super) fn output_failed(err: &mut dyn Write, e: &std::io::Error) -> u8 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return EXIT_OK;
+    }
+    fail(err, EXIT_INVALID, &format!("cannot write output: {e}"))
+}
+
 pub(super) fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {
-    let _ = writeln!(err, "error: {message}");
+    let _ = writeln!(err, "error: {}", super::logs::without_source_lines(message));
     code
 }
 
@@ -778,6 +908,7 @@ pub(super) fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {
 fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(super::log_filter("warn"))
+        .with_ansi(super::logs::colour(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr)
         .try_init();
 }

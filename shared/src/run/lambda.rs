@@ -73,26 +73,32 @@ pub async fn run(app: App) -> ExitCode {
         let handler = Arc::clone(&handler);
         let metrics = Arc::clone(&metrics);
         let payload = taken.take(&event.context.request_id);
-        async move {
-            let Some(payload) = payload else {
-                // Cannot happen: PayloadLayer keeps every invocation's payload before the runtime calls here.
-                return Err(HandlerError::Transient(
-                    "the invocation's payload was not kept (batch not applied)".into(),
-                )
-                .into());
-            };
-            let event = MskEvent::from_slice_on(&payload, threads);
-            if event.is_err()
-                && let Err(e) = serde_json::from_slice::<IgnoredAny>(&payload)
-            {
-                // Where, never the bytes.
-                return Err(HandlerError::Invalid(format!(
-                    "the payload is not JSON ({e}): expected an MSK event"
-                ))
-                .into());
-            }
-            respond(handler.as_ref().into(), event, partial, Some(&metrics)).await
-        }
+        // An ERROR-level span, so that its request id reaches every log line of the invocation whatever the
+        // level (lambda_runtime's own span is INFO, filtered out at WARN and above).
+        let span = tracing::error_span!("invocation", requestId = %event.context.request_id);
+        tracing::Instrument::instrument(
+            async move {
+                let Some(payload) = payload else {
+                    // Cannot happen: PayloadLayer keeps every invocation's payload before the runtime calls here.
+                    return Err(HandlerError::Transient(
+                        "the invocation's payload was not kept (batch not applied)".into(),
+                    )
+                    .into());
+                };
+                let event = MskEvent::from_slice_on(&payload, threads);
+                if event.is_err()
+                    && let Err(e) = serde_json::from_slice::<IgnoredAny>(&payload)
+                {
+                    // Where, never the bytes.
+                    return Err(HandlerError::Invalid(format!(
+                        "the payload is not JSON ({e}): expected an MSK event"
+                    ))
+                    .into());
+                }
+                respond(handler.as_ref().into(), event, partial, Some(&metrics)).await
+            },
+            span,
+        )
     });
     // What lambda_runtime::run does, plus PayloadLayer (added last, so it sees each invocation first).
     let served = lambda_runtime::Runtime::new(service)
@@ -215,15 +221,21 @@ where
     }
 }
 
-/// lambda_runtime's default subscriber (`AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else info; JSON when
-/// `AWS_LAMBDA_LOG_FORMAT` says so, as the function's LoggingConfig sets it), plus the directives that keep
-/// dependencies from logging the database password ([`super::QUIET_DEPENDENCIES`]).
+/// Logs on stdout as Lambda reads them: the level from `AWS_LAMBDA_LOG_LEVEL` (Lambda's names, FATAL keeping
+/// errors only), else `RUST_LOG`, else info; with `AWS_LAMBDA_LOG_FORMAT=JSON` (the function's LoggingConfig)
+/// one JSON object per line with `timestamp`, `level`, `message` and the request id at the top
+/// ([`super::logs::LambdaJson`]); plus the directives that keep dependencies from logging the database password
+/// ([`super::QUIET_DEPENDENCIES`]).
 fn init_logging() {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter};
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
-        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .and_then(|l| super::logs::lambda_level(&l))
+        .or_else(|| {
+            std::env::var("RUST_LOG")
+                .ok()
+                .and_then(|l| l.parse::<LevelFilter>().ok())
+        })
         .unwrap_or(LevelFilter::INFO);
     let mut filter = EnvFilter::builder()
         .with_default_directive(level.into())
@@ -236,10 +248,14 @@ fn init_logging() {
     let collector = tracing_subscriber::fmt()
         .with_target(false)
         .without_time()
+        .with_ansi(false)
         .with_env_filter(filter);
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let _ = if json {
-        collector.json().try_init()
+        collector
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(super::logs::LambdaJson)
+            .try_init()
     } else {
         collector.try_init()
     };
@@ -392,7 +408,7 @@ impl From<HandlerError> for Diagnostic {
         };
         Diagnostic {
             error_type: error_type.into(),
-            error_message: e.to_string(),
+            error_message: super::logs::without_source_lines(&e.to_string()),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod glue;
 pub mod lambda;
 #[cfg(feature = "kafka")]
 pub mod local;
+mod logs;
 #[cfg(feature = "aws")]
 pub mod secret;
 

@@ -14,44 +14,61 @@ use crate::message::Message;
 use crate::path::JsonPath;
 
 /// One `[[sync]]` entry of the config file.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     /// For logs and reports; defaults to the table name.
     #[serde(default)]
+    #[schemars(example = &"planet")]
     pub name: Option<String>,
     /// Topic names or globs (`orders.*`); `*` alone makes this the default sync.
+    #[schemars(example = ["servicea.planet"], example = ["orders.*"])]
     pub topics: Vec<String>,
     /// The table its rows go to; created if missing.
+    #[schemars(example = &"servicea_planet")]
     pub table: String,
     /// The key column(s), by column name.
+    #[schemars(example = ["uuid"])]
     pub key: Vec<String>,
     /// The table's columns, each with where its value comes from.
+    #[schemars(example = serde_json::json!([{"name": "uuid", "path": "$.planetUuid"}, {"name": "name", "path": "$.planetName"}]))]
     pub columns: Vec<ColumnConfig>,
 }
 
 /// One column of a `[[sync]]` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnConfig {
     /// The column's name.
+    #[schemars(example = &"uuid")]
     pub name: String,
     /// A JSONPath into the message (RFC 9535); the first match is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"$.planetUuid")]
     pub path: Option<String>,
     /// Kafka metadata instead of a message field: key, topic, partition, offset, timestamp or header:NAME.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"key", example = &"header:source", example = &"key:$.id")]
     pub from: Option<String>,
     /// text (default), integer, float, boolean, json or timestamp.
     #[serde(rename = "type", default = "default_type")]
+    #[schemars(schema_with = "column_type_schema", example = &"timestamp")]
     pub ty: String,
     /// A non-key column is NULL when its path matches nothing, unless it is required.
     #[serde(default)]
+    #[schemars(example = true)]
     pub required: bool,
     /// This column's value is the version of the change (at most one column, integer or timestamp): a change
     /// older than the row is stale ([`super::version`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false), example = true)]
     pub version: bool,
+}
+
+/// `type`: one of [`COLUMN_TYPES`].
+fn column_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = COLUMN_TYPES.split(", ").collect();
+    schemars::json_schema!({ "type": "string", "enum": names, "default": default_type() })
 }
 
 fn default_type() -> String {

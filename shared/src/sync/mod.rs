@@ -540,7 +540,7 @@ impl Sink {
 
     /// Every table the mappings write, then the dead-letter table (its columns as [`dead_letter`] defines them),
     /// and the tombstones when a mapping has a version column.
-    fn expected_tables(&self) -> Vec<preflight::Expected> {
+    pub(crate) fn expected_tables(&self) -> Vec<preflight::Expected> {
         let backend = self.backend();
         let name = &self.options.dead_letter_table;
         let tombstones = self

@@ -20,7 +20,9 @@ use super::{CodecConfig, DecodeError, Decoded};
 use crate::event::SchemaMetadata;
 
 /// `codec.value`: the format of record values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// One JSON object per record ([`json`]).

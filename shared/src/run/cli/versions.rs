@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{EXIT_INVALID, EXIT_OK, EXIT_TRANSIENT, fail, parse_events, read_files};
+use super::{EXIT_INVALID, EXIT_OK, EXIT_TRANSIENT, fail, output_failed, parse_events, read_files};
 use crate::pipeline::HandlerError;
 use crate::redrive::{DEFAULT_CHUNK_RECORDS, RedriveOptions};
 use crate::run::{App, DATABASE_URL_ENV};
@@ -53,6 +53,8 @@ pub(super) async fn redrive(
         topics: args.topics,
         chunk_records: args.chunk,
     };
+    // Set when stdout's reader went away (`| head`): the command then ends quietly.
+    let mut reader_gone = false;
     let done = if args.dry_run {
         let mut io_error = None;
         let done = crate::redrive::redrive_dry_run(&handler, &options, &mut |inspection| {
@@ -65,7 +67,7 @@ pub(super) async fn redrive(
         })
         .await;
         if let Some(e) = io_error {
-            return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
+            return output_failed(err, &e.into());
         }
         done
     } else {
@@ -73,11 +75,17 @@ pub(super) async fn redrive(
             serde_json::to_writer_pretty(&mut *out, report)
                 .map_err(std::io::Error::from)
                 .and_then(|()| writeln!(out))
-                .map_err(|e| format!("cannot write output: {e}"))
+                .map_err(|e| {
+                    reader_gone |= e.kind() == std::io::ErrorKind::BrokenPipe;
+                    format!("cannot write output: {e}")
+                })
         })
         .await
         .map(|_| ())
     };
+    if reader_gone {
+        return EXIT_OK;
+    }
     match done {
         Ok(()) => EXIT_OK,
         Err(e) => fail(err, exit_code(&e), &format!("redrive: {e}")),
@@ -126,7 +134,7 @@ pub(super) async fn replay_plan(
             })
             .and_then(|()| writeln!(out));
         if let Err(e) = written {
-            return fail(err, EXIT_INVALID, &format!("cannot write output: {e}"));
+            return output_failed(err, &e);
         }
     }
     EXIT_OK
