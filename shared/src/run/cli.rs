@@ -909,7 +909,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(super::log_filter("warn"))
         .with_ansi(super::logs::colour(std::io::stderr().is_terminal()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| super::logs::WithoutSourceLines(std::io::stderr()))
         .try_init();
 }
 

@@ -249,6 +249,7 @@ fn init_logging() {
         .with_target(false)
         .without_time()
         .with_ansi(false)
+        .with_writer(|| super::logs::WithoutSourceLines(std::io::stdout()))
         .with_env_filter(filter);
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let _ = if json {

@@ -62,6 +62,26 @@ pub(crate) fn without_source_lines(text: &str) -> String {
     out
 }
 
+/// A log writer that drops the database server's source lines ([`without_source_lines`]) from what it writes:
+/// tracing's formatters write each line in one call, so a line is cleaned whole.
+pub(crate) struct WithoutSourceLines<W>(pub(crate) W);
+
+impl<W: std::io::Write> std::io::Write for WithoutSourceLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) if text.contains(" at line ") => {
+                self.0.write_all(without_source_lines(text).as_bytes())?;
+                Ok(buf.len())
+            }
+            _ => self.0.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// One JSON object per event: `timestamp` (RFC 3339, UTC, milliseconds), `level` (`INFO`, `WARN`, …),
 /// `message`, the request id as `requestId` (Lambda's name) and `function_request_id` (Powertools'), when the
 /// event happened during an invocation, then the event's own fields and those of its spans.
@@ -246,6 +266,25 @@ mod tests {
         for kept in ["at line 12a", "look at lines 3", "at line ", "no line here"] {
             assert_eq!(without_source_lines(kept), kept);
         }
+    }
+
+    #[test]
+    fn log_lines_lose_the_servers_source_lines() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || WithoutSourceLines(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                error = "database \"x\" does not exist at line 948",
+                "preflight failed"
+            );
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains(" at line "), "{text}");
     }
 
     #[test]
