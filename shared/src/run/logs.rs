@@ -46,10 +46,11 @@ pub(crate) fn without_source_lines(text: &str) -> String {
     while let Some(at) = rest.find(MARK) {
         let after = &rest[at + MARK.len()..];
         let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        let ends = after[digits..]
-            .chars()
-            .next()
-            .is_none_or(|c| !c.is_alphanumeric());
+        // Where sqlx puts it: at the end of the database's message, which a wrapper may close or follow with a
+        // parenthesis. A parser's position ("at line 1 column 2", TOML's "at line 2, column 7") is kept.
+        let tail = &after[digits..];
+        let ends =
+            tail.is_empty() || tail.starts_with([')', ';', '\n', '"']) || tail.starts_with(" (");
         if digits > 0 && ends {
             out.push_str(&rest[..at]);
             rest = &after[digits..];
@@ -263,7 +264,14 @@ mod tests {
             without_source_lines("database \"x\" does not exist at line 1050"),
             "database \"x\" does not exist"
         );
-        for kept in ["at line 12a", "look at lines 3", "at line ", "no line here"] {
+        for kept in [
+            "at line 12a",
+            "look at lines 3",
+            "at line ",
+            "no line here",
+            "the payload is not JSON (expected ident at line 1 column 2)",
+            "msk-sync.toml: TOML parse error at line 2, column 1",
+        ] {
             assert_eq!(without_source_lines(kept), kept);
         }
     }
