@@ -1046,29 +1046,11 @@ async fn mariadb_keys_are_case_sensitive() {
     );
 }
 
-/// A deployed entity-sync carries its config in the binary; a file named on the command line still wins.
+/// entity-sync has no built-in config: without a file named (--config, MSK_SYNC_CONFIG) or ./msk-sync.toml in the
+/// working directory it refuses to run and says how to give one, instead of applying a sample's mapping.
 #[tokio::test]
-async fn a_built_in_config_is_used_when_no_file_is_named() {
-    let db = TestDb::new(Backend::Sqlite, "built_in_config").await;
-    let built_in = std::fs::read_to_string(repo().join("msk-sync.toml")).unwrap();
-    let app = entity_sync().with_embedded_config(Box::leak(built_in.into_boxed_str()));
-    let run = replay_with(&app, &db, None, &["mixed-partitions.json"]).await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(db.count("servicea_planet").await, 6);
-
-    let broken = entity_sync().with_embedded_config("[[sync]]\ntopics = []\n");
-    let run = replay_with(&broken, &db, None, &["mixed-partitions.json"]).await;
-    assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("built-in config"), "{}", run.stderr);
-    let run = replay_with(
-        &broken,
-        &db,
-        Some(&default_config()),
-        &["mixed-partitions.json"],
-    )
-    .await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
-
+async fn entity_sync_without_a_config_refuses_to_run() {
+    let db = TestDb::new(Backend::Sqlite, "no_config").await;
     let run = replay_with(&entity_sync(), &db, None, &["mixed-partitions.json"]).await;
     assert_eq!(run.code, 2);
     assert!(

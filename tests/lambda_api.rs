@@ -300,3 +300,117 @@ async fn a_large_batch_read_in_shares_applies_as_one_thread_does() {
     assert!(planets.len() > 100, "{}", planets.len());
     assert_eq!(planets, reference.planets().await);
 }
+
+/// The config and its schema files delivered as template.yaml delivers them (issue 35): a directory laid out as
+/// the config layer (`msk-sync/msk-sync.toml` and `msk-sync/schemas/planet.avsc`, mounted at /opt in Lambda),
+/// named by MSK_SYNC_CONFIG, with the function started in another, empty directory (Lambda's /var/task holds only
+/// the bootstrap). The Avro schema the config names relative to itself is found there, and a batch of
+/// Confluent-framed Avro values applies; a layer whose schema file is missing is an init error naming the file,
+/// and so is no config at all (entity-sync has no built-in one).
+#[tokio::test]
+async fn a_config_layer_with_its_schema_files_configures_the_function() {
+    let db = TestDb::new(Backend::Sqlite, "lambda_api_layer").await;
+    let opt = db.dir.path().join("opt");
+    let layer = opt.join("msk-sync");
+    std::fs::create_dir_all(layer.join("schemas")).unwrap();
+    std::fs::copy(repo().join("events/avro.toml"), layer.join("msk-sync.toml")).unwrap();
+    std::fs::copy(
+        repo().join("events/schemas/planet.avsc"),
+        layer.join("schemas/planet.avsc"),
+    )
+    .unwrap();
+    let task = db.dir.path().join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    let config = layer.join("msk-sync.toml").display().to_string();
+    let start = |port: u16, config: Option<&str>| {
+        let mut cmd = cargo_command(env!("CARGO"));
+        cmd.args(["run", "--quiet", "--manifest-path"])
+            .arg(repo().join("Cargo.toml"))
+            .args(["-p", "entity-sync"])
+            .current_dir(&task)
+            .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "entity-sync")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env_remove("MSK_SYNC_CONFIG")
+            .env("DATABASE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(config) = config {
+            cmd.env("MSK_SYNC_CONFIG", config);
+        }
+        cmd.spawn().expect("cargo run -p entity-sync")
+    };
+
+    // No config delivered: no built-in sample takes its place, the function does not start.
+    let (port, mut posts) = runtime_api(Vec::new()).await;
+    let _child = start(port, None);
+    let post = next_post(&mut posts).await;
+    assert_eq!(post.path, "/2018-06-01/runtime/init/error", "{post:?}");
+    assert!(
+        post.body["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("no config")),
+        "{post:?}"
+    );
+
+    let event = std::fs::read_to_string(event_file("planet-avro-confluent.json")).unwrap();
+    let (port, mut posts) = runtime_api(vec![event]).await;
+    let _child = start(port, Some(&config));
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/response"), "{post:?}");
+    assert_eq!(
+        (
+            &post.body["upserted"],
+            &post.body["deleted"],
+            &post.body["deadLettered"]
+        ),
+        (&1.into(), &1.into(), &2.into()),
+        "{post:?}"
+    );
+    assert!(
+        db.count("servicea_planet_avro").await >= 1,
+        "the Avro batch was applied"
+    );
+
+    // Without the schema file beside the config, the function does not start: an init error names the file.
+    std::fs::remove_file(layer.join("schemas/planet.avsc")).unwrap();
+    let (port, mut posts) = runtime_api(Vec::new()).await;
+    let _child = start(port, Some(&config));
+    let post = next_post(&mut posts).await;
+    assert_eq!(post.path, "/2018-06-01/runtime/init/error", "{post:?}");
+    let message = post.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&config) && message.contains("schemas/planet.avsc"),
+        "{message}"
+    );
+}
+
+/// `--version` names the binary, its version and the commit it was built from (issue 35): the checkout's HEAD
+/// here, as `git rev-parse` gives it (build.rs; "unknown" in a clone without .git, which this test does not run in).
+#[tokio::test]
+async fn version_names_the_binary_its_version_and_commit() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(head.len(), 12, "a git checkout");
+    for function in ["entity-sync", "planet-sync"] {
+        let out = cargo_command(env!("CARGO"))
+            .args(["run", "--quiet", "-p", function, "--", "--version"])
+            .current_dir(repo())
+            .env_remove("MSK_SYNC_COMMIT")
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{function} {} (commit {head})\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}

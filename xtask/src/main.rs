@@ -6,8 +6,13 @@
 //! `cargo xtask test [ARGS…]`: the same, then `cargo test --workspace --locked ARGS…` with the tools on PATH and
 //! in the variables the tests read (`MSK_SYNC_TANSU`, `MSK_SYNC_TEST_PYTHON`, `MSK_SYNC_MOTO`). README's test command and CI's.
 //!
+//! `cargo xtask dist [--no-build] [--out DIR]`: the release artifacts (bootstrap zips for arm64 and x86_64,
+//! SHA256SUMS, packaged templates; see [`dist`]).
+//!
 //! Anything that cannot be provisioned fails the run with what to do; nothing is skipped. std only, so that the
 //! tool itself compiles in about a second.
+
+mod dist;
 
 use std::env;
 use std::ffi::OsString;
@@ -38,9 +43,10 @@ const SERVER_WAIT: Duration = Duration::from_secs(60);
 
 type Result<T> = std::result::Result<T, String>;
 
-const USAGE: &str = "usage: cargo xtask setup | cargo xtask test [cargo test arguments…]
+const USAGE: &str = "usage: cargo xtask setup | cargo xtask test [cargo test arguments…] | cargo xtask dist [--no-build] [--out DIR]
   setup  provision what the tests need (databases, Debian packages, tansu, the Python venv); idempotent
-  test   setup, then `cargo test --workspace --locked` with the tools on PATH";
+  test   setup, then `cargo test --workspace --locked` with the tools on PATH
+  dist   release artifacts in target/dist: arm64 and x86_64 bootstrap zips, SHA256SUMS, packaged templates";
 
 fn main() -> ExitCode {
     let mut args = env::args_os().skip(1);
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
             0
         }),
         Some("test") => setup().and_then(|tools| test(&tools, args.collect())),
+        Some("dist") => dist::dist(args.map(|a| a.to_string_lossy().into_owned()).collect()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(0)

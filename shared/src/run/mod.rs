@@ -44,9 +44,6 @@ pub struct App {
     pub name: &'static str,
     /// Its syncs.
     pub syncs: Syncs,
-    /// A config compiled into the binary: used when no file is named or found, which is how a Lambda
-    /// deployment of entity-sync carries its msk-sync.toml.
-    pub embedded_config: Option<&'static str>,
 }
 
 /// Why a handler could not be built: always a bad invocation (exit 2), never worth a retry.
@@ -60,14 +57,7 @@ impl App {
         Self {
             name,
             syncs: Syncs::Declarative,
-            embedded_config: None,
         }
-    }
-
-    /// Carries `toml` as the config to use when no file is named or found.
-    pub fn with_embedded_config(mut self, toml: &'static str) -> Self {
-        self.embedded_config = Some(toml);
-        self
     }
 
     /// A typed function with one sync, `sync`, on every topic: each message becomes a row of entity `E` through
@@ -91,13 +81,13 @@ impl App {
         Self {
             name,
             syncs: Syncs::Typed(syncs),
-            embedded_config: None,
         }
     }
 
-    /// Loads the config (`explicit`, else `MSK_SYNC_CONFIG`, else `./msk-sync.toml`, else the one built
-    /// in) and compiles it, once: every problem, each line prefixed with where the config came from. A
-    /// declarative function cannot run without a config, a typed function falls back to defaults.
+    /// Loads the config (`explicit`, else `MSK_SYNC_CONFIG`, else `./msk-sync.toml`) and compiles it, once:
+    /// every problem, each line prefixed with where the config came from. A declarative function cannot run
+    /// without a config (there is no built-in one: a deployment ships its file, template.yaml in a layer), a
+    /// typed function falls back to defaults.
     pub fn load(&self, explicit: Option<&Path>) -> Result<Compiled, SetupError> {
         let compiled = |config: Config, at: &str| {
             self.compile(&config).map_err(|problems| {
@@ -110,24 +100,18 @@ impl App {
                 )
             })
         };
-        match (Config::locate(explicit), self.embedded_config) {
-            (Some(path), _) => {
+        match Config::locate(explicit) {
+            Some(path) => {
                 let config = Config::from_file(&path).map_err(|e| SetupError(e.to_string()))?;
                 compiled(config, &path.display().to_string())
             }
-            (None, Some(text)) => {
-                let at = "built-in config";
-                let config =
-                    Config::from_toml(text).map_err(|e| SetupError(format!("{at}: {e}")))?;
-                compiled(config, at)
-            }
-            (None, None) if matches!(self.syncs, Syncs::Declarative) => Err(SetupError(format!(
+            None if matches!(self.syncs, Syncs::Declarative) => Err(SetupError(format!(
                 "{}: no config: pass --config FILE, set {}, or create ./{}",
                 self.name,
                 crate::config::CONFIG_ENV,
                 crate::config::DEFAULT_CONFIG_FILE
             ))),
-            (None, None) => self
+            None => self
                 .compile(&Config::default())
                 .map_err(|p| SetupError(p.join("\n"))),
         }
