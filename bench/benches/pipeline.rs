@@ -32,6 +32,7 @@ fn generated(format: Format, size: &[&str]) -> (Vec<u8>, usize) {
         Format::Avro => "avro",
         Format::Protobuf => "protobuf",
         Format::GlueAvro => "glue-avro",
+        Format::DebeziumJson => "debezium-json",
     };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gen-event"))
         .arg(format)
@@ -78,6 +79,8 @@ fn config_with_mask(format: Format, mask_schema: &str) -> Config {
         Format::GlueAvro => {
             "[codec]\nvalue = \"auto\"\nglue_schemas = { \"b7b4a7f0-1c2d-4e5f-8a9b-0c1d2e3f4a5b\" = \"schemas/planet.avsc\" }\n"
         }
+        // The same planets as the JSON batch, each in Debezium's envelope (the row image is the planet).
+        Format::DebeziumJson => "[codec]\nvalue = \"json\"\nenvelope = \"debezium\"\n",
     };
     let text = format!(
         "{codec}\n[[filter]]\nrequired = true\npath = \"$.published\"\nvalues = true\n\n[[mask]]\n{mask_schema}levels = [\"public\", \"confidential\", \"secret\"]\nemit_level = \"confidential\"\n"
@@ -135,6 +138,7 @@ fn decode(c: &mut Criterion) {
         Format::Avro,
         Format::Protobuf,
         Format::GlueAvro,
+        Format::DebeziumJson,
     ] {
         let (bytes, records) = batch(format);
         let pipeline = pipeline(format);

@@ -24,6 +24,9 @@ pub enum Format {
     Protobuf,
     /// Avro in AWS Glue's wire format (byte 3, no compression, schema version [`GLUE_AVRO_VERSION`]).
     GlueAvro,
+    /// Debezium change events in JSON (no schemas): the planet is the row image (`after`; `before` for a
+    /// delete), with a PostgreSQL connector's `source` block, `op` and `ts_ms` around it.
+    DebeziumJson,
 }
 
 /// The Glue schema version id of events/schemas/planet.avsc in the benchmarks' config.
@@ -175,6 +178,32 @@ fn avro_value(m: &Value) -> Avro {
     ])
 }
 
+/// The planet change `m` (the `i`-th of the batch) as Debezium's PostgreSQL connector writes it, without
+/// schemas: `changeType` becomes `op`, the planet the row image.
+fn debezium_value(m: &Value, i: usize) -> Value {
+    let mut row = m.clone();
+    let change = row
+        .as_object_mut()
+        .and_then(|o| o.remove("changeType"))
+        .unwrap_or_default();
+    let op = match change.as_str() {
+        Some("CREATED") => "c",
+        Some("DELETED") => "d",
+        _ => "u",
+    };
+    let (before, after) = if op == "d" {
+        (row, Value::Null)
+    } else {
+        (Value::Null, row)
+    };
+    let lsn = 24_023_128 + i as i64 * 216;
+    json!({"before": before, "after": after, "source": {"version": "2.7.3.Final", "connector": "postgresql",
+        "name": "dbserver1", "ts_ms": 1_764_000_000_000_i64 + i as i64, "snapshot": "false", "db": "servicea",
+        "sequence": format!("[\"{}\",\"{lsn}\"]", lsn - 64), "schema": "public", "table": "planet",
+        "txId": 771 + i, "lsn": lsn, "xmin": null}, "op": op, "ts_ms": 1_764_000_000_040_i64 + i as i64,
+        "transaction": null})
+}
+
 /// An MSK event (the JSON Lambda would send).
 pub fn generate(cfg: &GenConfig) -> Value {
     let mut rng = Rng(cfg.seed);
@@ -211,6 +240,7 @@ pub fn generate(cfg: &GenConfig) -> Value {
                 framed.extend(protobuf_value(&m));
                 b64.encode(framed)
             }
+            (Format::DebeziumJson, _) => b64.encode(debezium_value(&m, i).to_string()),
             _ => b64.encode(m.to_string()),
         };
         // Timestamps interleave across partitions, with some jitter.

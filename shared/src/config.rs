@@ -268,6 +268,14 @@ impl Config {
                 Ok(m) => declarative.push((sync.topics.clone(), Arc::new(m) as Arc<dyn Mapping>)),
                 Err(p) => problems.extend(p),
             }
+            if sync.change.is_some()
+                && self.codec.envelope == Some(crate::decode::Envelope::Debezium)
+            {
+                problems.push(format!(
+                    "{}: change: not with codec.envelope = \"debezium\", where Debezium's op says what happened",
+                    sync_label(i, sync)
+                ));
+            }
             // Case too: MySQL on macOS and Windows, and SQLite, do not tell table names apart by case.
             if sync.table.eq_ignore_ascii_case(&sink.dead_letter_table) {
                 problems.push(format!(
@@ -285,6 +293,11 @@ impl Config {
                 .flat_map(|(i, s)| s.topics.iter().map(move |t| (i, t.as_str()))),
         ) {
             problems.extend(p);
+        }
+        for (_, m) in typed.iter().flatten() {
+            if let crate::change::ChangeRule::Invalid(reason) = m.change() {
+                problems.push(format!("change: {reason}"));
+            }
         }
         let (Some(codec), Some(filters), Some(masks), true) =
             (codec, filters, masks, problems.is_empty())
@@ -433,14 +446,14 @@ mod tests {
             topics = ["a"]
             table = "t"
             key = ["id"]
-            columns = [{ name = "id", path = "$.id", type = "uuid" }]
+            columns = [{ name = "id", path = "$.id", type = "uuid4" }]
             "#,
         )
         .unwrap();
         let p = cfg.problems().join("\n");
         assert!(p.contains("database.dead_letter_table"), "{p}");
         assert!(
-            p.contains("sync 1 (t): column 1 (\"id\"): unknown type \"uuid\""),
+            p.contains("sync 1 (t): column 1 (\"id\"): unknown type \"uuid4\""),
             "{p}"
         );
     }

@@ -12,7 +12,7 @@
 //! - [`decode`]: base64 and one file per value format, into [`message::Message`]s (JSON's data model,
 //!   borrowing from the record's bytes).
 //! - `filter`: the emit filter (aether); `mask`: classification masking (aether, plus nested records).
-//! - `change`: `changeType` → upsert or delete (bedrock's routing).
+//! - [`change`]: what a message asks for: bedrock's `changeType`, a sync's own change field, or Debezium's `op`.
 //! - `topics`: which sync receives a topic (exact names, globs, `*`).
 //! - [`sync`]: mappings (declarative and typed), the preflight against the database, collapse per key, bulk
 //!   apply, dead letters, the version guard.
@@ -28,7 +28,7 @@
 //!   Kafka broker (`consume`, `publish`, feature `kafka`), and the database secret read from Secrets Manager
 //!   (`run::secret`, feature `aws`). The only module that knows about Lambda, Kafka or AWS clients.
 //!
-//! `filter`, `mask`, `change`, `topics`, `text` and `threads` are internal; their settings are in [`config`].
+//! `filter`, `mask`, `topics`, `text` and `threads` are internal; their settings are in [`config`].
 //!
 //! # Writing a function
 //!
@@ -53,7 +53,7 @@
 
 #![warn(missing_docs)]
 
-pub(crate) mod change;
+pub mod change;
 pub mod config;
 pub mod decode;
 pub mod event;

@@ -11,7 +11,8 @@ use sea_orm::sea_query::Value as SqlValue;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::change::{Change, route};
+use crate::change::{Change, ChangeRule};
+use crate::decode::Envelope;
 use crate::decode::avro::Budget;
 use crate::decode::{Codec, DecodeError, Decoded, Decoder};
 use crate::event::{MskEvent, Record};
@@ -84,6 +85,9 @@ pub struct Inspection<'a> {
     /// Why it was not applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// How the envelope's change was read (Debezium: the op and the image applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<&'static str>,
     /// The message as it would be mapped: decoded, with Kafka fields injected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<&'a Message<'a>>,
@@ -118,6 +122,9 @@ enum Fate {
     Delete(usize, Vec<SqlValue>),
     /// The emit filter dropped it.
     Filtered,
+    /// Not a change to apply (a Debezium truncate, heartbeat, schema change or tombstone): counted as
+    /// filtered, with this reason.
+    Skipped(&'static str),
     /// The record's value held no message: nothing to apply, but the record is accounted for.
     Empty,
     /// It can never be applied, for this reason.
@@ -129,7 +136,7 @@ impl Fate {
         match self {
             Fate::Upsert(..) => Outcome::Upsert,
             Fate::Delete(..) => Outcome::Delete,
-            Fate::Filtered => Outcome::Filtered,
+            Fate::Filtered | Fate::Skipped(_) => Outcome::Filtered,
             Fate::Empty => Outcome::Empty,
             Fate::DeadLetter(_) => Outcome::DeadLetter,
         }
@@ -327,6 +334,14 @@ impl<'e> Batch<'e> {
             sync: seen.sync.map(|s| self.syncs[s].name()),
             reason: match &fate {
                 Fate::DeadLetter(reason) => Some(reason),
+                Fate::Skipped(reason) => Some(reason),
+                _ => None,
+            },
+            change: match (&fate, seen.message) {
+                (Fate::Upsert(..) | Fate::Delete(..), Some(m)) => match m.get("debeziumOp") {
+                    Some(Message::String(op)) => crate::change::debezium_op(op).map(|(_, d)| d),
+                    _ => None,
+                },
                 _ => None,
             },
             message: seen.message,
@@ -338,6 +353,13 @@ impl<'e> Batch<'e> {
             Fate::Filtered | Fate::Empty => {
                 note(&mut self.report, record, seen.at, fate.outcome(), None)
             }
+            Fate::Skipped(reason) => note(
+                &mut self.report,
+                record,
+                seen.at,
+                Outcome::Filtered,
+                Some(reason),
+            ),
             Fate::DeadLetter(reason) => {
                 note(
                     &mut self.report,
@@ -504,6 +526,28 @@ impl Pipeline {
     /// The mappings, in sync order.
     pub fn mappings(&self) -> &[Arc<dyn Mapping>] {
         &self.mappings.items
+    }
+
+    /// The change rule of the sync at `index` of [`Pipeline::mappings`]: Debezium's `op` under
+    /// `codec.envelope = "debezium"`, else the sync's own.
+    fn change_rule(&self, index: usize) -> &ChangeRule {
+        match self.codec.envelope() {
+            Some(Envelope::Debezium) => &DEBEZIUM,
+            _ => self.mappings.items[index].change(),
+        }
+    }
+
+    /// How each sync reads what a message asks for, in words (`config check`).
+    pub fn change_rules(&self) -> Vec<String> {
+        (0..self.mappings.items.len())
+            .map(|i| {
+                format!(
+                    "sync {}: {}",
+                    self.mappings.items[i].name(),
+                    self.change_rule(i).describe()
+                )
+            })
+            .collect()
     }
 
     /// Runs every stage but the database. Only a transient failure (one that a retry may cure) is an `Err`;
@@ -754,6 +798,13 @@ impl Pipeline {
             return Ok(Opened::Settled(None, Fate::DeadLetter(reason)));
         };
         let Some(value) = &record.value else {
+            if self.codec.envelope() == Some(Envelope::Debezium) {
+                // Debezium sends one after each delete, for log compaction: the delete before it applied.
+                return Ok(Opened::Settled(
+                    Some(sync),
+                    Fate::Skipped(DEBEZIUM_TOMBSTONE),
+                ));
+            }
             // A tombstone has no message: it can only delete by record key.
             let mapping = &self.mappings.items[sync];
             // With a version column, the delete carries its version after the key ([`Changes::delete_at`]).
@@ -797,7 +848,8 @@ impl Pipeline {
             Some(Err(reason)) => return Fate::DeadLetter(reason.clone()),
         }
         let mapping = &self.mappings.items[sync];
-        let fate = match route(message) {
+        let fate = match self.change_rule(sync).route(message) {
+            Ok(Change::Skip(reason)) => Ok(Fate::Skipped(reason)),
             Ok(Change::Upsert) => mapping
                 .row(message, meta)
                 .map(|row| Fate::Upsert(sync, row)),
@@ -828,6 +880,12 @@ fn inject<'a>(message: &mut Message<'a>, record: &'a Record<'_>) {
         map.insert("kafkaTopic", Message::from(record.topic.as_ref()));
     }
 }
+
+/// Debezium's `op` routing, for every sync under `codec.envelope = "debezium"`.
+static DEBEZIUM: ChangeRule = ChangeRule::Debezium;
+
+/// Why a tombstone under `codec.envelope = "debezium"` is not applied.
+pub const DEBEZIUM_TOMBSTONE: &str = "tombstone after a Debezium delete (for log compaction): the delete event before it applied, nothing to do";
 
 /// The most dead letters of one batch logged one line each; the rest are counted in one line.
 const MAX_LOGGED_DEAD_LETTERS: usize = 100;

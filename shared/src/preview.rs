@@ -41,9 +41,12 @@ pub struct PlanLine {
     /// `update`: the columns whose value changes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
-    /// Why a message is dead-lettered (or stale).
+    /// Why a message is dead-lettered (or stale, or skipped: a Debezium truncate, heartbeat or tombstone).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How the envelope's change was read (Debezium: the op and the image applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<&'static str>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -144,6 +147,7 @@ pub async fn plan(
                 action: "",
                 columns: Vec::new(),
                 reason: i.reason.map(str::to_string),
+                change: i.change,
             };
             let at = Origin {
                 record: i.position,

@@ -1,4 +1,4 @@
-//! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro|protobuf|glue-avro] [BYTES | --records N] [--seed S]`
+//! `cargo run -p msk-sync-bench --bin gen-event -- [json|avro|protobuf|glue-avro|debezium-json] [BYTES | --records N] [--seed S]`
 //! prints an MSK event of at most BYTES (default: Lambda's 6 MB payload limit), or of N records, for measuring `replay` (peak
 //! memory, time) on a full batch. The benchmarks run it too, so that generating a batch leaves nothing in their
 //! own heap. Another seed makes another batch of the same shape (the same planets, other changes).
@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         Some("avro") => Format::Avro,
         Some("protobuf") => Format::Protobuf,
         Some("glue-avro") => Format::GlueAvro,
+        Some("debezium-json") => Format::DebeziumJson,
         Some("ocf") => {
             let records = args.next().map_or(Ok(40_000), |n| n.parse::<usize>());
             return match records
@@ -35,7 +36,7 @@ fn main() -> std::process::ExitCode {
         }
         Some(other) => {
             eprintln!(
-                "gen-event: unknown format {other:?} (json, avro, protobuf, glue-avro or ocf)"
+                "gen-event: unknown format {other:?} (json, avro, protobuf, glue-avro, debezium-json or ocf)"
             );
             return std::process::ExitCode::from(2);
         }

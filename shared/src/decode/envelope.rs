@@ -14,6 +14,11 @@ pub enum Envelope {
     /// kafkaesk (a Python Kafka framework) wraps every value as `{"schema": "name:version", "data": {…}}`; the
     /// message is `data`, with `kafkaeskSchemaName` and `kafkaeskSchemaVersion` added for mappings.
     Kafkaesk,
+    /// Debezium's change events (`{before, after, source, op, ts_ms}`, in JsonConverter's
+    /// `{"schema": …, "payload": …}` or not): the message is the row image (`after`, or `before` for a
+    /// delete), with `debeziumOp`, `debeziumSource` and `debeziumTsMs` added; values the schema says are
+    /// Debezium's dates, times and decimals are converted ([`super::debezium`]).
+    Debezium,
 }
 
 impl Envelope {
@@ -21,6 +26,7 @@ impl Envelope {
     pub(crate) fn unwrap<'a>(self, decoded: Decoded<'a>) -> Result<Decoded<'a>, DecodeError> {
         match self {
             Envelope::Kafkaesk => unwrap_kafkaesk(decoded),
+            Envelope::Debezium => super::debezium::unwrap(decoded),
         }
     }
 }

@@ -10,12 +10,14 @@
 //!   Protobuf) is a new file there and an arm in the dispatch.
 //! - `schemas`: the Avro schemas by id, configured or fetched from a [`registry`] before a batch;
 //!   `schema_files`: the `.avsc` files a config names, each read once.
-//! - `envelope` (kafkaesk's), `key` (record keys) and `b64` (base64): the pieces around a value's format.
+//! - `envelope` (kafkaesk's, and `debezium`: Debezium's change events), `key` (record keys) and `b64`
+//!   (base64): the pieces around a value's format.
 //! - [`avro`]: the Avro binary decoder the Avro formats share.
 
 pub mod avro;
 mod b64;
 mod config;
+mod debezium;
 mod envelope;
 mod format;
 pub mod glue;
@@ -146,6 +148,11 @@ impl Codec {
         self.schemas.fetch(wanted).await
     }
 
+    /// `codec.envelope`.
+    pub fn envelope(&self) -> Option<Envelope> {
+        self.envelope
+    }
+
     /// The AWS Glue settings (`codec.glue`), for the runtime to connect a [`glue::GlueSource`].
     pub fn glue_config(&self) -> Option<&glue::GlueConfig> {
         self.schemas.glue.config()
@@ -241,7 +248,12 @@ impl<'c> Decoder<'c> {
         key: Option<&str>,
         buf: &'a mut Vec<u8>,
     ) -> Result<Option<Message<'a>>, DecodeError> {
-        self.codec.key.decode(key, buf, &self.cx)
+        let key = self.codec.key.decode(key, buf, &self.cx)?;
+        Ok(match self.codec.envelope {
+            // Debezium's keys come in JsonConverter's wrapper too when it writes schemas.
+            Some(Envelope::Debezium) => key.map(debezium::unwrap_key),
+            _ => key,
+        })
     }
 }
 

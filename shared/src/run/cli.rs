@@ -321,6 +321,10 @@ async fn check(
             .collect(),
         Err(e) => e.0.clone(),
     };
+    let rules = match &compiled {
+        Ok(Ok(c)) => c.pipeline.change_rules(),
+        _ => Vec::new(),
+    };
     let database = match (compiled, database_url) {
         (_, None) => {
             "database not checked (pass --database-url URL or set DATABASE_URL)".to_string()
@@ -345,6 +349,9 @@ async fn check(
         ),
     };
     if problems.is_empty() {
+        for rule in &rules {
+            let _ = writeln!(out, "{rule}");
+        }
         let _ = writeln!(out, "{database}");
         let _ = writeln!(out, "{}: ok", file.display());
         return EXIT_OK;

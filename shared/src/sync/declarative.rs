@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mapping::{Mapping, Meta};
 use super::table::{TableDef, check_ident, create_table, long_text};
+use crate::change::{ChangeConfig, ChangeRule};
 use crate::message::Message;
 use crate::path::JsonPath;
 
@@ -33,6 +34,10 @@ pub struct SyncConfig {
     /// The table's columns, each with where its value comes from.
     #[schemars(example = serde_json::json!([{"name": "uuid", "path": "$.planetUuid"}, {"name": "name", "path": "$.planetName"}]))]
     pub columns: Vec<ColumnConfig>,
+    /// Where a message says what happened (`{ path, upsert, delete, absent }`); bedrock's `changeType` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeConfig>,
 }
 
 /// One column of a `[[sync]]` section.
@@ -50,7 +55,7 @@ pub struct ColumnConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"key", example = &"header:source", example = &"key:$.id")]
     pub from: Option<String>,
-    /// text (default), integer, float, boolean, json or timestamp.
+    /// text (default), integer, float, boolean, json, timestamp, uuid, date or decimal.
     #[serde(rename = "type", default = "default_type")]
     #[schemars(schema_with = "column_type_schema", example = &"timestamp")]
     pub ty: String,
@@ -83,9 +88,16 @@ pub enum ColumnType {
     Boolean,
     Json,
     Timestamp,
+    /// PostgreSQL `uuid`, MySQL/MariaDB `CHAR(36)`, SQLite `TEXT`: a UUID in its canonical text.
+    Uuid,
+    /// `DATE` (SQLite: its text, `YYYY-MM-DD`).
+    Date,
+    /// An exact number: PostgreSQL `NUMERIC`, MySQL/MariaDB `DECIMAL(65,30)`, SQLite `TEXT`.
+    Decimal,
 }
 
-pub const COLUMN_TYPES: &str = "text, integer, float, boolean, json, timestamp";
+pub const COLUMN_TYPES: &str =
+    "text, integer, float, boolean, json, timestamp, uuid, date, decimal";
 
 impl ColumnType {
     fn parse(name: &str) -> Option<Self> {
@@ -96,6 +108,9 @@ impl ColumnType {
             "boolean" => Self::Boolean,
             "json" => Self::Json,
             "timestamp" => Self::Timestamp,
+            "uuid" => Self::Uuid,
+            "date" => Self::Date,
+            "decimal" => Self::Decimal,
             _ => return None,
         })
     }
@@ -108,6 +123,9 @@ impl ColumnType {
             Self::Boolean => SqlValue::Bool(None),
             Self::Json => SqlValue::Json(None),
             Self::Timestamp => SqlValue::ChronoDateTimeUtc(None),
+            Self::Uuid => typed_text(UUID_TYPE, None),
+            Self::Date => SqlValue::ChronoDate(None),
+            Self::Decimal => typed_text(DECIMAL_TYPE, None),
         }
     }
 
@@ -124,6 +142,15 @@ impl ColumnType {
             // MySQL's TIMESTAMP ends in 2038 and drops milliseconds.
             Self::Timestamp if backend == DbBackend::MySql => def.custom(Alias::new("DATETIME(3)")),
             Self::Timestamp => def.timestamp_with_time_zone(),
+            Self::Uuid if backend == DbBackend::Postgres => def.uuid(),
+            Self::Uuid if backend == DbBackend::MySql => def.custom(Alias::new("CHAR(36)")),
+            Self::Uuid => def.custom(Alias::new("TEXT")),
+            Self::Date => def.date(),
+            Self::Decimal if backend == DbBackend::Postgres => def.decimal(),
+            // The widest DECIMAL MySQL has: every value with at most 35 integer and 30 fraction digits, exactly.
+            Self::Decimal if backend == DbBackend::MySql => def.decimal_len(65, 30),
+            // SQLite's NUMERIC affinity would turn 0.10 into a float: its text is kept instead.
+            Self::Decimal => def.custom(Alias::new("TEXT")),
         };
         if is_key {
             def.not_null();
@@ -164,6 +191,25 @@ impl ColumnType {
                     DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(bad)?,
                 )?))
             }
+            (Self::Uuid, Message::String(s)) => {
+                let uuid = apache_avro::Uuid::try_parse(s.trim()).map_err(|_| bad())?;
+                typed_text(UUID_TYPE, Some(uuid.hyphenated().to_string()))
+            }
+            (Self::Date, Message::String(s)) => SqlValue::ChronoDate(Some(portable_date(
+                chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| bad())?,
+            )?)),
+            // Days since 1970-01-01: Debezium's io.debezium.time.Date when no schema came with it.
+            (Self::Date, Message::Number(n)) => {
+                let days = integer(n).ok_or_else(bad)?;
+                let date = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
+                    .and_then(|e| e.checked_add_signed(chrono::Duration::try_days(days)?))
+                    .ok_or_else(bad)?;
+                SqlValue::ChronoDate(Some(portable_date(date)?))
+            }
+            (Self::Decimal, Message::Number(n)) => typed_text(DECIMAL_TYPE, Some(n.to_string())),
+            (Self::Decimal, Message::String(s)) if is_decimal(s.trim()) => {
+                typed_text(DECIMAL_TYPE, Some(s.trim().to_string()))
+            }
             (Self::Timestamp, Message::String(s)) => {
                 SqlValue::ChronoDateTimeUtc(Some(portable_timestamp(
                     DateTime::parse_from_rfc3339(s.trim())
@@ -183,7 +229,62 @@ impl ColumnType {
             Self::Boolean => "a boolean",
             Self::Json => "JSON",
             Self::Timestamp => "epoch milliseconds or an RFC 3339 timestamp",
+            Self::Uuid => "a UUID",
+            Self::Date => "a date (YYYY-MM-DD, or days since 1970-01-01)",
+            Self::Decimal => "a decimal number",
         }
+    }
+}
+
+/// PostgreSQL's name of the type a uuid column's text is cast to.
+const UUID_TYPE: &str = "uuid";
+/// Likewise for a decimal column.
+const DECIMAL_TYPE: &str = "numeric";
+
+/// Text that PostgreSQL casts to `type_name` (`$1::"uuid"`: a text parameter is not assigned to a uuid or
+/// numeric column without a cast); the other backends bind it as text, which their columns convert.
+fn typed_text(type_name: &str, text: Option<String>) -> SqlValue {
+    use sea_orm::sea_query::{Enum, OptionEnum};
+    SqlValue::Enum(match text {
+        Some(value) => OptionEnum::Some(Box::new(Enum {
+            type_name: type_name.into(),
+            value: value.into(),
+        })),
+        None => OptionEnum::None(type_name.into()),
+    })
+}
+
+/// The longest decimal text accepted: more digits than any backend's exact type holds.
+const MAX_DECIMAL_CHARS: usize = 1_000;
+
+/// `-12.50`, `3`, `1e-7`: what every backend reads as an exact number.
+fn is_decimal(s: &str) -> bool {
+    if s.len() > MAX_DECIMAL_CHARS {
+        return false;
+    }
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (mantissa, exponent) = match s.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
+        None => (s, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => digits(int) && digits(frac),
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(|e| digits(e) && e.len() <= 4)
+}
+
+/// A date every backend stores (see [`portable_timestamp`]).
+fn portable_date(d: chrono::NaiveDate) -> Result<chrono::NaiveDate, String> {
+    use chrono::Datelike;
+    if (1000..=9999).contains(&d.year()) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "date outside the years 1000 to 9999, which not every database can store (year {})",
+            d.year()
+        ))
     }
 }
 
@@ -302,6 +403,8 @@ pub struct DeclarativeMapping {
     columns: Vec<Column>,
     /// The version column's index, if the sync has one.
     version: Option<usize>,
+    /// How a message says what happened.
+    change: ChangeRule,
 }
 
 impl DeclarativeMapping {
@@ -414,6 +517,14 @@ impl DeclarativeMapping {
                 None => say(format!("key column {k:?} is not among the columns")),
             }
         }
+        let change = match cfg.change.as_ref().map(ChangeConfig::compile) {
+            None => ChangeRule::Bedrock,
+            Some(Ok(rule)) => rule,
+            Some(Err(p)) => {
+                p.into_iter().for_each(&mut say);
+                ChangeRule::Bedrock
+            }
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -426,6 +537,7 @@ impl DeclarativeMapping {
             },
             columns,
             version: cfg.columns.iter().position(|c| c.version),
+            change,
         })
     }
 
@@ -493,6 +605,10 @@ impl Mapping for DeclarativeMapping {
 
     fn version(&self) -> Option<usize> {
         self.version
+    }
+
+    fn change(&self) -> &ChangeRule {
+        &self.change
     }
 
     fn delete_version(

@@ -2,6 +2,7 @@
 //! entity) syncs, so that both are applied by the same bulk statements.
 
 use super::TableDef;
+use crate::change::ChangeRule;
 use crate::event::Record;
 use crate::message::Message;
 use sea_orm::DbBackend;
@@ -17,6 +18,8 @@ pub struct Meta<'a> {
     /// The record key as the codec's key format decoded it.
     pub key_value: Option<&'a Message<'a>>,
 }
+
+static BEDROCK: ChangeRule = ChangeRule::Bedrock;
 
 /// Turns messages of some topics into rows of one table. Built once per function instance.
 pub trait Mapping: Send + Sync + std::fmt::Debug {
@@ -39,6 +42,12 @@ pub trait Mapping: Send + Sync + std::fmt::Debug {
     /// The key of the entity a tombstone (a record with a null value) deletes, from the record key; an `Err`
     /// says why this mapping cannot tell, and the tombstone is dead-lettered with it.
     fn tombstone_key(&self, meta: &Meta<'_>) -> Result<Vec<SqlValue>, String>;
+
+    /// How a message says what happened to the entity ([`crate::change`]): bedrock's `changeType` by default.
+    /// Under `codec.envelope = "debezium"` Debezium's `op` decides instead.
+    fn change(&self) -> &ChangeRule {
+        &BEDROCK
+    }
 
     /// Where the version is in a row, if this mapping has a version column: then a change applies only if it
     /// is not older than the row ([`super::version`]). By default none: the last batch applied wins.

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::mapping::{Mapping, Meta};
 use super::table::TableDef;
+use crate::change::{ChangeConfig, ChangeRule};
 use crate::message::Message;
 
 /// Builds a model from a message. An `Err` is a permanent error of the record (it is dead-lettered).
@@ -42,6 +43,13 @@ pub trait FromKafkaEvent: ModelTrait + Sized {
             None => Ok(None),
             Some(column) => Ok(Some(Self::from_kafka_event(message)?.get(column))),
         }
+    }
+
+    /// Where a message says what happened to the entity: `None` (the default) is bedrock's `changeType`
+    /// routing; a [`ChangeConfig`] names a field of the producer's own and its values, as a declarative sync's
+    /// `change` does. Under `codec.envelope = "debezium"` Debezium's `op` decides instead.
+    fn change() -> Option<ChangeConfig> {
+        None
     }
 
     /// The primary-key values of the entity a tombstone (null value) with this record key deletes; by default
@@ -88,6 +96,8 @@ pub struct TypedMapping<E: EntityTrait> {
     table: TableDef,
     /// Where [`FromKafkaEvent::version_column`] is in a row.
     version: Option<usize>,
+    /// [`FromKafkaEvent::change`], compiled.
+    change: ChangeRule,
     entity: PhantomData<fn() -> E>,
 }
 
@@ -116,8 +126,17 @@ where
             .collect();
         let version = E::Model::version_column()
             .and_then(|v| columns.iter().position(|c| c.as_str() == v.as_str()));
+        let name = name.into();
+        // A rule that does not compile dead-letters every message with its reason; `config check` and the
+        // start of the function list it ([`crate::config::Config::compile`]).
+        let change = match E::Model::change().map(|c| c.compile()) {
+            None => ChangeRule::Bedrock,
+            Some(Ok(rule)) => rule,
+            Some(Err(p)) => ChangeRule::Invalid(format!("sync {name}: {}", p.join("; "))),
+        };
         Self {
-            name: name.into(),
+            name,
+            change,
             table: TableDef {
                 name: E::default().table_name().to_string(),
                 columns: columns.iter().map(|c| c.as_str().to_string()).collect(),
@@ -167,6 +186,10 @@ where
 
     fn version(&self) -> Option<usize> {
         self.version
+    }
+
+    fn change(&self) -> &ChangeRule {
+        &self.change
     }
 
     fn delete_version(
