@@ -799,6 +799,11 @@ fn runner_binary() -> &'static Path {
 
 /// `entity-sync consume` into `db`, with stderr captured.
 fn spawn_consume(brokers: &str, db: &TestDb, group: &str, extra: &[&str]) -> Child {
+    spawn_consume_at(brokers, &db.url, &default_config(), group, extra)
+}
+
+/// `entity-sync consume` into the database at `url` with the config file `config`, with stderr captured.
+fn spawn_consume_at(brokers: &str, url: &str, config: &str, group: &str, extra: &[&str]) -> Child {
     Command::new(runner_binary())
         .args([
             "consume",
@@ -809,9 +814,9 @@ fn spawn_consume(brokers: &str, db: &TestDb, group: &str, extra: &[&str]) -> Chi
             "--group",
             group,
             "--database-url",
-            &db.url,
+            url,
             "--config",
-            &default_config(),
+            config,
             "--progress-every",
             "1s",
             "-X",
@@ -938,7 +943,7 @@ async fn tansu_publish_then_consume_replays_events_and_a_signal_exits_cleanly() 
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("signal received"), "{stderr}");
     assert!(
-        stderr.contains("consume: consuming:") && stderr.contains("lag:"),
+        stderr.contains("consume: consuming 3 partitions:") && stderr.contains("lag:"),
         "progress lines:\n{stderr}"
     );
     assert_eq!(applied(&stderr), 13);
@@ -1043,4 +1048,308 @@ async fn tansu_two_runners_in_one_group_share_six_partitions() {
             .sum::<i64>(),
         6_000
     );
+}
+
+// ---- faults: deadlines, signals, partitions ----
+
+/// A TCP proxy to a database server that forwards faithfully until a client sends `pattern`; from then on it
+/// stops answering: nothing more is forwarded either way, but every connection stays open and new ones are
+/// accepted and never answered, as a server or network that hangs would. `heal` makes new connections work
+/// again (the hung ones stay hung).
+struct StallProxy {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+    healed: Arc<AtomicBool>,
+}
+
+impl StallProxy {
+    async fn start(upstream: String, pattern: &'static [u8]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let healed = Arc::new(AtomicBool::new(false));
+        let (flag, heal) = (Arc::clone(&stalled), Arc::clone(&healed));
+        tokio::spawn(async move {
+            let mut hung = Vec::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) && !heal.load(Ordering::SeqCst) {
+                    hung.push(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let watch = if heal.load(Ordering::SeqCst) {
+                    None
+                } else {
+                    Some(Arc::clone(&flag))
+                };
+                tokio::spawn(stall_pump(client, server, pattern, watch));
+            }
+        });
+        Self {
+            port,
+            stalled,
+            healed,
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
+    fn heal(&self) {
+        self.healed.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn stall_pump(
+    mut client: tokio::net::TcpStream,
+    mut server: tokio::net::TcpStream,
+    pattern: &'static [u8],
+    stall: Option<Arc<AtomicBool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut up = vec![0u8; 64 * 1024];
+    let mut down = vec![0u8; 64 * 1024];
+    loop {
+        if stall.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            // Hold both ends open, answer nothing.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return;
+        }
+        tokio::select! {
+            n = client.read(&mut up) => {
+                let Ok(n) = n else { return };
+                if n == 0 { return; }
+                if let Some(stall) = &stall
+                    && up[..n].windows(pattern.len()).any(|w| w == pattern)
+                {
+                    stall.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                if server.write_all(&up[..n]).await.is_err() { return; }
+            }
+            n = server.read(&mut down) => {
+                let Ok(n) = n else { return };
+                if n == 0 { return; }
+                if client.write_all(&down[..n]).await.is_err() { return; }
+            }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// A progress writer the test can read.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_a_database_that_stops_answering_mid_statement_fails_the_batch_at_its_deadline() {
+    let db = TestDb::new(Backend::Postgres, "kafka_stall").await;
+    let (_cluster, brokers) = mock_with_planets(2, 40, 10).await;
+    let upstream = host_port(&server_url(Backend::Postgres));
+    let proxy = StallProxy::start(upstream.clone(), b"INSERT INTO").await;
+    let url = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let handler = Arc::new(entity_sync_handler(&url).await);
+    let mut o = options(&brokers, "stall");
+    o.batch_timeout = Duration::from_secs(3);
+    o.progress_every = Duration::from_secs(1);
+    o.exit_when_idle = Some(Duration::from_secs(3));
+    let lines = Lines::default();
+    let runner = tokio::spawn(local::consume(
+        handler,
+        o,
+        Arc::default(),
+        Box::new(lines.clone()),
+    ));
+    let started = Instant::now();
+    while !proxy.stalled() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no INSERT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The hung statement holds the batch for its deadline, and the progress line says so meanwhile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.heal();
+    let summary = tokio::time::timeout(Duration::from_secs(90), runner)
+        .await
+        .expect("the runner hangs on a database that stopped answering")
+        .unwrap()
+        .unwrap();
+    assert!(summary.retries >= 1, "{summary:?}");
+    assert_eq!(summary.records, 40, "{summary:?}");
+    assert_eq!(db.count("servicea_planet").await, 40);
+    let progress = lines.text();
+    assert!(
+        progress.contains("on the database for a batch of") && progress.contains("(deadline 3 s)"),
+        "{progress}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_sigterm_ends_a_runner_whose_database_stopped_answering() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, 3).await;
+    let db = TestDb::new(Backend::Postgres, "tansu_stall").await;
+    let upstream = host_port(&server_url(Backend::Postgres));
+    let proxy = StallProxy::start(upstream.clone(), b"INSERT INTO").await;
+    let url = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    // A batch deadline longer than the test: only the signal can end the wait.
+    let config = db.dir.path().join("msk-sync.toml");
+    let text = std::fs::read_to_string(default_config()).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[database]\nbatch_timeout_seconds = 600\n"),
+    )
+    .unwrap();
+    publish_file(&broker.brokers, &event_file("mixed-partitions.json")).await;
+    let runner = spawn_consume_at(
+        &broker.brokers,
+        &url,
+        &config.display().to_string(),
+        "stall",
+        &[],
+    );
+    let started = Instant::now();
+    while !proxy.stalled() {
+        assert!(started.elapsed() < Duration::from_secs(90), "no INSERT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let pid = runner.id().unwrap();
+    let signalled = Instant::now();
+    for _ in 0..2 {
+        // As an operator would: a second SIGTERM must not be needed, nor hurt.
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let (code, stderr) = finished(runner).await;
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        took < Duration::from_secs(6),
+        "SIGTERM took {took:?}\n{stderr}"
+    );
+    assert!(stderr.contains("signal received"), "{stderr}");
+    assert!(
+        stderr.contains("on the database for a batch of") && stderr.contains("rolled back"),
+        "{stderr}"
+    );
+    assert!(db.planets_if_exists().await.is_empty());
+    assert_eq!(
+        committed(&broker.brokers, "stall", TOPIC, 3),
+        vec![-1, -1, -1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_a_runner_whose_partitions_the_group_took_away_is_not_idle() {
+    // The group takes the runner's partitions and gives none back (here: the topic's metadata turns to
+    // "unknown topic"); --exit-when-idle must not end that as a success with the stream unapplied.
+    let (cluster, brokers) = mock_with_planets(2, 20, 10).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut o = options(&brokers, "taken");
+    o.exit_when_idle = Some(Duration::from_secs(2));
+    o.assignment_timeout = Some(Duration::from_secs(6));
+    o.progress_every = Duration::from_secs(1);
+    o.properties
+        .push(("topic.metadata.refresh.interval.ms".into(), "500".into()));
+    let lines = Lines::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = tokio::spawn(local::consume(
+        Arc::clone(&recorder),
+        o,
+        Arc::clone(&stop),
+        Box::new(lines.clone()),
+    ));
+    let started = Instant::now();
+    while recorder.succeeded.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster
+        .topic_error(
+            TOPIC,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), runner)
+        .await
+        .expect("the runner did not stop")
+        .unwrap();
+    let progress = lines.text();
+    match outcome {
+        Err(ConsumeError::NotAssigned(e)) => {
+            assert!(e.contains("took this runner's partitions"), "{e}");
+            assert!(e.contains("records applied"), "{e}");
+        }
+        other => panic!("expected NotAssigned, got {other:?}\n{progress}"),
+    }
+    assert!(
+        progress.contains("no partitions: the group took them"),
+        "{progress}"
+    );
+    assert!(progress.contains("0 partitions held"), "{progress}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_interval_under_a_second_or_a_namespace_cloudwatch_refuses_is_a_bad_invocation()
+{
+    let db = TestDb::new(Backend::Sqlite, "kafka_progress").await;
+    let (code, stderr) = consume_until_exit(
+        &db,
+        &[
+            "--brokers",
+            NOTHING_LISTENS,
+            "--topic",
+            TOPIC,
+            "--progress-every",
+            "0s",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--progress-every"), "{stderr}");
+
+    for namespace in ["AWS/Lambda", "costs$", "*"] {
+        let out = Command::new(runner_binary())
+            .args(["consume", "--emf", "--database-url", &db.url, "--config"])
+            .arg(default_config())
+            .args(["--brokers", NOTHING_LISTENS, "--topic", TOPIC])
+            .env("MSK_SYNC_METRICS_NAMESPACE", namespace)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{namespace}: {stderr}");
+        assert!(stderr.contains("MSK_SYNC_METRICS_NAMESPACE"), "{stderr}");
+    }
 }

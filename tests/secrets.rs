@@ -14,7 +14,7 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{Credentials, Region};
 use msk_sync::pipeline::HandlerError;
-use msk_sync::run::secret::{SecretHandler, SecretSource};
+use msk_sync::run::secret::{Fallback, SecretHandler, SecretSource};
 use msk_sync_tests::*;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,14 +34,7 @@ impl Moto {
     /// A secret source on this server, as Lambda mode builds it, with the test's endpoint and credentials
     /// (in-process tests cannot each set AWS_ENDPOINT_URL).
     fn source(&self, secret_id: &str, key: (&str, &str)) -> SecretSource {
-        let url = self.url();
-        let credentials = Credentials::new(key.0, key.1, None, None, "test");
-        SecretSource::new(secret_id).with_config(move |loader| {
-            loader
-                .endpoint_url(url.clone())
-                .region(Region::new("us-east-1"))
-                .credentials_provider(credentials.clone())
-        })
+        source_at(self.url(), secret_id, key)
     }
 
     /// A client to set secrets up with (any credentials do while moto does not check them).
@@ -95,6 +88,67 @@ impl Moto {
 }
 
 const TEST_KEY: (&str, &str) = ("test", "test");
+
+/// A secret source on the endpoint at `url` with the credentials `key`.
+fn source_at(url: String, secret_id: &str, key: (&str, &str)) -> SecretSource {
+    let credentials = Credentials::new(key.0, key.1, None, None, "test");
+    SecretSource::new(secret_id).with_config(move |loader| {
+        loader
+            .endpoint_url(url.clone())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(credentials.clone())
+    })
+}
+
+/// An HTTP endpoint of the test's own that stands for Secrets Manager: it reads each request whole, then
+/// answers `status` and `body` (`Some`), or keeps the connection open and never answers (`None`).
+async fn stub_endpoint(answer: Option<(u16, String)>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    request.extend_from_slice(&chunk[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                match answer {
+                    None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    Some((status, body)) => {
+                        let response = format!(
+                            "HTTP/1.1 {status} Whatever\r\nContent-Type: application/x-amz-json-1.1\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(response.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
 
 fn xml_text<'a>(xml: &'a str, tag: &str) -> &'a str {
     let open = format!("<{tag}>");
@@ -151,6 +205,169 @@ fn rds_json(engine: &str, db: &TestDb, user: &str, password: &str) -> String {
         "password": password, "dbname": database, "dbInstanceIdentifier": "test"
     })
     .to_string()
+}
+
+#[tokio::test]
+async fn an_answer_the_sdk_cannot_read_is_never_quoted() {
+    // Status 200 with the secret in it, but not what the SDK can read: a CreatedDate that is a string, and a
+    // body cut short. The body holds the secret: no error text may quote it.
+    let db = TestDb::new(Backend::Sqlite, "secret_unreadable").await;
+    let whole = r#"{"ARN":"arn:aws:secretsmanager:us-east-1:1:secret:db","Name":"db","#.to_string()
+        + r#""SecretString":"postgres://app:leaky-pw-5150@db.example/orders","VersionId":"v1","#;
+    for body in [
+        whole.clone() + r#""CreatedDate":"yesterday"}"#,
+        whole.clone(),
+    ] {
+        let url = stub_endpoint(Some((200, body))).await;
+        let handler = secret_handler(source_at(url, "db", TEST_KEY));
+        match handle(&handler, "planet-created.json").await {
+            Err(HandlerError::Transient(e)) => {
+                assert!(e.contains("database secret db"), "{e}");
+                assert!(e.contains("HTTP 200"), "{e}");
+                assert!(!e.contains("leaky-pw-5150"), "{e}");
+                assert!(!e.contains("SecretString"), "{e}");
+            }
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+    }
+    // An error status whose body is no Secrets Manager error (a proxy's page) is not quoted either.
+    let url = stub_endpoint(Some((502, "<html>upstream leaky-pw-5150</html>".into()))).await;
+    let handler = secret_handler(source_at(url, "db", TEST_KEY));
+    match handle(&handler, "planet-created.json").await {
+        Err(HandlerError::Transient(e)) => {
+            assert!(e.contains("HTTP 502"), "{e}");
+            assert!(!e.contains("leaky-pw-5150"), "{e}");
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(db.count_tables().await, 0, "nothing may be written");
+}
+
+#[tokio::test]
+async fn a_secrets_manager_that_never_answers_fails_the_batch_within_its_deadline() {
+    // The endpoint accepts TCP and reads the request, then says nothing.
+    let db = TestDb::new(Backend::Sqlite, "secret_silent").await;
+    let url = stub_endpoint(None).await;
+    let handler = secret_handler(source_at(url, "db-silent", TEST_KEY));
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        handle(&handler, "planet-created.json"),
+    )
+    .await
+    .expect("the secret read must have a deadline");
+    let took = started.elapsed();
+    match outcome {
+        Err(HandlerError::Transient(e)) => {
+            assert!(e.contains("database secret db-silent"), "{e}");
+            assert!(e.contains("did not answer within"), "{e}");
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_eq!(db.count_tables().await, 0, "nothing may be written");
+}
+
+#[tokio::test]
+async fn a_secret_whose_contents_cannot_make_a_url_is_misconfigured_naming_the_field() {
+    let moto = Moto::start(&[]).await;
+    let db = TestDb::new(Backend::Sqlite, "secret_contents").await;
+    let cases = [
+        (
+            "no-host",
+            r#"{"engine":"postgres","username":"u","password":"s3cret-77"}"#,
+            "\"host\" is missing (and DATABASE_HOST is not set)",
+        ),
+        (
+            "oracle",
+            r#"{"engine":"oracle","host":"h","username":"u","password":"s3cret-77"}"#,
+            "field \"engine\"",
+        ),
+        ("not-json", "{s3cret-77", "not valid JSON"),
+        ("plain", "s3cret-77", "neither a database URL"),
+        (
+            "no-dbname",
+            r#"{"engine":"mariadb","host":"h","username":"u","password":"s3cret-77"}"#,
+            "\"dbname\" is missing (and DATABASE_NAME is not set)",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let arn = moto.create_secret(name, value).await;
+        let handler = secret_handler(moto.source(&arn, TEST_KEY));
+        match handle(&handler, "planet-created.json").await {
+            Err(HandlerError::Misconfigured(e)) => {
+                assert!(e.contains(expected), "{name}: {e}");
+                assert!(!e.contains("s3cret-77"), "{e}");
+            }
+            other => panic!("{name}: expected misconfigured, got {other:?}"),
+        }
+    }
+    // A binary secret.
+    moto.client()
+        .await
+        .create_secret()
+        .name("binary")
+        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(
+            b"s3cret-77".to_vec(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let handler = secret_handler(moto.source("binary", TEST_KEY));
+    match handle(&handler, "planet-created.json").await {
+        Err(HandlerError::Misconfigured(e)) => assert!(e.contains("SecretString"), "{e}"),
+        other => panic!("expected misconfigured, got {other:?}"),
+    }
+    assert_eq!(db.count_tables().await, 0, "nothing may be written");
+}
+
+#[tokio::test]
+async fn an_rds_master_user_secret_takes_host_port_engine_and_database_from_the_settings() {
+    // RDS-managed master-user secrets hold only username and password.
+    let moto = Moto::start(&[]).await;
+    let db = TestDb::new(Backend::MariaDb, "secret_master").await;
+    let user = format!("msk_master_{}", std::process::id());
+    mariadb_user(&db, &user, "master-pw-1").await;
+    let arn = moto
+        .create_secret(
+            "rds-master",
+            &serde_json::json!({"username": user, "password": "master-pw-1"}).to_string(),
+        )
+        .await;
+    let host_port = host_port(&db.url);
+    let (host, port) = host_port.split_once(':').unwrap();
+    let database = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let fallback = Fallback {
+        engine: Some("mariadb".into()),
+        host: Some(host.into()),
+        port: Some(port.into()),
+        dbname: Some(database.into()),
+    };
+    let handler = secret_handler(moto.source(&arn, TEST_KEY).with_fallback(fallback.clone()));
+    let report = handle(&handler, "planet-created.json").await.unwrap();
+    assert_eq!(report.upserted, 1);
+    assert_eq!(db.planets().await.len(), 1);
+    // What the secret has wins over the setting: a secret's own host that does not exist fails the batch.
+    let arn = moto
+        .create_secret(
+            "rds-own-host",
+            &serde_json::json!({"username": user, "password": "master-pw-1",
+                                "host": "no-such-host.invalid"})
+            .to_string(),
+        )
+        .await;
+    let handler = secret_handler(moto.source(&arn, TEST_KEY).with_fallback(fallback));
+    assert!(matches!(
+        handle(&handler, "planet-updated.json").await,
+        Err(HandlerError::Transient(_))
+    ));
 }
 
 #[tokio::test]
@@ -368,13 +585,16 @@ async fn lambda_mode_reads_the_secret_from_the_environment_and_writes_metrics() 
         &[
             ("DATABASE_SECRET_ARN", arn.as_str()),
             ("AWS_ENDPOINT_URL", &moto.url()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_SESSION_TOKEN", "test"),
+            // Credentials the log must never hold, at any level: moto takes any.
+            ("AWS_ACCESS_KEY_ID", "AKIAKEYID4411TEST"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-access-key-4411"),
+            ("AWS_SESSION_TOKEN", "session-token-4411"),
             ("AWS_REGION", "us-east-1"),
             ("MSK_SYNC_METRICS_NAMESPACE", "msk-sync-test"),
             ("MSK_SYNC_CONFIG", &config),
-            ("RUST_LOG", "warn"),
+            // The most the template allows; the SDK logs requests and answers whole at TRACE.
+            ("AWS_LAMBDA_LOG_LEVEL", "TRACE"),
+            ("RUST_LOG", "trace,aws_sigv4::sign=trace"),
         ],
         std::fs::File::create(&stdout).unwrap().into(),
     )
@@ -413,9 +633,19 @@ async fn lambda_mode_reads_the_secret_from_the_environment_and_writes_metrics() 
     assert_eq!(emf["FunctionName"], "entity-sync");
     assert_eq!(emf["Records"], 11);
     assert_eq!(emf["Upserted"], 6);
+    // The metrics carry a level, so Lambda's log-level filtering keeps them (INFO at TRACE).
+    assert_eq!(emf["level"], "INFO");
     let text = std::fs::read_to_string(&stdout).unwrap();
     assert!(
-        !text.contains("pg-secret-pw-7731"),
-        "the password must not be logged"
+        text.contains("reading the database secret"),
+        "the log is at TRACE: {text}"
     );
+    for credential in [
+        "pg-secret-pw-7731",
+        "AKIAKEYID4411TEST",
+        "secret-access-key-4411",
+        "session-token-4411",
+    ] {
+        assert!(!text.contains(credential), "{credential} is in the log");
+    }
 }

@@ -5,6 +5,9 @@
 //! dead_letter_table = "msk_sync_dead_letter"
 //! max_rows_per_statement = 2000
 //! tombstone_retention_seconds = 604800   # how long a versioned sync remembers a delete
+//! connect_timeout_seconds = 10    # deadline of one connection attempt
+//! statement_timeout_seconds = 30  # deadline of one statement, kept by the server
+//! batch_timeout_seconds = 90      # deadline of a batch's database work, kept by msk-sync
 //!
 //! [[sync]]
 //! topics = ["servicea.planet"]    # names or globs; "*" is the default
@@ -84,6 +87,16 @@ pub struct DatabaseConfig {
     #[serde(default)]
     #[schemars(extend("default" = crate::sync::SinkOptions::default().tombstone_retention.as_secs()), example = 1_209_600)]
     pub tombstone_retention_seconds: Option<u64>,
+    /// How long connecting (or taking a connection from the pool) may take, in seconds; 10 by default.
+    #[serde(default)]
+    pub connect_timeout_seconds: Option<u64>,
+    /// How long one statement may run, in seconds, enforced by the server; 30 by default.
+    #[serde(default)]
+    pub statement_timeout_seconds: Option<u64>,
+    /// How long a batch's database work may take, in seconds, enforced by msk-sync itself (a server that
+    /// stops answering enforces nothing); 90 by default.
+    #[serde(default)]
+    pub batch_timeout_seconds: Option<u64>,
 }
 
 /// A config that cannot be used; the message lists every problem.
@@ -230,6 +243,15 @@ impl Config {
         if let Some(s) = self.database.tombstone_retention_seconds {
             options.tombstone_retention = std::time::Duration::from_secs(s);
         }
+        if let Some(s) = self.database.connect_timeout_seconds {
+            options.connect_timeout = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = self.database.statement_timeout_seconds {
+            options.statement_timeout = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = self.database.batch_timeout_seconds {
+            options.batch_timeout = std::time::Duration::from_secs(s);
+        }
         options
     }
 
@@ -260,6 +282,21 @@ impl Config {
         }
         if self.database.max_rows_per_statement == Some(0) {
             problems.push("database.max_rows_per_statement must be at least 1".into());
+        }
+        for (key, value) in [
+            (
+                "connect_timeout_seconds",
+                self.database.connect_timeout_seconds,
+            ),
+            (
+                "statement_timeout_seconds",
+                self.database.statement_timeout_seconds,
+            ),
+            ("batch_timeout_seconds", self.database.batch_timeout_seconds),
+        ] {
+            if value == Some(0) {
+                problems.push(format!("database.{key} must be at least 1"));
+            }
         }
         let sink = self.sink_options();
         let mut declarative = Vec::with_capacity(self.syncs.len());

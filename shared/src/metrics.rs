@@ -10,10 +10,14 @@
 //! [`validate`] checks exactly those rules.
 //!
 //! Metrics (dimension `FunctionName`, and `FunctionName` + `Topic` when the whole batch is of one topic):
-//! `Records`, `Upserted`, `Deleted`, `DeadLettered`, `Filtered`, `Superseded`, `Stale`, `BatchDurationMs`,
-//! `MaxRecordAgeMs` (now − the oldest record's Kafka timestamp: how far behind the function is), and
-//! `Misconfigured` / `TransientFailure` (1 for a batch that failed so, else 0: an alarm on them sees data
-//! every batch).
+//! `Records`, `Messages`, `Upserted`, `Deleted`, `DeadLettered`, `Filtered`, `Superseded`, `Empty`, `Stale`
+//! (of an applied batch `Messages` = `Upserted` + `Deleted` + `DeadLettered` + `Filtered` + `Superseded` +
+//! `Empty` + `Stale`, as in the report), `BatchDurationMs`, `MaxRecordAgeMs` (now − the oldest record's Kafka
+//! timestamp, records without one, `-1`, left out: how far behind the function is), and `Misconfigured` /
+//! `TransientFailure` (1 for a batch that failed so, else 0: an alarm on them sees data every batch).
+//!
+//! Every object carries a `level` (see [`Metrics::level`]): with JSON logs and an application log level
+//! above INFO, Lambda drops a line without one as INFO, and every metric with it.
 
 use std::time::Duration;
 
@@ -61,6 +65,12 @@ pub const UNITS: &[&str] = &[
     "None",
 ];
 
+/// Set by Lambda from the function's `LoggingConfig.ApplicationLogLevel` (JSON log format only).
+pub const LOG_LEVEL_ENV: &str = "AWS_LAMBDA_LOG_LEVEL";
+
+/// Lambda's log levels, lowest first.
+const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
+
 /// Where a batch's metrics go and under which names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metrics {
@@ -68,25 +78,48 @@ pub struct Metrics {
     pub namespace: String,
     /// The function's name: the metrics' dimension.
     pub function_name: String,
+    /// The `level` of each object: INFO, or the application log level when it is higher. Lambda's log-level
+    /// filtering keeps a JSON line whose `level` is at least the function's level and drops one without a
+    /// level as INFO; so the metrics pass every level, and CloudWatch reads `level` as a plain property.
+    pub level: &'static str,
 }
 
 impl Metrics {
-    /// Metrics under `namespace`, for the function `function_name`.
+    /// Metrics under `namespace`, for the function `function_name`, at level INFO.
     pub fn new(namespace: impl Into<String>, function_name: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
             function_name: function_name.into(),
+            level: "INFO",
         }
     }
 
-    /// The namespace from `MSK_SYNC_METRICS_NAMESPACE` (default `msk-sync`), the function's name from
-    /// `AWS_LAMBDA_FUNCTION_NAME` (Lambda), else `function_name`.
-    pub fn from_env(function_name: &str) -> Self {
+    /// The level of the objects for the application log level `log_level` (Lambda's names, any case):
+    /// INFO, or `log_level` when it is higher. An unknown level gives FATAL, which every filter lets by.
+    pub fn for_log_level(mut self, log_level: Option<&str>) -> Self {
+        let rank = |l: &str| LEVELS.iter().position(|x| x.eq_ignore_ascii_case(l));
+        self.level = match log_level.map(str::trim).filter(|l| !l.is_empty()) {
+            None => "INFO",
+            Some(l) => match rank(l) {
+                Some(r) => LEVELS[r.max(2)],
+                None => "FATAL",
+            },
+        };
+        self
+    }
+
+    /// The namespace from `MSK_SYNC_METRICS_NAMESPACE` (default `msk-sync`), checked by
+    /// [`validate_namespace`]; the function's name from `AWS_LAMBDA_FUNCTION_NAME` (Lambda), else
+    /// `function_name`; the level from `AWS_LAMBDA_LOG_LEVEL` ([`Metrics::for_log_level`]).
+    pub fn from_env(function_name: &str) -> Result<Self, String> {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        Self::new(
-            var(NAMESPACE_ENV).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        let namespace = var(NAMESPACE_ENV).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        validate_namespace(&namespace).map_err(|e| format!("{NAMESPACE_ENV}: {e}"))?;
+        Ok(Self::new(
+            namespace,
             var(FUNCTION_NAME_ENV).unwrap_or_else(|| function_name.to_string()),
         )
+        .for_log_level(var(LOG_LEVEL_ENV).as_deref()))
     }
 
     /// The EMF object of one batch: `outcome` is what the handler returned, `took` how long it took,
@@ -101,7 +134,13 @@ impl Metrics {
         let mut topics = event.records.iter().map(|r| r.topic.as_ref());
         let first = topics.next();
         let topic = first.filter(|t| topics.all(|other| other == *t));
-        let oldest = event.records.iter().map(|r| r.timestamp).min();
+        // -1 is Kafka's "no timestamp" (what the runner gives a record without one): not an age.
+        let oldest = event
+            .records
+            .iter()
+            .map(|r| r.timestamp)
+            .filter(|t| *t >= 0)
+            .min();
         let max_age = oldest.map_or(0, |t| now_ms.saturating_sub(t).max(0));
         let (report, failure) = match outcome {
             Ok(report) => (Some(report), None),
@@ -109,13 +148,17 @@ impl Metrics {
         };
         let count = |f: fn(&BatchReport) -> usize| report.map_or(0, f);
         let failed = |is: fn(&HandlerError) -> bool| u64::from(failure.is_some_and(is));
-        let values: [(&str, &str, Value); 11] = [
+        let values: [(&str, &str, Value); 13] = [
             ("Records", "Count", json!(event.record_count())),
+            // A container file (Avro OCF) is one record of many messages: the outcomes below add up to this.
+            ("Messages", "Count", json!(count(|r| r.messages))),
             ("Upserted", "Count", json!(count(|r| r.upserted))),
             ("Deleted", "Count", json!(count(|r| r.deleted))),
             ("DeadLettered", "Count", json!(count(|r| r.dead_lettered))),
             ("Filtered", "Count", json!(count(|r| r.filtered))),
             ("Superseded", "Count", json!(count(|r| r.superseded))),
+            // Messages without a value to apply (an empty container file).
+            ("Empty", "Count", json!(count(|r| r.empty))),
             // Changes older than their row or its tombstone (a version column): skipped, never applied.
             ("Stale", "Count", json!(count(|r| r.stale))),
             (
@@ -137,6 +180,7 @@ impl Metrics {
         ];
         let mut dimensions = vec![json!(["FunctionName"])];
         let mut object = Map::new();
+        object.insert("level".into(), json!(self.level));
         object.insert("FunctionName".into(), json!(self.function_name));
         if let Some(topic) = topic {
             dimensions.push(json!(["FunctionName", "Topic"]));
@@ -169,6 +213,34 @@ impl Metrics {
     }
 }
 
+/// A CloudWatch namespace CloudWatch accepts: 1 to 255 of `0-9A-Za-z . - _ / # :` and space, not blank, no
+/// space at either end, not starting with `:` (the API's pattern `[^:].*`) and not with `AWS/` (reserved for
+/// AWS's own services). CloudWatch drops the metrics of an object with any other namespace, silently.
+pub fn validate_namespace(namespace: &str) -> Result<(), String> {
+    let bad = namespace.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#' | ':' | ' '))
+    });
+    let problem = if namespace.is_empty() || namespace.len() > 255 {
+        Some("a namespace is 1 to 255 characters".to_string())
+    } else if let Some(c) = bad {
+        Some(format!(
+            "{c:?} is not allowed in a CloudWatch namespace (letters, digits, . - _ / # : and space)"
+        ))
+    } else if namespace.trim() != namespace || namespace.trim().is_empty() {
+        Some("a namespace neither is blank nor starts or ends with a space".into())
+    } else if namespace.starts_with(':') {
+        Some("a namespace cannot start with ':'".into())
+    } else if namespace.starts_with("AWS/") {
+        Some("namespaces starting with AWS/ are reserved for AWS's services".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(format!("namespace {namespace:?}: {p}")),
+        None => Ok(()),
+    }
+}
+
 /// Checks an object against the EMF specification's rules (the `_aws` metadata, its directives, their
 /// dimension and metric names present as top-level members, the units). Each problem is one line.
 pub fn validate(object: &Value) -> Result<(), Vec<String>> {
@@ -190,10 +262,13 @@ pub fn validate(object: &Value) -> Result<(), Vec<String>> {
     for (i, d) in directives.iter().enumerate() {
         let at = format!("CloudWatchMetrics[{i}]");
         let namespace = d.get("Namespace");
-        if !namespace.is_some_and(|n| name_ok(n) && n.as_str().is_some_and(|s| s.trim() == s)) {
-            problems.push(format!(
-                "{at}.Namespace is not a name of 1 to 255 characters"
-            ));
+        match namespace.and_then(Value::as_str) {
+            Some(n) => {
+                if let Err(e) = validate_namespace(n) {
+                    problems.push(format!("{at}.Namespace: {e}"));
+                }
+            }
+            None => problems.push(format!("{at}.Namespace is not a string")),
         }
         match d.get("Dimensions").and_then(Value::as_array) {
             None => problems.push(format!("{at}.Dimensions is not an array")),
@@ -317,11 +392,13 @@ mod tests {
             names,
             [
                 "Records",
+                "Messages",
                 "Upserted",
                 "Deleted",
                 "DeadLettered",
                 "Filtered",
                 "Superseded",
+                "Empty",
                 "Stale",
                 "BatchDurationMs",
                 "MaxRecordAgeMs",
@@ -395,5 +472,100 @@ mod tests {
             v.as_object_mut().unwrap().remove("FunctionName");
         });
         broken(&|v| v["_aws"]["CloudWatchMetrics"][0]["Dimensions"] = json!(["FunctionName"]));
+        broken(&|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] = json!("AWS/Lambda"));
+        broken(&|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] = json!("a*b"));
+    }
+
+    #[test]
+    fn the_outcome_metrics_add_up_to_the_messages_of_the_report() {
+        // An Avro container file of 5 messages, 3 with values applied and 2 without a value.
+        let report = BatchReport {
+            status: 200,
+            received: 1,
+            messages: 5,
+            upserted: 3,
+            empty: 2,
+            ..BatchReport::default()
+        };
+        let object =
+            Metrics::new("n", "f").batch(&event(&[("t", NOW)]), Ok(&report), Duration::ZERO, NOW);
+        assert_eq!(validate(&object), Ok(()), "{object}");
+        assert_eq!(object["Messages"], 5);
+        assert_eq!(object["Empty"], 2);
+        let outcomes: u64 = [
+            "Upserted",
+            "Deleted",
+            "DeadLettered",
+            "Filtered",
+            "Superseded",
+            "Empty",
+            "Stale",
+        ]
+        .iter()
+        .map(|m| object[*m].as_u64().unwrap())
+        .sum();
+        assert_eq!(outcomes, 5, "{object}");
+    }
+
+    #[test]
+    fn a_record_without_a_timestamp_has_no_age() {
+        let metrics = Metrics::new("n", "f");
+        let object = metrics.batch(
+            &event(&[("t", -1), ("t", NOW - 250)]),
+            Ok(&BatchReport::default()),
+            Duration::ZERO,
+            NOW,
+        );
+        assert_eq!(object["MaxRecordAgeMs"], 250);
+        let object = metrics.batch(
+            &event(&[("t", -1)]),
+            Ok(&BatchReport::default()),
+            Duration::ZERO,
+            NOW,
+        );
+        assert_eq!(object["MaxRecordAgeMs"], 0);
+    }
+
+    #[test]
+    fn every_object_has_a_level_that_passes_the_application_log_level() {
+        let event = event(&[("t", NOW)]);
+        let level = |log_level: Option<&str>| {
+            Metrics::new("n", "f").for_log_level(log_level).batch(
+                &event,
+                Ok(&BatchReport::default()),
+                Duration::ZERO,
+                NOW,
+            )["level"]
+                .clone()
+        };
+        assert_eq!(level(None), "INFO");
+        assert_eq!(level(Some("DEBUG")), "INFO");
+        assert_eq!(level(Some("TRACE")), "INFO");
+        assert_eq!(level(Some("WARN")), "WARN");
+        assert_eq!(level(Some("error")), "ERROR");
+        assert_eq!(level(Some("FATAL")), "FATAL");
+        assert_eq!(level(Some("loud")), "FATAL");
+    }
+
+    #[test]
+    fn namespaces_cloudwatch_refuses_are_refused() {
+        for good in ["msk-sync", "acme/sync", "Team: Orders #1", "a.b_c", "x:y"] {
+            assert_eq!(validate_namespace(good), Ok(()), "{good}");
+        }
+        let long = "n".repeat(256);
+        for bad in [
+            "",
+            " ",
+            "AWS/Lambda",
+            "a*b",
+            "cost$",
+            ":x",
+            " lead",
+            "trail ",
+            "é",
+            &long,
+        ] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?}");
+        }
     }
 }

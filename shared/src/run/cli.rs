@@ -475,7 +475,13 @@ async fn replay(
         _ => match compiled.handler(database_url).await {
             Ok(h) => Replayer::Apply {
                 handler: Box::new(h),
-                metrics: (output == Output::ReportsAndMetrics).then(|| Metrics::from_env(app.name)),
+                metrics: match (output == Output::ReportsAndMetrics)
+                    .then(|| Metrics::from_env(app.name))
+                    .transpose()
+                {
+                    Ok(metrics) => metrics,
+                    Err(e) => return fail(err, EXIT_INVALID, &e),
+                },
                 progress: Progress::new(&sizes, std::io::stderr().is_terminal()),
             },
             Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
@@ -760,6 +766,7 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
         Ok(c) => c,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
     };
+    let batch_timeout = compiled.sink.batch_timeout;
     let handler = match compiled.handler(args.database_url.as_deref()).await {
         Ok(h) => Arc::new(h),
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
@@ -776,13 +783,19 @@ async fn consume(app: &App, args: ConsumeArgs, err: &mut dyn Write) -> u8 {
         .exit_when_idle
         .map(|_| super::local::DEFAULT_ASSIGNMENT_TIMEOUT));
     options.progress_every = args.progress_every;
-    options.emf = args.emf.then(|| Metrics::from_env(app.name));
+    options.batch_timeout = batch_timeout;
+    options.emf = match args.emf.then(|| Metrics::from_env(app.name)).transpose() {
+        Ok(metrics) => metrics,
+        Err(e) => return fail(err, EXIT_INVALID, &e),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn({
         let stop = Arc::clone(&stop);
         async move {
             wait_for_signal().await;
-            eprintln!("consume: signal received: finishing the batch in hand");
+            eprintln!(
+                "consume: signal received: stopping (a batch still waiting on the database is rolled back)"
+            );
             stop.store(true, Ordering::Relaxed);
         }
     });
@@ -913,10 +926,14 @@ pub(super) fn fail(err: &mut dyn Write, code: u8, message: &str) -> u8 {
 
 /// Logs go to stderr, at `warn` unless `RUST_LOG` says otherwise, so stdout carries only reports.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(super::log_filter("warn"))
         .with_ansi(super::logs::colour(std::io::stderr().is_terminal()))
         .with_writer(|| super::logs::WithoutSourceLines(std::io::stderr()))
+        .finish()
+        .with(super::no_credentials())
         .try_init();
 }
 

@@ -35,15 +35,17 @@ pub async fn run(app: App) -> ExitCode {
     let partial = std::env::var(PARTIAL_BATCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     // The threads a batch is decoded on (`codec.threads`) also read its event.
     let mut threads = 1;
+    let mut deadline = crate::sync::SinkOptions::default().batch_timeout;
     let handler = match app.load(None) {
         // DATABASE_URL first, as everywhere: the secret is the deployed function's way.
         Ok(compiled) => {
             threads = compiled.pipeline.threads();
+            deadline = compiled.sink.batch_timeout;
             match env_secret_arn().filter(|_| super::env_database_url().is_none()) {
                 Some(arn) => Ok(Serve::Secret(Box::new(SecretHandler::new(
                     compiled.pipeline,
                     compiled.sink,
-                    SecretSource::new(arn),
+                    SecretSource::new(arn).with_fallback(super::secret::Fallback::from_env()),
                 )))),
                 None => compiled
                     .handler(None)
@@ -53,7 +55,14 @@ pub async fn run(app: App) -> ExitCode {
         }
         Err(e) => Err(e),
     };
-    let metrics = Arc::new(Metrics::from_env(app.name));
+    // A namespace CloudWatch refuses would drop every metric, silently: an init error instead.
+    let (metrics, handler) = match Metrics::from_env(app.name) {
+        Ok(metrics) => (Arc::new(metrics), handler),
+        Err(e) => (
+            Arc::new(Metrics::new(crate::metrics::DEFAULT_NAMESPACE, app.name)),
+            Err(super::SetupError(e)),
+        ),
+    };
     let handler = match handler {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -95,7 +104,14 @@ pub async fn run(app: App) -> ExitCode {
                     ))
                     .into());
                 }
-                respond(handler.as_ref().into(), event, partial, Some(&metrics)).await
+                respond(
+                    handler.as_ref().into(),
+                    event,
+                    partial,
+                    Some(&metrics),
+                    Some(deadline),
+                )
+                .await
             },
             span,
         )
@@ -252,13 +268,18 @@ fn init_logging() {
         .with_writer(|| super::logs::WithoutSourceLines(std::io::stdout()))
         .with_env_filter(filter);
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // The AWS SDK's debug and trace events hold credentials: dropped whatever the level.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = if json {
         collector
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(super::logs::LambdaJson)
+            .finish()
+            .with(super::no_credentials())
             .try_init()
     } else {
-        collector.try_init()
+        collector.finish().with(super::no_credentials()).try_init()
     };
 }
 
@@ -335,6 +356,7 @@ pub async fn invoke(
         MskEvent::from_value(payload),
         partial,
         None,
+        None,
     )
     .await
 }
@@ -350,6 +372,7 @@ pub async fn invoke_raw(
         MskEvent::parse(payload.get()),
         partial,
         None,
+        None,
     )
     .await
 }
@@ -359,10 +382,29 @@ async fn respond(
     event: Result<MskEvent<'_>, NotAnMskEvent>,
     partial: bool,
     metrics: Option<&Metrics>,
+    deadline: Option<std::time::Duration>,
 ) -> Result<Response, Diagnostic> {
     let event = event.map_err(|e| HandlerError::Invalid(e.to_string()))?;
     let started = Instant::now();
-    let outcome = handler.handle(&event).await;
+    // `database.batch_timeout_seconds`: a database that stops answering fails the batch as transient, with
+    // a message, before Lambda's own timeout kills the invocation without one. Dropping the call drops its
+    // transaction: rolled back.
+    let outcome = match deadline {
+        Some(limit) => tokio::time::timeout(limit, handler.handle(&event))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    records = event.record_count(),
+                    "the database did not finish the batch within its deadline: rolled back"
+                );
+                Err(HandlerError::Transient(format!(
+                    "batch not applied (retry it): the database did not finish it within {} s \
+                     (database.batch_timeout_seconds); rolled back",
+                    limit.as_secs()
+                )))
+            }),
+        None => handler.handle(&event).await,
+    };
     if let Some(metrics) = metrics {
         // One line, under stdout's lock: CloudWatch Logs reads an EMF object only whole, alone on its line.
         use std::io::Write;

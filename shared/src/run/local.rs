@@ -55,6 +55,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const REPEAT_EVERY: Duration = Duration::from_secs(30);
 /// How long `consume --exit-when-idle` waits for its first partitions before it gives up.
 pub const DEFAULT_ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a signal lets a batch that is being applied finish before it is dropped and rolled back.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The shortest interval between progress lines.
+pub const MIN_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long the diagnosis of a runner without partitions may wait for the cluster's metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -112,8 +116,11 @@ pub struct ConsumeOptions {
     /// Fail ([`ConsumeError::NotAssigned`]) when the group assigned no partition for this long after the start;
     /// `None` waits for ever, as a service waits for its broker.
     pub assignment_timeout: Option<Duration>,
-    /// How often a progress line is written.
+    /// How often a progress line is written (at least [`MIN_PROGRESS_EVERY`]).
     pub progress_every: Duration,
+    /// How long one call of the handler may take (`database.batch_timeout_seconds`): past it the batch is
+    /// dropped, its transaction rolled back, and it fails as transient, to be retried.
+    pub batch_timeout: Duration,
     /// Writes each batch's metrics on stdout in CloudWatch Embedded Metric Format (`consume --emf`).
     pub emf: Option<crate::metrics::Metrics>,
 }
@@ -134,6 +141,7 @@ impl ConsumeOptions {
             exit_when_idle: None,
             assignment_timeout: None,
             progress_every: Duration::from_secs(10),
+            batch_timeout: crate::sync::SinkOptions::default().batch_timeout,
             emf: None,
         }
     }
@@ -270,8 +278,12 @@ impl ClientContext for ProducerContext {
 struct RunnerContext {
     /// Partitions revoked since the loop last looked.
     revoked: Mutex<Vec<(String, i32)>>,
-    /// Consumer lag per partition, from the latest statistics.
+    /// Consumer lag per partition, from the latest statistics, and when those came.
     lag: Mutex<BTreeMap<(String, i32), i64>>,
+    lag_at: Mutex<Option<Instant>>,
+    /// Set while a failed batch waits for its retry: every partition assigned meanwhile is paused at once,
+    /// so that nothing is fetched that cannot be applied.
+    paused: AtomicBool,
     /// Set by every rebalance: a group that is still settling is not idle.
     rebalanced: AtomicBool,
     /// Set by the first assignment of at least one partition: before it the runner waits, it is not idle.
@@ -290,6 +302,7 @@ impl ClientContext for RunnerContext {
 
     fn stats(&self, statistics: Statistics) {
         let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.lag_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         lag.clear();
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
@@ -313,12 +326,17 @@ impl ConsumerContext for RunnerContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalanced.store(true, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(list) => {
                 if list.count() > 0 {
                     self.assigned.store(true, Ordering::Relaxed);
+                }
+                if self.paused.load(Ordering::Relaxed)
+                    && let Err(e) = consumer.pause(list)
+                {
+                    tracing::warn!(error = %e, "cannot pause the partitions assigned during a retry");
                 }
                 tracing::info!(partitions = list.count(), "partitions assigned")
             }
@@ -348,6 +366,7 @@ pub async fn consume<H: BatchHandler>(
             progress,
             pending: VecDeque::new(),
             summary: Summary::default(),
+            unassigned_since: None,
             progress_mark: None,
         }
         .run()
@@ -364,6 +383,13 @@ fn open_consumer(options: &ConsumeOptions) -> Result<BaseConsumer<RunnerContext>
         return Err(ConsumeError::Setup(format!(
             "batch size {} is not between 1 and {MAX_BATCH_SIZE}",
             options.batch_size
+        )));
+    }
+    if options.progress_every < MIN_PROGRESS_EVERY {
+        return Err(ConsumeError::Setup(format!(
+            "--progress-every {:?} is shorter than {} s: a progress line is a summary, not a trace",
+            options.progress_every,
+            MIN_PROGRESS_EVERY.as_secs()
         )));
     }
     let mut config = ClientConfig::new();
@@ -418,6 +444,8 @@ struct Runner<H> {
     /// that arrived while a failing batch was retried), in poll order.
     pending: VecDeque<InHand>,
     summary: Summary,
+    /// Since when the runner holds no partition (`None` while it holds some).
+    unassigned_since: Option<Instant>,
     /// When the last progress line was written, and the records applied by then: the next line's rate is
     /// over the interval since, not since the start (which reads low for minutes after a slow group join).
     progress_mark: Option<(Instant, u64)>,
@@ -506,12 +534,19 @@ impl<H: BatchHandler> Runner<H> {
                         break;
                     }
                     if now >= *next_progress {
-                        let state = if self.consumer.context().assigned.load(Ordering::Relaxed) {
-                            "consuming"
-                        } else {
-                            "waiting for partitions"
+                        let state = match (self.held().len(), self.unassigned_since) {
+                            (0, Some(since))
+                                if self.consumer.context().assigned.load(Ordering::Relaxed) =>
+                            {
+                                format!(
+                                    "no partitions: the group took them {:.0} s ago and assigned none since",
+                                    since.elapsed().as_secs_f64()
+                                )
+                            }
+                            (0, _) => "waiting for partitions".to_string(),
+                            (n, _) => format!("consuming {n} partitions"),
                         };
-                        self.write_progress(started, state);
+                        self.write_progress(started, &state);
                         *next_progress = now + self.options.progress_every;
                     }
                     if self.stop.load(Ordering::Relaxed) {
@@ -530,17 +565,32 @@ impl<H: BatchHandler> Runner<H> {
                 // Idle time counts from the first assignment, then from the last record, batch applied or rebalance:
                 // a runner waiting for the group (joining takes tansu ~20 s; a dead member's session must time
                 // out) has not run dry.
+                // A runner without partitions is not idle either: the group took them (a broker stall, a
+                // member that joined) and the stream is not read by this runner, whatever its lag says.
+                let held = self.held().len();
+                let unassigned_since = match held {
+                    0 => *self.unassigned_since.get_or_insert_with(Instant::now),
+                    _ => {
+                        self.unassigned_since = None;
+                        Instant::now()
+                    }
+                };
                 let context = self.consumer.context();
-                if context.rebalanced.swap(false, Ordering::Relaxed)
-                    || !context.assigned.load(Ordering::Relaxed)
-                {
+                if context.rebalanced.swap(false, Ordering::Relaxed) || held == 0 {
                     *last_record = Instant::now();
                 }
-                if !context.assigned.load(Ordering::Relaxed)
+                // Before the first assignment the wait counts from the start, after it from the moment the
+                // last partition was taken away.
+                let waiting = if context.assigned.load(Ordering::Relaxed) {
+                    unassigned_since.elapsed()
+                } else {
+                    started.elapsed()
+                };
+                if held == 0
                     && self
                         .options
                         .assignment_timeout
-                        .is_some_and(|limit| started.elapsed() >= limit)
+                        .is_some_and(|limit| waiting >= limit)
                 {
                     return Err(Idle::NotAssigned);
                 }
@@ -606,12 +656,23 @@ impl<H: BatchHandler> Runner<H> {
     fn not_assigned(&self) -> String {
         let o = &self.options;
         let waited = o.assignment_timeout.unwrap_or_default().as_secs_f64();
-        let head = format!(
-            "no partitions were assigned within {waited:.0} s (brokers {}, group {}, topics {})",
-            o.brokers,
-            o.group,
-            o.topics.join(", ")
-        );
+        let head = if self.consumer.context().assigned.load(Ordering::Relaxed) {
+            format!(
+                "the group took this runner's partitions and assigned none for {waited:.0} s, with {} records \
+                 applied (brokers {}, group {}, topics {}): the rest of the stream is not applied by this runner",
+                self.summary.records,
+                o.brokers,
+                o.group,
+                o.topics.join(", ")
+            )
+        } else {
+            format!(
+                "no partitions were assigned within {waited:.0} s (brokers {}, group {}, topics {})",
+                o.brokers,
+                o.group,
+                o.topics.join(", ")
+            )
+        };
         let last = self
             .consumer
             .context()
@@ -692,10 +753,11 @@ impl<H: BatchHandler> Runner<H> {
         started: Instant,
     ) -> Result<(), ConsumeError> {
         let mut backoff = FIRST_BACKOFF;
+        let brokers = self.options.brokers.clone();
         loop {
-            let event = to_event(&batch, &self.options.brokers);
+            let event = to_event(&batch, &brokers);
             let batch_started = Instant::now();
-            let outcome = self.runtime.block_on(self.handler.handle(&event));
+            let outcome = self.handle_within_deadline(&event, next_progress, started)?;
             if let Some(metrics) = &self.options.emf {
                 let line = metrics.line(&event, outcome.as_ref(), batch_started.elapsed());
                 println!("{line}");
@@ -722,14 +784,14 @@ impl<H: BatchHandler> Runner<H> {
             };
             self.summary.retries += 1;
             tracing::warn!(records = batch.len(), retry_in_ms = backoff.as_millis() as u64, error = %error, "batch failed, will retry");
-            // Keep polling while waiting, or the group would count this member as dead; paused partitions
-            // fetch nothing, and what a newly assigned partition delivers waits in `pending`.
-            let assignment = self.consumer.assignment().unwrap_or_default();
-            let _ = self.consumer.pause(&assignment);
+            // Keep polling while waiting, or the group would count this member as dead. Every assigned
+            // partition is paused, also one the group assigns meanwhile (see `post_rebalance`), so nothing
+            // is fetched that cannot be applied; what was fetched before the pause waits in `pending`.
+            self.pause_all();
             let until = Instant::now() + backoff;
             while Instant::now() < until {
                 if self.stop.load(Ordering::Relaxed) {
-                    let _ = self.consumer.resume(&assignment);
+                    self.resume_all();
                     return Err(ConsumeError::Unfinished(error));
                 }
                 if let Some(record) = self.poll_one(POLL_SLICE) {
@@ -740,12 +802,112 @@ impl<H: BatchHandler> Runner<H> {
                     *next_progress = Instant::now() + self.options.progress_every;
                 }
             }
-            let _ = self.consumer.resume(&assignment);
+            self.resume_all();
             self.drop_revoked(&mut batch);
             if batch.is_empty() {
                 return Ok(());
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The partitions assigned to this runner now.
+    fn held(&self) -> HashSet<(String, i32)> {
+        self.consumer
+            .assignment()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Pauses every assigned partition, and every one assigned until [`Runner::resume_all`].
+    fn pause_all(&self) {
+        self.consumer
+            .context()
+            .paused
+            .store(true, Ordering::Relaxed);
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        if let Err(e) = self.consumer.pause(&assignment) {
+            tracing::warn!(error = %e, "cannot pause the assigned partitions");
+        }
+    }
+
+    /// Resumes every partition assigned now.
+    fn resume_all(&self) {
+        self.consumer
+            .context()
+            .paused
+            .store(false, Ordering::Relaxed);
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        if let Err(e) = self.consumer.resume(&assignment) {
+            tracing::warn!(error = %e, "cannot resume the assigned partitions");
+        }
+    }
+
+    /// One call of the handler, watched: past `batch_timeout` it is dropped (its transaction rolls back) and
+    /// the batch fails as transient; a signal drops it at once and stops the runner; while it runs, the
+    /// progress line says what is waited on and for how long.
+    fn handle_within_deadline(
+        &mut self,
+        event: &MskEvent<'_>,
+        next_progress: &mut Instant,
+        started: Instant,
+    ) -> Result<Result<BatchReport, HandlerError>, ConsumeError> {
+        let deadline = self.options.batch_timeout;
+        let records = event.record_count();
+        let began = Instant::now();
+        let mut stopping: Option<Instant> = None;
+        let handler = Arc::clone(&self.handler);
+        let mut call = std::pin::pin!(handler.handle(event));
+        loop {
+            let slice = self
+                .runtime
+                .block_on(async { tokio::time::timeout(POLL_SLICE, &mut call).await });
+            if let Ok(outcome) = slice {
+                return Ok(outcome);
+            }
+            let waited = began.elapsed();
+            if self.stop.load(Ordering::Relaxed) && stopping.is_none() {
+                stopping = Some(Instant::now());
+            }
+            // A batch about to finish gets STOP_GRACE to do so; one waiting on a database that does not
+            // answer does not hold the stop any longer.
+            if stopping.is_some_and(|at| at.elapsed() >= STOP_GRACE) {
+                // Dropping the call drops its transaction: rolled back, by the server when the process
+                // exits and the connection closes, if not before.
+                return Err(ConsumeError::Unfinished(format!(
+                    "stopped after waiting {:.1} s on the database for a batch of {records} records: \
+                     rolled back",
+                    waited.as_secs_f64()
+                )));
+            }
+            if waited >= deadline {
+                tracing::warn!(
+                    records,
+                    waited_s = waited.as_secs(),
+                    "the database did not finish the batch within its deadline: rolled back"
+                );
+                return Ok(Err(HandlerError::Transient(format!(
+                    "batch not applied (retry it): the database did not finish it within {} s \
+                     (database.batch_timeout_seconds); rolled back",
+                    deadline.as_secs()
+                ))));
+            }
+            if Instant::now() >= *next_progress {
+                self.write_progress(
+                    started,
+                    &format!(
+                        "waiting {:.0} s on the database for a batch of {records} records (deadline {} s)",
+                        waited.as_secs_f64(),
+                        deadline.as_secs()
+                    ),
+                );
+                *next_progress = Instant::now() + self.options.progress_every;
+            }
         }
     }
 
@@ -774,6 +936,9 @@ impl<H: BatchHandler> Runner<H> {
         self.progress_mark = Some((now, self.summary.records));
         let interval = now.duration_since(since).as_secs_f64().max(0.001);
         let rate = self.summary.records.saturating_sub(before) as f64 / interval;
+        // The lag of the partitions held now (the statistics may still list ones the group took away), and
+        // how old the statistics are.
+        let held = self.held();
         let lag = self
             .consumer
             .context()
@@ -781,17 +946,33 @@ impl<H: BatchHandler> Runner<H> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
+            .filter(|(tp, _)| held.contains(*tp))
             .map(|((t, p), lag)| format!(" {t}-{p}={lag}"))
             .collect::<String>();
+        let lag_at = *self
+            .consumer
+            .context()
+            .lag_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let lag = match (lag.is_empty(), lag_at) {
+            (true, _) | (_, None) => " unknown".to_string(),
+            (false, Some(at)) => format!(
+                "{lag} (as of {:.0} s ago)",
+                now.saturating_duration_since(at).as_secs_f64()
+            ),
+        };
         let _ = writeln!(
             self.progress,
-            "consume: {state}: {} records in {} batches ({:.0} records/s over the last {:.0} s), {} retries; lag:{}",
+            "consume: {state}: {} records in {} batches ({:.0} records/s over the last {:.0} s), {} retries, \
+             {} partitions held, {} records in hand; lag:{lag}",
             self.summary.records,
             self.summary.batches,
             rate,
             interval,
             self.summary.retries,
-            if lag.is_empty() { " unknown" } else { &lag }
+            held.len(),
+            self.pending.len(),
         );
     }
 }

@@ -302,6 +302,31 @@ fn percent_decode(text: &str) -> String {
 /// connecting record the whole `ConnectOptions`, URL and password included.
 pub(crate) const QUIET_DEPENDENCIES: [&str; 1] = ["sea_orm::driver=debug"];
 
+/// The crates of the AWS SDK and its HTTP stack. At DEBUG and TRACE they log requests and answers whole: the
+/// signature's canonical request with the session token, the access key id, the secret's value in the
+/// answer's body. Their events below INFO are dropped whatever `RUST_LOG` asks ([`no_credentials`]).
+pub(crate) const SDK_TARGETS: [&str; 9] = [
+    "aws_sigv4",
+    "aws_smithy",
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sdk_",
+    "aws_types",
+    "hyper",
+    "h2",
+];
+
+/// A filter that drops the events and spans below INFO of [`SDK_TARGETS`]: no credential at any log level.
+/// A layer of its own, after the `RUST_LOG` filter, so no directive (`aws_sigv4::sign=trace`) lets them in.
+pub(crate) fn no_credentials()
+-> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !SDK_TARGETS.iter().any(|t| meta.target().starts_with(t))
+    })
+}
+
 /// A log filter from `RUST_LOG` (else `default`), with [`QUIET_DEPENDENCIES`].
 pub(crate) fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()

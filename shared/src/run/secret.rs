@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use aws_config::ConfigLoader;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 use sea_orm::{DbErr, RuntimeErr};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -52,6 +54,7 @@ pub fn env_secret_arn() -> Option<String> {
 pub struct SecretSource {
     secret_id: String,
     client: LazyClient<Client>,
+    fallback: Fallback,
 }
 
 impl std::fmt::Debug for SecretSource {
@@ -70,6 +73,63 @@ pub struct SecretError {
     pub secret_id: String,
     /// What was wrong, never a value of the secret.
     pub reason: String,
+    /// The secret was read but what it holds cannot make a database URL (a missing field, an unknown engine,
+    /// not JSON, a binary secret): an operator's error that no retry cures, the misconfigured class. Otherwise
+    /// the read itself failed (the service, the network, a policy fixed in the meantime): transient.
+    pub contents: bool,
+}
+
+/// The function's own settings for what an RDS secret may leave out: RDS-managed master-user secrets hold
+/// only `username` and `password`. A field the secret has wins over its setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// `DATABASE_ENGINE`: postgres, aurora-postgresql, mysql, mariadb, aurora-mysql.
+    pub engine: Option<String>,
+    /// `DATABASE_HOST`.
+    pub host: Option<String>,
+    /// `DATABASE_PORT`.
+    pub port: Option<String>,
+    /// `DATABASE_NAME`.
+    pub dbname: Option<String>,
+}
+
+/// The settings of [`Fallback`], by field.
+pub const FALLBACK_ENV: [(&str, &str); 4] = [
+    ("engine", "DATABASE_ENGINE"),
+    ("host", "DATABASE_HOST"),
+    ("port", "DATABASE_PORT"),
+    ("dbname", "DATABASE_NAME"),
+];
+
+impl Fallback {
+    /// `DATABASE_ENGINE`, `DATABASE_HOST`, `DATABASE_PORT`, `DATABASE_NAME`, those set and not empty.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            engine: var(FALLBACK_ENV[0].1),
+            host: var(FALLBACK_ENV[1].1),
+            port: var(FALLBACK_ENV[2].1),
+            dbname: var(FALLBACK_ENV[3].1),
+        }
+    }
+
+    fn get(&self, field: &str) -> Option<String> {
+        match field {
+            "engine" => self.engine.clone(),
+            "host" => self.host.clone(),
+            "port" => self.port.clone(),
+            "dbname" => self.dbname.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// The setting that stands in for `field` of the secret, if there is one.
+fn setting_of(field: &str) -> Option<&'static str> {
+    FALLBACK_ENV
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map(|(_, env)| *env)
 }
 
 impl SecretSource {
@@ -78,7 +138,14 @@ impl SecretSource {
         Self {
             secret_id: secret_id.into(),
             client: LazyClient::new(),
+            fallback: Fallback::default(),
         }
+    }
+
+    /// Takes what the secret leaves out (engine, host, port, database) from `fallback`.
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = fallback;
+        self
     }
 
     /// Adjusts the AWS configuration before the client is built (an endpoint, credentials, a region): for
@@ -115,9 +182,15 @@ impl SecretSource {
     }
 
     async fn read_now(&self) -> Result<String, SecretError> {
+        tracing::info!(secret = %self.secret_id, "reading the database secret");
         let error = |reason: String| SecretError {
             secret_id: self.secret_id.clone(),
             reason,
+            contents: false,
+        };
+        let contents = |reason: String| SecretError {
+            contents: true,
+            ..error(reason)
         };
         let output = self
             .client()
@@ -126,38 +199,101 @@ impl SecretSource {
             .secret_id(&self.secret_id)
             .send()
             .await
-            .map_err(|e| {
-                // AccessDeniedException, ResourceNotFoundException, DecryptionFailure…: the service's own
-                // words, which name the secret and the principal; an error never carries a secret's value.
-                let coded = e
-                    .as_service_error()
-                    .and_then(|s| Some(format!("{}: {}", s.code()?, s.message().unwrap_or(""))));
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                error(match (coded, status) {
-                    (Some(coded), _) => coded,
-                    // An error body the SDK could not read (an emulator's XML, a proxy's page): as it came.
-                    (None, Some(status)) => {
-                        let body = e
-                            .raw_response()
-                            .and_then(|r| r.body().bytes())
-                            .map(String::from_utf8_lossy)
-                            .unwrap_or_default();
-                        let body: String = body.chars().take(500).collect();
-                        format!("HTTP {status}: {body}")
-                    }
-                    (None, None) => format!("cannot read it: {}", DisplayErrorContext(&e)),
-                })
-            })?;
-        let text = output
-            .secret_string()
-            .ok_or_else(|| error("it has no SecretString (a binary secret is not read)".into()))?;
-        url_from_secret(text).map_err(error)
+            .map_err(|e| error(describe(&e)))?;
+        let text = output.secret_string().ok_or_else(|| {
+            contents("it has no SecretString (a binary secret is not read): store the URL or the RDS JSON as text".into())
+        })?;
+        url_from_secret_with(text, &self.fallback).map_err(contents)
     }
+}
+
+/// What went wrong with a `GetSecretValue` call, in words that never quote the answer's body: a 2xx answer
+/// carries the secret itself, so an answer the SDK could not read (a `CreatedDate` that is a string, a body
+/// cut short) is described by its status and size only. A service error keeps its code and message (the
+/// service's own words, which name the secret and the principal, never its value).
+fn describe(e: &SdkError<GetSecretValueError, HttpResponse>) -> String {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let size = e
+        .raw_response()
+        .and_then(|r| r.body().bytes())
+        .map_or(0, <[u8]>::len);
+    match e {
+        SdkError::ServiceError(s) => match (s.err().code(), status) {
+            // A service error has a status of 4xx or 5xx; its body is the service's error document.
+            (Some(code), Some(status)) if status >= 400 => {
+                format!("{code}: {}", s.err().message().unwrap_or(""))
+            }
+            // An error document the SDK could not read (an emulator's or a gateway's XML): its code and
+            // message, as the service's own words; nothing else of the body.
+            (_, Some(status)) if status >= 400 => match e
+                .raw_response()
+                .and_then(|r| r.body().bytes())
+                .and_then(|b| xml_error(&String::from_utf8_lossy(b)))
+            {
+                Some(coded) => format!("HTTP {status}: {coded}"),
+                None => format!(
+                    "HTTP {status}: an answer of {size} bytes that is not a Secrets Manager error \
+                     (not quoted)"
+                ),
+            },
+            (_, Some(status)) => format!(
+                "HTTP {status}: an answer of {size} bytes that is not a Secrets Manager response \
+                 (not quoted: it may hold the secret)"
+            ),
+            (_, None) => "an answer that is not a Secrets Manager response".into(),
+        },
+        SdkError::ResponseError(_) => format!(
+            "HTTP {}: an answer of {size} bytes that cannot be read (not quoted: it may hold the secret)",
+            status.map_or_else(|| "?".to_string(), |s| s.to_string())
+        ),
+        SdkError::TimeoutError(_) => format!(
+            "Secrets Manager did not answer within {} s (each attempt {} s, connecting {} s)",
+            super::aws::OPERATION_TIMEOUT.as_secs(),
+            super::aws::ATTEMPT_TIMEOUT.as_secs(),
+            super::aws::CONNECT_TIMEOUT.as_secs()
+        ),
+        SdkError::DispatchFailure(d) if d.is_timeout() => format!(
+            "Secrets Manager did not answer within {} s (connecting {} s)",
+            super::aws::ATTEMPT_TIMEOUT.as_secs(),
+            super::aws::CONNECT_TIMEOUT.as_secs()
+        ),
+        // Connecting, TLS, credentials, building the request: nothing of an answer is in these.
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
+            format!("cannot read it: {}", DisplayErrorContext(e))
+        }
+        _ => "cannot read it".into(),
+    }
+}
+
+/// `Code: Message` of an XML error document (`<Code>…</Code>`, `<Message>…</Message>`), the message cut at
+/// 300 characters; `None` without a code.
+fn xml_error(body: &str) -> Option<String> {
+    let element = |tag: &str| {
+        let open = format!("<{tag}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find("</")? + start;
+        Some(body[start..end].trim().to_string())
+    };
+    let code = element("Code")
+        .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.'))?;
+    let message: String = element("Message")
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    Some(format!("{code}: {message}"))
 }
 
 /// A database URL from a secret's text: a URL as it is, or the RDS / Aurora JSON shape. Errors name the
 /// field at fault, never a value.
 pub fn url_from_secret(text: &str) -> Result<String, String> {
+    url_from_secret_with(text, &Fallback::default())
+}
+
+/// [`url_from_secret`], with the fields an RDS JSON secret leaves out (engine, host, port, dbname) taken from
+/// `fallback`. MySQL and MariaDB need a database (else every statement fails with "No database selected"):
+/// a secret without `dbname` and no `DATABASE_NAME` is refused here, naming both.
+pub fn url_from_secret_with(text: &str, fallback: &Fallback) -> Result<String, String> {
     let text = text.trim();
     if !text.starts_with('{') {
         return match text.split_once("://") {
@@ -172,9 +308,14 @@ pub fn url_from_secret(text: &str) -> Result<String, String> {
     // Not serde's error text: it can quote a piece of the secret.
     let json: Value = serde_json::from_str(text)
         .map_err(|_| "it starts with { but is not valid JSON".to_string())?;
+    let Some(object) = json.as_object() else {
+        return Err("it starts with { but is not a JSON object".into());
+    };
     let field = |name: &str| -> Result<Option<String>, String> {
-        match json.get(name) {
-            None | Some(Value::Null) => Ok(None),
+        match object.get(name) {
+            // An empty field is a missing one: the function's setting stands in for both.
+            None | Some(Value::Null) => Ok(fallback.get(name)),
+            Some(Value::String(s)) if s.is_empty() => Ok(fallback.get(name)),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
             Some(_) => Err(format!("field {name:?} is neither a string nor a number")),
@@ -183,7 +324,10 @@ pub fn url_from_secret(text: &str) -> Result<String, String> {
     let required = |name: &str| {
         field(name)?
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("field {name:?} is missing"))
+            .ok_or_else(|| match setting_of(name) {
+                Some(env) => format!("field {name:?} is missing (and {env} is not set)"),
+                None => format!("field {name:?} is missing"),
+            })
     };
     let engine = required("engine")?;
     let (scheme, default_port) = match engine.as_str() {
@@ -191,7 +335,7 @@ pub fn url_from_secret(text: &str) -> Result<String, String> {
         "mysql" | "mariadb" | "aurora-mysql" | "aurora" => ("mysql", 3306),
         other => {
             return Err(format!(
-                "engine {other:?} is not supported (postgres, aurora-postgresql, mysql, mariadb, aurora-mysql)"
+                "field \"engine\" is {other:?}, not one supported (postgres, aurora-postgresql, mysql, mariadb, aurora-mysql)"
             ));
         }
     };
@@ -208,9 +352,19 @@ pub fn url_from_secret(text: &str) -> Result<String, String> {
     let user = percent_encode(&required("username")?);
     let password = percent_encode(&required("password")?);
     let mut url = format!("{scheme}://{user}:{password}@{host}:{port}");
-    if let Some(db) = field("dbname")?.filter(|d| !d.is_empty()) {
-        url.push('/');
-        url.push_str(&percent_encode(&db));
+    match field("dbname")?.filter(|d| !d.is_empty()) {
+        Some(db) => {
+            url.push('/');
+            url.push_str(&percent_encode(&db));
+        }
+        // PostgreSQL connects to the user's own database; MySQL to none, and then refuses every table.
+        None if scheme == "mysql" => {
+            return Err(format!(
+                "field \"dbname\" is missing (and {} is not set): {engine} needs a database",
+                FALLBACK_ENV[3].1
+            ));
+        }
+        None => {}
     }
     Ok(url)
 }
@@ -292,8 +446,9 @@ impl SecretHandler {
         &self.source
     }
 
-    /// One batch, as [`Handler::handle`]. A secret that cannot be read or used fails the batch as transient
-    /// (nothing is written): an IAM policy or a secret fixed in the meantime lets the retry through.
+    /// One batch, as [`Handler::handle`]. A secret that cannot be read fails the batch as transient, one whose
+    /// contents cannot make a database URL as misconfigured (nothing is written either way); neither is
+    /// remembered, so an IAM policy or a secret fixed in the meantime lets the retry through.
     pub async fn handle(&self, event: &MskEvent<'_>) -> Result<BatchReport, HandlerError> {
         let mut state = self.state.lock().await;
         let state = &mut *state;
@@ -346,20 +501,29 @@ impl SecretHandler {
         handler.handle(event).await
     }
 
+    /// The secret's URL; what it holds being unusable is the misconfigured class, its read failing transient.
     async fn read(&self) -> Result<String, HandlerError> {
         self.source.database_url().await.map_err(|e| {
-            tracing::error!(error = %e, "database secret not read");
-            HandlerError::Transient(e.to_string())
+            if e.contents {
+                tracing::error!(error = %e, "database secret not usable");
+                HandlerError::Misconfigured(e.to_string())
+            } else {
+                tracing::error!(error = %e, "database secret not read");
+                HandlerError::Transient(e.to_string())
+            }
         })
     }
 
+    /// The URL made of the secret cannot be opened (an unknown scheme, a URL that does not parse): what the
+    /// secret holds is wrong, which no retry cures until someone fixes it.
     fn unusable(&self, reason: String) -> HandlerError {
         let e = SecretError {
             secret_id: self.source.secret_id.clone(),
             reason,
+            contents: true,
         };
         tracing::error!(error = %e, "database secret not usable");
-        HandlerError::Transient(e.to_string())
+        HandlerError::Misconfigured(e.to_string())
     }
 }
 

@@ -356,8 +356,14 @@ pub struct SinkOptions {
     pub max_rows_per_statement: usize,
     /// The pool's size.
     pub max_connections: u32,
-    /// How long connecting may take.
+    /// How long connecting (or taking a connection from the pool) may take.
     pub connect_timeout: Duration,
+    /// How long one statement may run: PostgreSQL's `statement_timeout`, MariaDB's `max_statement_time`
+    /// (the server cancels the statement; a server that stops answering is the batch deadline's case).
+    pub statement_timeout: Duration,
+    /// How long a batch's database work may take, kept by the caller (the runner, Lambda mode) on its side:
+    /// it also covers a server or network that stops answering. Below the template's Lambda timeout.
+    pub batch_timeout: Duration,
     /// How long a versioned sync's delete is remembered ([`version`]).
     pub tombstone_retention: Duration,
 }
@@ -370,6 +376,8 @@ impl Default for SinkOptions {
             // One batch at a time per instance: one connection, and one spare for table creation.
             max_connections: 2,
             connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            batch_timeout: Duration::from_secs(90),
             tombstone_retention: version::DEFAULT_RETENTION,
         }
     }
@@ -388,6 +396,20 @@ pub struct Sink {
     pruning: version::Pruning,
 }
 
+/// Whether a connection given back to the pool still answers within `limit`. The pool pings it anyway, with
+/// no deadline: a connection whose statement was dropped at the batch deadline (a server or network that
+/// stopped answering) would hold its place in the pool for good. One that does not answer is closed.
+async fn answers_within<C: sea_orm::sqlx::Connection>(
+    conn: &mut C,
+    limit: Duration,
+) -> Result<bool, sea_orm::sqlx::Error> {
+    match tokio::time::timeout(limit, conn.ping()).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(sea_orm::sqlx::Error::PoolTimedOut),
+    }
+}
+
 impl Sink {
     /// Opens the pool without connecting, so a cold start never fails on the database: the first batch
     /// connects, and a failure there is transient like any other.
@@ -403,8 +425,30 @@ impl Sink {
             .connect_timeout(options.connect_timeout)
             .acquire_timeout(options.connect_timeout)
             .connect_lazy(true)
+            // PostgreSQL: `statement_timeout` set in the startup packet, no round trip.
+            .statement_timeout(options.statement_timeout)
             // sqlx logs statements with their values, and values are message payloads.
             .sqlx_logging(false);
+        // MariaDB: `max_statement_time` (seconds) on each new connection. MySQL has no such variable (its
+        // `max_execution_time` covers SELECT only): the refusal is ignored there, the batch deadline remains.
+        let seconds = options.statement_timeout.as_secs_f64();
+        let released = options.connect_timeout;
+        connect.map_sqlx_mysql_pool_opts(move |pool| {
+            pool.after_connect(move |conn, _| {
+                Box::pin(async move {
+                    use sea_orm::sqlx::Executor;
+                    let set = format!("SET SESSION max_statement_time = {seconds}");
+                    if let Err(e) = conn.execute(sea_orm::sqlx::AssertSqlSafe(set)).await {
+                        tracing::debug!(error = %e, "no max_statement_time (not MariaDB)");
+                    }
+                    Ok(())
+                })
+            })
+            .after_release(move |conn, _| Box::pin(answers_within(conn, released)))
+        });
+        connect.map_sqlx_postgres_pool_opts(move |pool| {
+            pool.after_release(move |conn, _| Box::pin(answers_within(conn, released)))
+        });
         let db = Database::connect(connect).await?;
         Ok(Self {
             db,
