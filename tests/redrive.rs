@@ -16,6 +16,7 @@ on_every_backend!(
     a_container_file_redrives_only_its_dead_lettered_messages,
     planet_sync_redrives_too,
     a_dry_run_shows_the_messages_and_writes_nothing,
+    two_redrives_at_once_apply_each_dead_letter_once,
 );
 
 const TABLE: &str = "planet_r";
@@ -475,4 +476,37 @@ async fn a_dry_run_shows_the_messages_and_writes_nothing(backend: Backend) {
         Vec::<Vec<String>>::new(),
         "nothing applied"
     );
+}
+
+/// Two `redrive` runs at the same time over the same dead letters (#34): each dead letter is applied once.
+/// Before, both read every chunk and applied it: the reports added up to more than there were dead letters.
+async fn two_redrives_at_once_apply_each_dead_letter_once(backend: Backend) {
+    let db = TestDb::new(backend, "redrive_twice").await;
+    let names: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("k{i:04}"), format!("n{i}")))
+        .collect();
+    let changes: Vec<(&str, i64, &str)> = names
+        .iter()
+        .map(|(k, n)| (k.as_str(), 1, n.as_str()))
+        .collect();
+    let batch = event("servicea.planet", &changes, 0);
+    let r = replay_event(&db, &config(NO_VERSION), &batch, "b.json").await;
+    assert_eq!(r.dead_lettered, 300, "{r:?}");
+    let fixed = db.write("sync.toml", &config(GOOD)).display().to_string();
+    let (a, b) = tokio::join!(
+        redrive_at(&db, &fixed, &["--chunk", "20"]),
+        redrive_at(&db, &fixed, &["--chunk", "20"])
+    );
+    assert_eq!(
+        (
+            a.upserted + b.upserted,
+            a.stale + b.stale,
+            a.dead_lettered + b.dead_lettered
+        ),
+        (300, 0, 0),
+        "{a:?}\n{b:?}"
+    );
+    assert_eq!(a.received + b.received, 300);
+    assert_eq!(dead_letters(&db).await, vec![]);
+    assert_eq!(db.count(TABLE).await, 300);
 }

@@ -97,6 +97,10 @@ pub struct DatabaseConfig {
     /// stops answering enforces nothing); 90 by default.
     #[serde(default)]
     pub batch_timeout_seconds: Option<u64>,
+    /// `false`: a missing table is the misconfigured class instead of being created (a misspelt `table` then
+    /// stops the function instead of filling a new table). Default `true`.
+    #[serde(default)]
+    pub create_tables: Option<bool>,
 }
 
 /// A config that cannot be used; the message lists every problem.
@@ -190,18 +194,34 @@ impl Config {
                         .chain(self.codec.glue_schemas.values())
                         .chain(&self.codec.raw_schema)
                         .chain(&self.codec.reader_schema);
+                    let (mut tried, mut classifying) = (0, 0);
                     for path in known {
                         let (path, Ok(schema)) = files.get(path) else {
                             // The codec reports unreadable schemas; .proto and JSON Schema files carry no
                             // classification.
                             continue;
                         };
-                        if let Err(p) = Mask::build(cfg, &schema) {
-                            problems.extend(
+                        tried += 1;
+                        match Mask::build(cfg, &schema) {
+                            Ok(mask) => classifying += usize::from(!mask.classifies_nothing()),
+                            Err(p) => problems.extend(
                                 p.into_iter()
                                     .map(|p| format!("{at} ({}): {p}", path.display())),
-                            );
+                            ),
                         }
+                    }
+                    // Values whose schemas come from the config's files, and none classifies a field: a mask of
+                    // nothing. (A registry or Glue may bring schemas that do; so may container files, but
+                    // `auto` is counted in: leaking a field is worse than a config check that asks for
+                    // `value = "avro-ocf"`.)
+                    let only_files = !matches!(self.codec.value, Format::AvroOcf)
+                        && self.codec.registry.is_none()
+                        && self.codec.glue.is_none();
+                    if only_files && tried > 0 && classifying == 0 {
+                        problems.push(format!(
+                            "{at}: in the {tried} schema file(s) of [codec], {}",
+                            Mask::classifies_nothing_problem(cfg)
+                        ));
                     }
                     out.push((cfg.topics.clone(), MaskRule::new(cfg.clone(), None)));
                 }
@@ -209,6 +229,11 @@ impl Config {
             };
             let (file, schema) = files.get(file);
             match schema.map(|s| Mask::build(cfg, &s)) {
+                Ok(Ok(mask)) if mask.classifies_nothing() => problems.push(format!(
+                    "{at}: schema {}: {}",
+                    file.display(),
+                    Mask::classifies_nothing_problem(cfg)
+                )),
                 Ok(Ok(mask)) => {
                     out.push((cfg.topics.clone(), MaskRule::new(cfg.clone(), Some(mask))))
                 }
@@ -251,6 +276,9 @@ impl Config {
         }
         if let Some(s) = self.database.batch_timeout_seconds {
             options.batch_timeout = std::time::Duration::from_secs(s);
+        }
+        if let Some(create) = self.database.create_tables {
+            options.create_tables = create;
         }
         options
     }

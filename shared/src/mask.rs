@@ -172,6 +172,8 @@ impl MaskRule {
 pub struct Mask {
     records: Vec<RecordMask>,
     root: Option<Shape>,
+    /// Fields of the schema that carry the annotation, at any level: none means the mask can classify nothing.
+    classified: usize,
 }
 
 struct Builder<'a> {
@@ -182,6 +184,7 @@ struct Builder<'a> {
     index: HashMap<Name, usize>,
     records: Vec<RecordMask>,
     problems: Vec<String>,
+    classified: usize,
 }
 
 impl Mask {
@@ -205,12 +208,14 @@ impl Mask {
             index: HashMap::new(),
             records: Vec::new(),
             problems: Vec::new(),
+            classified: 0,
         };
         let root = b.shape(schema, "");
         if b.problems.is_empty() {
             Ok(Self {
                 records: b.records,
                 root,
+                classified: b.classified,
             })
         } else {
             Err(b.problems)
@@ -222,6 +227,21 @@ impl Mask {
         if let Some(root) = &self.root {
             self.apply_shape(root, message);
         }
+    }
+
+    /// No field of the schema carries the annotation: under this mask every value goes through whole, so a
+    /// misspelt annotation or a schema without classification would let every sensitive field into the table.
+    pub fn classifies_nothing(&self) -> bool {
+        self.classified == 0
+    }
+
+    /// Why a mask that classifies nothing is a configuration error, for `at` (the `[[mask]]` and its schema).
+    pub fn classifies_nothing_problem(cfg: &MaskConfig) -> String {
+        format!(
+            "no field of the schema carries the annotation {:?}, so this mask can classify nothing and every \
+             field would reach the table: check the annotation's name, or the schema",
+            cfg.annotation
+        )
     }
 
     pub fn removes_nothing(&self) -> bool {
@@ -310,6 +330,7 @@ impl Builder<'_> {
         for field in &record.fields {
             let path = format!("{here}.{}", field.name);
             if let Some(level) = field.custom_attributes.get(&self.cfg.annotation) {
+                self.classified += 1;
                 let at_level = Message::from(level.clone());
                 match self.levels.iter().position(|l| json_eq(l, &at_level)) {
                     None => self.problems.push(format!(

@@ -21,7 +21,8 @@ use crate::mask::{Mask, MaskRule};
 use crate::message::Message;
 use crate::report::{BatchReport, Outcome, RecordResult, STATUS_OK};
 use crate::sync::{
-    Applied, Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink, dead_letter,
+    Applied, ApplyError, Changes, DeadLetter, Mapping, Meta, Origin, PreflightError, Sink,
+    dead_letter,
 };
 use crate::topics::TopicRouter;
 
@@ -984,7 +985,10 @@ impl Handler {
         };
         let applied = self.sink.apply(&changes, &dead_letters, &reject).await.map_err(|e| {
             tracing::warn!(event_source = %source, records = report.received, error = %e, "batch failed");
-            HandlerError::Transient(e.to_string())
+            match e {
+                ApplyError::Misconfigured(_) => HandlerError::Misconfigured(e.to_string()),
+                _ => HandlerError::Transient(e.to_string()),
+            }
         })?;
         note_applied(&mut report, &applied, records, &order);
         if !applied.rejected.is_empty() || !applied.stale.is_empty() {

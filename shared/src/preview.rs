@@ -16,7 +16,7 @@ use crate::event::MskEvent;
 use crate::pipeline::{Handler, HandlerError, Plan, bounded_reason};
 use crate::report::Outcome;
 use crate::sync::plan::{Probe, RowAction};
-use crate::sync::{DeadLetter, Extra, Origin, PreflightError};
+use crate::sync::{ApplyError, DeadLetter, Extra, Origin, PreflightError};
 
 /// One message of a plan.
 #[derive(Debug, Clone, Serialize)]
@@ -175,7 +175,10 @@ pub async fn plan(
             &mut Extra::Plan(&mut probe),
         )
         .await
-        .map_err(|e| transient(&e))?;
+        .map_err(|e| match e {
+            ApplyError::Misconfigured(_) => HandlerError::Misconfigured(e.to_string()),
+            _ => transient(&e),
+        })?;
     let rows: HashMap<(usize, u32), RowAction> = probe
         .actions(sink, &changes)
         .into_iter()

@@ -16,7 +16,7 @@ use crate::pipeline::{
 };
 use crate::report::{BatchReport, Outcome};
 use crate::sync::redrive::{RecordKey, StoredRecord};
-use crate::sync::{DeadLetter, Extra, Origin, PreflightError};
+use crate::sync::{ApplyError, DeadLetter, Extra, Origin, PreflightError};
 
 /// Records per chunk (per transaction) unless told otherwise.
 pub const DEFAULT_CHUNK_RECORDS: usize = 500;
@@ -38,6 +38,11 @@ impl Default for RedriveOptions {
         }
     }
 }
+
+/// How a chunk that another redrive changed under this one starts its error (see [`ApplyError::Claimed`]).
+const CLAIMED: &str = "redrive chunk read again: ";
+/// How often one chunk is read again before the redrive gives up (a transient failure).
+const CLAIM_TRIES: u32 = 5;
 
 fn transient(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Transient(format!(
@@ -63,7 +68,20 @@ pub async fn redrive(
         .map_err(transient)?;
     let mut chunks = 0;
     for chunk in keys.chunks(options.chunk_records.max(1)) {
-        let report = redrive_chunk(handler, chunk).await?;
+        // Another redrive applied some of the chunk's dead letters since they were read: read it again,
+        // without them (it holds their locks no longer: its transaction committed).
+        let mut tries = 0;
+        let report = loop {
+            match redrive_chunk(handler, chunk).await {
+                Err(HandlerError::Transient(e))
+                    if e.starts_with(CLAIMED) && tries < CLAIM_TRIES =>
+                {
+                    tries += 1;
+                    tracing::info!(retry = tries, reason = %e, "redrive: chunk read again");
+                }
+                other => break other?,
+            }
+        };
         tracing::info!(
             records = report.received,
             upserted = report.upserted,
@@ -190,7 +208,11 @@ async fn redrive_chunk(
     let applied = sink
         .apply_with(&changes, &dead_letters, &reject, &mut Extra::Redrive(&rows))
         .await
-        .map_err(transient)?;
+        .map_err(|e| match e {
+            ApplyError::Misconfigured(_) => HandlerError::Misconfigured(e.to_string()),
+            ApplyError::Claimed(_) => HandlerError::Transient(format!("{CLAIMED}{e}")),
+            _ => transient(e),
+        })?;
     note_applied(&mut report, &applied, records, &order);
     // Records that could not be rebuilt keep their rows untouched; they are listed, not counted as tried.
     for s in broken {

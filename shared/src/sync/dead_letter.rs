@@ -182,6 +182,30 @@ impl<'e> DeadLetter<'e> {
     }
 }
 
+impl DeadLetter<'_> {
+    /// [`DeadLetter::row`] without the record's raw data (topic, key, value, headers, schema metadata), for a
+    /// row too large for one statement (MySQL's `max_allowed_packet`): the reason ends with `why`, and
+    /// `raw_message_index` names the row itself, so `redrive` finds no row with the raw data and leaves the
+    /// record's dead letters as they are. The record is still in Kafka at its coordinates.
+    pub(crate) fn row_without_raw(&self, why: &str) -> Vec<SqlValue> {
+        let mut row = self.row();
+        for i in [6, 7, 8, 12, 13] {
+            if let Some(v) = row.get_mut(i) {
+                *v = SqlValue::String(None);
+            }
+        }
+        if let Some(v) = row.get_mut(9) {
+            *v = int(self.at.index);
+        }
+        if let Some(v) = row.get_mut(10) {
+            *v = SqlValue::String(Some(
+                escaped(&format!("{}; {why}", self.error)).into_owned(),
+            ));
+        }
+        row
+    }
+}
+
 /// Lambda's schema-registry metadata of a record as JSON, `None` when it has none.
 fn schema_metadata(r: &Record<'_>) -> Option<String> {
     if r.value_schema_metadata.is_none() && r.key_schema_metadata.is_none() {

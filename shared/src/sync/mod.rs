@@ -11,6 +11,7 @@
 pub(crate) mod dead_letter;
 pub(crate) mod declarative;
 pub(crate) mod mapping;
+pub mod normal;
 pub(crate) mod plan;
 pub(crate) mod preflight;
 pub(crate) mod redrive;
@@ -134,7 +135,24 @@ impl Changes {
         self.push(Op::Delete(key), origin);
     }
 
-    fn push(&mut self, op: Op, origin: Origin) {
+    fn push(&mut self, mut op: Op, origin: Origin) {
+        // One key, one version: compared from here on (collapse, stale check, tombstones, SQL guard) and bound
+        // to the statement as the column holds them.
+        let klen = self.key.len();
+        match &mut op {
+            Op::Upsert(row) => {
+                for &i in self.key.iter().chain(self.version.as_ref()) {
+                    if let Some(v) = row.get_mut(i) {
+                        normal::normalise(v);
+                    }
+                }
+            }
+            // A delete's key values, then (versioned) its version.
+            Op::Delete(values) => values
+                .iter_mut()
+                .take(klen + usize::from(self.version.is_some()))
+                .for_each(normal::normalise),
+        }
         let mut state = self.hasher.build_hasher();
         for v in key_of(&self.key, &op) {
             v.hash(&mut state);
@@ -322,6 +340,15 @@ pub enum ApplyError {
     /// the batch or not, and reporting "not applied" would be a lie half the time.
     #[error("commit outcome unknown — the batch may have been applied; retrying is safe: {0}")]
     CommitUnknown(DbErr),
+    /// Rolled back because the database refused the statement for its setup, not for a row (a missing
+    /// privilege, a missing database: [`setup_refusal`]): every retry would be refused alike, so this is the
+    /// misconfigured class, not a transient failure.
+    #[error("batch not applied, and retrying cannot help until the database is fixed: {0}")]
+    Misconfigured(Problem),
+    /// `redrive`: this many of the chunk's dead letters were applied by another `redrive` since they were
+    /// read; rolled back, so that the chunk is read again without them.
+    #[error("{0} dead letter(s) of this chunk were redriven by another process meanwhile")]
+    Claimed(usize),
 }
 
 /// Commits `txn`, telling a refusal (the server answered: rolled back) from a lost answer.
@@ -366,6 +393,11 @@ pub struct SinkOptions {
     pub batch_timeout: Duration,
     /// How long a versioned sync's delete is remembered ([`version`]).
     pub tombstone_retention: Duration,
+    /// Whether the preflight creates a missing table; `false`: a missing table is a [`Problem`].
+    pub create_tables: bool,
+    /// Whether connecting may create a SQLite file that is not there (`mode=rwc`); `replay --plan`, which
+    /// leaves nothing behind, says no.
+    pub create_database: bool,
 }
 
 impl Default for SinkOptions {
@@ -379,6 +411,8 @@ impl Default for SinkOptions {
             statement_timeout: Duration::from_secs(30),
             batch_timeout: Duration::from_secs(90),
             tombstone_retention: version::DEFAULT_RETENTION,
+            create_tables: true,
+            create_database: true,
         }
     }
 }
@@ -394,6 +428,9 @@ pub struct Sink {
     /// host:port of a database server (never the URL: it may hold a password), for connection errors.
     address: Option<String>,
     pruning: version::Pruning,
+    /// MySQL / MariaDB: the server's `max_allowed_packet`, read by the preflight (0: not known, or another
+    /// backend). Statements are cut to stay under it and a row over it is dead-lettered ([`Sink::packet_budget`]).
+    max_packet: std::sync::atomic::AtomicUsize,
 }
 
 /// Whether a connection given back to the pool still answers within `limit`. The pool pings it anyway, with
@@ -418,7 +455,12 @@ impl Sink {
         mappings: Vec<Arc<dyn Mapping>>,
         options: SinkOptions,
     ) -> Result<Self, DbErr> {
-        let mut connect = ConnectOptions::new(url.to_string());
+        let url = if options.create_database {
+            url.to_string()
+        } else {
+            existing_sqlite_file(url)?
+        };
+        let mut connect = ConnectOptions::new(url.clone());
         connect
             .max_connections(options.max_connections)
             .min_connections(0)
@@ -456,8 +498,9 @@ impl Sink {
             options,
             ready: OnceCell::new(),
             lock_conflicts: Default::default(),
-            address: server_address(url),
+            address: server_address(&url),
             pruning: version::Pruning::default(),
+            max_packet: Default::default(),
         })
     }
 
@@ -478,6 +521,8 @@ impl Sink {
             .ready
             .get_or_try_init(|| async {
                 let server = preflight::Server::detect(&self.db).await?;
+                self.max_packet
+                    .store(server.max_packet, std::sync::atomic::Ordering::Relaxed);
                 let mut problems = Vec::new();
                 for expected in self.expected_tables() {
                     match self.found_or_created(&expected, &server).await? {
@@ -511,6 +556,11 @@ impl Sink {
             Err(PreflightError::Database(e)) if connection_failure(&e) => {
                 Err(PreflightError::Database(self.unreachable(e).await))
             }
+            // A missing database or grant: no retry cures it.
+            Err(PreflightError::Database(e)) => match setup_refusal(&e) {
+                Some(problem) => Err(PreflightError::Misconfigured(vec![problem])),
+                None => Err(PreflightError::Database(e)),
+            },
             other => other,
         }
     }
@@ -526,14 +576,11 @@ impl Sink {
         if let Some(found) = preflight::inspect(&self.db, expected, server).await? {
             return Ok(Ok(found));
         }
+        if !self.options.create_tables {
+            return Ok(Err(preflight::not_created(expected)));
+        }
         let create = preflight::create_statement(expected, server);
-        let refused = match self.db.execute_unprepared(&create).await {
-            Ok(_) => None,
-            Err(e) => match preflight::create_denied(&e) {
-                Some(said) => return Ok(Err(preflight::missing(expected, said))),
-                None => Some(e),
-            },
-        };
+        let refused = self.db.execute_unprepared(&create).await.err();
         // PostgreSQL's IF NOT EXISTS can still fail when another instance creates the same table at the same
         // moment: then the table is there now.
         match (
@@ -541,7 +588,12 @@ impl Sink {
             refused,
         ) {
             (Ok(Some(found)), _) => Ok(Ok(found)),
-            (_, Some(e)) | (Err(e), None) => Err(e),
+            // The server refused the CREATE (a privilege, a key it cannot index): every retry would too.
+            (Ok(None), Some(e)) => match preflight::create_refused(&e) {
+                Some(said) => Ok(Err(preflight::missing(expected, redact_quoted(&said)))),
+                None => Err(e),
+            },
+            (Err(e), _) => Err(e),
             (Ok(None), None) => Err(DbErr::Custom(format!(
                 "table {} is still missing after CREATE TABLE",
                 expected.def.name
@@ -549,9 +601,74 @@ impl Sink {
         }
     }
 
+    /// Whether the database would create a missing table, asked without creating anything: PostgreSQL and
+    /// SQLite run the CREATE TABLE in a transaction rolled back (their DDL is transactional); MySQL and
+    /// MariaDB, whose CREATE TABLE commits, create it as a TEMPORARY table of this session and drop it, which
+    /// finds the definitions they refuse (a key too long to index, a JSON key) but not a missing CREATE
+    /// privilege. `Some(reason)`: refused.
+    async fn would_create(
+        &self,
+        expected: &preflight::Expected,
+        server: &preflight::Server,
+    ) -> Result<Option<String>, DbErr> {
+        let create = preflight::create_statement(expected, server);
+        let mysql = server.backend == DbBackend::MySql;
+        let create = if mysql {
+            create.replacen("CREATE TABLE", "CREATE TEMPORARY TABLE", 1)
+        } else {
+            create
+        };
+        let txn = self.db.begin().await?;
+        if mysql {
+            // The CREATE privilege, asked with a CREATE … LIKE of a table that does not exist: the server checks
+            // the privilege first (1142 "CREATE command denied"), then finds no source (1146), creating nothing.
+            let like = format!(
+                "CREATE TABLE `{0}` LIKE `msk_sync_absent_{1}`",
+                expected.def.name,
+                std::process::id()
+            );
+            if let Err(e) = txn.execute_unprepared(&like).await
+                && let Some(said) = preflight::create_denied(&e)
+                && said.contains("CREATE")
+            {
+                txn.rollback().await?;
+                return Ok(Some(redact_quoted(&said)));
+            }
+        }
+        let said = match txn.execute_unprepared(&create).await {
+            Ok(_) if mysql => {
+                txn.execute_unprepared(&format!(
+                    "DROP TEMPORARY TABLE IF EXISTS `{}`",
+                    expected.def.name
+                ))
+                .await?;
+                None
+            }
+            Ok(_) => None,
+            // Without the CREATE TEMPORARY TABLES privilege the definition cannot be tried this way.
+            Err(e) if mysql && preflight::create_denied(&e).is_some() => None,
+            Err(e) => match preflight::create_refused(&e) {
+                Some(said) => Some(redact_quoted(&said)),
+                None => return Err(e),
+            },
+        };
+        txn.rollback().await?;
+        Ok(said)
+    }
+
     /// What `config check --database-url` reports: the problems, and the tables that do not exist yet (the
     /// first batch creates them). Creates nothing.
     pub async fn check(&self) -> Result<(Vec<Problem>, Vec<String>), DbErr> {
+        match self.check_tables().await {
+            Err(e) => match setup_refusal(&e) {
+                Some(problem) => Ok((vec![problem], Vec::new())),
+                None => Err(e),
+            },
+            done => done,
+        }
+    }
+
+    async fn check_tables(&self) -> Result<(Vec<Problem>, Vec<String>), DbErr> {
         let server = preflight::Server::detect(&self.db).await?;
         let mut problems = Vec::new();
         let mut missing = Vec::new();
@@ -572,7 +689,15 @@ impl Sink {
                     missing.extend(to_add);
                 }
                 Some(found) => problems.extend(preflight::compare(&expected, &found, &server)),
-                None => missing.push(expected.def.name),
+                None if !self.options.create_tables => {
+                    problems.push(preflight::not_created(&expected))
+                }
+                None => {
+                    if let Some(said) = self.would_create(&expected, &server).await? {
+                        problems.push(preflight::missing(&expected, said));
+                    }
+                    missing.push(expected.def.name)
+                }
             }
         }
         Ok((problems, missing))
@@ -651,6 +776,10 @@ impl Sink {
             Err(ApplyError::NotApplied(e)) if connection_failure(&e) => {
                 Err(ApplyError::NotApplied(self.unreachable(e).await))
             }
+            Err(ApplyError::NotApplied(e)) => match setup_refusal(&e) {
+                Some(problem) => Err(ApplyError::Misconfigured(problem)),
+                None => Err(ApplyError::NotApplied(e)),
+            },
             other => other,
         }
     }
@@ -666,13 +795,19 @@ impl Sink {
         self.ensure_tables().await?;
         let mut retries = 0;
         loop {
-            let done = match self.apply_bulk(changes, dead_letters, extra).await {
-                Err(ApplyError::NotApplied(e)) if data_error(&e).is_some() => {
-                    tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
-                    self.apply_row_by_row(changes, dead_letters, reject, extra)
-                        .await
+            let done = if self.any_too_large(changes) {
+                // Rows no statement can carry: the row-by-row path dead-letters them and applies the rest.
+                self.apply_row_by_row(changes, dead_letters, reject, extra)
+                    .await
+            } else {
+                match self.apply_bulk(changes, dead_letters, extra).await {
+                    Err(ApplyError::NotApplied(e)) if data_error(&e).is_some() => {
+                        tracing::warn!(error = %redact_quoted(&e.to_string()), "the database refused a row: applying the batch row by row");
+                        self.apply_row_by_row(changes, dead_letters, reject, extra)
+                            .await
+                    }
+                    other => other,
                 }
-                other => other,
             };
             match done {
                 // Key order makes lock cycles between writers of one table rare, not impossible (gap locks,
@@ -707,6 +842,11 @@ impl Sink {
         )
         .await;
         let cause = match probe {
+            // A session that was there and ended under a statement: not a session that never came.
+            Ok(Ok(_)) if session_lost(&e) => "it accepts TCP connections, but closed this batch's session in \
+                the middle of the batch (the session was killed, the server restarted, or on MySQL / MariaDB a \
+                statement was larger than max_allowed_packet); the batch was rolled back"
+                .to_string(),
             Ok(Ok(_)) => format!(
                 "it accepts TCP connections, but no database session was established within {} s",
                 self.options.connect_timeout.as_secs()
@@ -746,9 +886,11 @@ impl Sink {
             applied.upserted += upserts.len();
             applied.deleted += deletes.len();
             let max_rows = self.options.max_rows_per_statement;
+            let budget = self.packet_budget();
             let (up_arrays, up_chunks) =
-                statements(backend, &upserts, table.columns.len(), max_rows);
-            let (del_arrays, del_chunks) = statements(backend, &deletes, table.key.len(), max_rows);
+                statements(backend, &upserts, table.columns.len(), max_rows, budget);
+            let (del_arrays, del_chunks) =
+                statements(backend, &deletes, table.key.len(), max_rows, budget);
             let upserts = up_chunks.into_iter().map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|(row, _)| *row).collect();
                 match &up_arrays {
@@ -793,6 +935,12 @@ impl Sink {
             for (is_upsert, values, origin) in
                 ops.chain(deletes.into_iter().map(|(key, o)| (false, key, o)))
             {
+                if let Some(reason) = self.too_large(values) {
+                    applied
+                        .rejected
+                        .push((origin, format!("{}: {reason}", table.name)));
+                    continue;
+                }
                 let savepoint = txn.begin().await?;
                 let done = if is_upsert {
                     savepoint
@@ -852,9 +1000,31 @@ impl Sink {
             .non_key_columns()
             .filter(|c| redrive || *c != "attempts")
             .collect();
-        for chunk in table::in_statements(dead_letters, rows) {
-            let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
-            let rows: Vec<&[SqlValue]> = rows.iter().map(Vec::as_slice).collect();
+        let Some(budget) = self.packet_budget() else {
+            for chunk in table::in_statements(dead_letters, rows) {
+                let rows: Vec<Vec<SqlValue>> = chunk.iter().map(DeadLetter::row).collect();
+                let rows: Vec<&[SqlValue]> = rows.iter().map(Vec::as_slice).collect();
+                txn.execute(&upsert_statement_only(&table, &rows, &update)?)
+                    .await?;
+            }
+            return Ok(());
+        };
+        // MySQL / MariaDB: statements under max_allowed_packet, and a dead letter whose raw data alone is over
+        // it is written without (its reason says so), so that writing dead letters never fails on size.
+        let built: Vec<Vec<SqlValue>> = dead_letters
+            .iter()
+            .map(|d| {
+                let row = d.row();
+                match self.too_large(&row) {
+                    Some(why) => {
+                        d.row_without_raw(&format!("its raw key and value are not kept: {why}"))
+                    }
+                    None => row,
+                }
+            })
+            .collect();
+        for chunk in table::in_packets(&built, rows, Some(budget), |r| table::row_bytes(r)) {
+            let rows: Vec<&[SqlValue]> = chunk.iter().map(Vec::as_slice).collect();
             txn.execute(&upsert_statement_only(&table, &rows, &update)?)
                 .await?;
         }
@@ -867,9 +1037,16 @@ impl Sink {
         txn: &DatabaseTransaction,
         changes: &[Changes],
         extra: &mut Extra<'_>,
-    ) -> Result<(), DbErr> {
-        if let Extra::Plan(probe) = extra {
-            probe.read(self, txn, changes, plan::When::Before).await?;
+    ) -> Result<(), ApplyError> {
+        match extra {
+            Extra::Plan(probe) => probe.read(self, txn, changes, plan::When::Before).await?,
+            Extra::Redrive(selected) => {
+                let gone = self.claim_dead_letters(txn, selected).await?;
+                if gone > 0 {
+                    return Err(ApplyError::Claimed(gone));
+                }
+            }
+            Extra::Commit => {}
         }
         Ok(())
     }
@@ -921,7 +1098,43 @@ impl Sink {
     fn rows_per_statement(&self, backend: DbBackend, columns: usize) -> usize {
         rows_per_statement(backend, columns, self.options.max_rows_per_statement)
     }
+
+    /// MySQL / MariaDB: the bytes one statement's values may take, `max_allowed_packet` less room for the
+    /// rest of the packet; `None` when there is no such limit (PostgreSQL, SQLite) or it is not known yet.
+    fn packet_budget(&self) -> Option<usize> {
+        match self.max_packet.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(n.saturating_sub(PACKET_SLACK).max(1)),
+        }
+    }
+
+    /// Why a row cannot be sent at all: its values alone are over [`Sink::packet_budget`].
+    fn too_large(&self, row: &[SqlValue]) -> Option<String> {
+        let budget = self.packet_budget()?;
+        let bytes = table::row_bytes(row);
+        (bytes > budget).then(|| {
+            format!(
+                "the row takes {bytes} bytes, more than one statement may carry on this server \
+                 (max_allowed_packet = {}): raise max_allowed_packet to apply it",
+                self.max_packet.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        })
+    }
+
+    /// Whether any row of the batch is [`Sink::too_large`]: such a batch goes row by row, where it is refused.
+    fn any_too_large(&self, changes: &[Changes]) -> bool {
+        self.packet_budget().is_some()
+            && changes.iter().any(|c| {
+                c.ops.iter().flatten().any(|(op, _)| match op {
+                    Op::Upsert(row) | Op::Delete(row) => self.too_large(row).is_some(),
+                })
+            })
+    }
 }
+
+/// What a MySQL packet holds besides the values of its statement (command byte, statement id, flags, the
+/// null bitmap and types are counted per value by [`table::value_bytes`]).
+const PACKET_SLACK: usize = 4096;
 
 /// The most rows of `columns` values a `VALUES` statement takes: the bind limit's, at most `max_rows`.
 fn rows_per_statement(backend: DbBackend, columns: usize, max_rows: usize) -> usize {
@@ -937,15 +1150,20 @@ fn statements<'v, 'a>(
     values: &'v [Values<'a>],
     width: usize,
     max_rows: usize,
+    budget: Option<usize>,
 ) -> (Option<unnest::ArrayColumns>, Vec<&'v [Values<'a>]>) {
     let arrays = (backend == DbBackend::Postgres)
         .then(|| unnest::ArrayColumns::of(values.iter().map(|(v, _)| *v), width))
         .flatten();
     let chunks = match arrays {
         Some(_) => values.chunks(max_rows.max(1)).collect(),
-        None => {
-            table::in_statements(values, rows_per_statement(backend, width, max_rows)).collect()
-        }
+        None => table::in_packets(
+            values,
+            rows_per_statement(backend, width, max_rows),
+            budget,
+            |(v, _)| table::row_bytes(v),
+        )
+        .collect(),
     };
     (arrays, chunks)
 }
@@ -1031,6 +1249,26 @@ fn jittered_backoff(retry: u32) -> Duration {
     Duration::from_millis(base + noise % (base + 1))
 }
 
+/// A SQLite URL that opens its file only if it exists (`mode=rwc` becomes `mode=rw`), or why not: the file is
+/// missing. Any other URL as it is.
+fn existing_sqlite_file(url: &str) -> Result<String, DbErr> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return Ok(url.to_string());
+    }
+    let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|e| DbErr::Custom(format!("SQLite URL: {e}")))?;
+    let file = options.get_filename();
+    let in_memory = file.as_os_str() == ":memory:" || url.contains("mode=memory");
+    if !in_memory && !file.exists() {
+        return Err(DbErr::Custom(format!(
+            "the SQLite file {} does not exist (nothing is created here)",
+            file.display()
+        )));
+    }
+    Ok(url.replace("mode=rwc", "mode=rw"))
+}
+
 /// The host:port of a PostgreSQL or MySQL URL (default ports filled in), `None` for SQLite. Only the part
 /// after the user info's last `@` is read, so a password never ends up in it.
 fn server_address(url: &str) -> Option<String> {
@@ -1066,6 +1304,54 @@ fn connection_failure(err: &DbErr) -> bool {
             e.as_ref(),
             sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut
         ),
+        _ => false,
+    }
+}
+
+/// A refusal about the database's setup, which no retry can cure (the misconfigured class), naming what to
+/// fix: a missing database (PostgreSQL 3D000, MySQL / MariaDB 1049), a missing privilege (PostgreSQL 42501,
+/// MySQL / MariaDB 1044 database, 1142 table, 1143 column), a table or column gone since the preflight
+/// (PostgreSQL 42P01 / 42703, MySQL 1146 / 1054). Failed logins are not among them: a password being rotated
+/// is transient.
+pub(crate) fn setup_refusal(err: &DbErr) -> Option<Problem> {
+    let db = database_error(err)?;
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let number = db
+        .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number());
+    let said = db.message().to_string();
+    let (expected, what) = match (number, code.as_str()) {
+        (Some(1049), _) | (None, "3D000") => (
+            "the database the URL names to exist (create it, or fix the URL)",
+            "the database",
+        ),
+        (Some(1044 | 1142 | 1143), _) | (None, "42501") => (
+            "the database user to have the privilege this statement needs (GRANT it)",
+            "the database user",
+        ),
+        (Some(1146 | 1054), _) | (None, "42P01" | "42703") => (
+            "the tables and columns the preflight found to be still there",
+            "the database",
+        ),
+        _ => return None,
+    };
+    Some(Problem {
+        table: String::new(),
+        column: None,
+        expected: expected.to_string(),
+        found: format!("{what} refused it: {said}"),
+    })
+}
+
+/// A session lost under a statement (its socket closed or broke), as opposed to none to be had from the pool.
+fn session_lost(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(e.as_ref(), sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+        }
         _ => false,
     }
 }
@@ -1365,7 +1651,7 @@ mod tests {
             .collect();
         let mut values: Vec<Values<'_>> = rows.iter().map(|r| (r.as_slice(), origin)).collect();
         let sizes = |backend, values: &[Values<'_>]| {
-            let (arrays, chunks) = super::statements(backend, values, 2, 2_000);
+            let (arrays, chunks) = super::statements(backend, values, 2, 2_000, None);
             (
                 arrays.is_some(),
                 chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
@@ -1380,7 +1666,7 @@ mod tests {
         values[900] = (&null, origin);
         assert_eq!(sizes(DbBackend::Postgres, &values), (false, powers));
         // Arrays are not bound by the bind limit, only by max_rows_per_statement.
-        let (_, chunks) = super::statements(DbBackend::Postgres, &values[..900], 2, 100);
+        let (_, chunks) = super::statements(DbBackend::Postgres, &values[..900], 2, 100, None);
         assert_eq!(chunks.len(), 9);
     }
 

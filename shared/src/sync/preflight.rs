@@ -36,7 +36,12 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "table {}", self.table)?;
+        // A problem of the database as a whole (a missing database, a grant) names no table.
+        if self.table.is_empty() {
+            write!(f, "database")?;
+        } else {
+            write!(f, "table {}", self.table)?;
+        }
         if let Some(c) = &self.column {
             write!(f, ", column {c}")?;
         }
@@ -170,6 +175,8 @@ pub struct Server {
     /// MySQL / MariaDB: the NO PAD binary collation new tables get (`None`: the server has none).
     pub nopad_bin: Option<&'static str>,
     pub version: String,
+    /// MySQL / MariaDB: the server's `max_allowed_packet`, the largest statement it accepts (0: not known).
+    pub max_packet: usize,
 }
 
 impl Server {
@@ -180,8 +187,14 @@ impl Server {
                 backend,
                 nopad_bin: None,
                 version: String::new(),
+                max_packet: 0,
             });
         }
+        let max_packet: i64 = query(db, "SELECT CAST(@@max_allowed_packet AS SIGNED)", vec![])
+            .await?
+            .first()
+            .and_then(|r| r.try_get_by_index(0).ok())
+            .unwrap_or_default();
         let version: String = query(db, "SELECT CAST(VERSION() AS CHAR)", vec![])
             .await?
             .first()
@@ -191,6 +204,7 @@ impl Server {
             backend,
             nopad_bin: nopad_bin_collation(&version),
             version,
+            max_packet: usize::try_from(max_packet).unwrap_or(0),
         })
     }
 }
@@ -884,14 +898,62 @@ pub fn create_statement(expected: &Expected, server: &Server) -> String {
     }
 }
 
-/// Refusals of a CREATE for want of a privilege: the table is missing and the user may not make it.
+/// A CREATE TABLE the server refused, in its words: for want of a privilege (MySQL 1044 / 1142, PostgreSQL
+/// 42501), or for the table's definition (MariaDB 1071 "Specified key was too long", 1170 BLOB/TEXT column
+/// in a key, a type it does not know…). Such a refusal comes back on every retry, so it is the misconfigured
+/// class, never a transient failure. `None` for what a retry can cure: no answer at all (a connection
+/// failure), a deadlock, a lock wait, a serialization failure, SQLite's BUSY / LOCKED.
+pub fn create_refused(err: &DbErr) -> Option<String> {
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    let sqlx::Error::Database(db) = e.as_ref() else {
+        return None;
+    };
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let refused = if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Lock wait, deadlock, too many connections, shutdown, connection killed, query interrupted or timed out.
+        !matches!(
+            my.number(),
+            1205 | 1213 | 1040 | 1053 | 1927 | 1317 | 3024 | 1969
+        )
+    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // The primary result code is the low byte of the extended one: BUSY and LOCKED pass.
+        !code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+    } else {
+        // Transaction rollback (40), connection (08), resources (53), object state (55: lock not available),
+        // operator intervention (57: cancelled, shutting down), system (58).
+        !["40", "08", "53", "55", "57", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    };
+    refused.then(|| db.message().to_string())
+}
+
+/// Refusals for want of a privilege only ([`create_refused`] has them all).
 pub fn create_denied(err: &DbErr) -> Option<String> {
     database_error(err, |code, number| {
         matches!(number, Some(1044 | 1142)) || code == "42501"
     })
 }
 
-/// The problem of a table that is missing and could not be created.
+/// The problem of a table that is missing where `create_tables = false` says not to create it.
+pub fn not_created(expected: &Expected) -> Problem {
+    Problem {
+        table: expected.def.name.clone(),
+        column: None,
+        expected:
+            "the table to exist (create_tables = false: msk-sync creates none; is the name right?)"
+                .into(),
+        found: "no such table".into(),
+    }
+}
+
+/// The problem of a table that is missing and that the database would not create.
 pub fn missing(expected: &Expected, said: String) -> Problem {
     Problem {
         table: expected.def.name.clone(),
@@ -941,6 +1003,7 @@ mod tests {
             backend: DbBackend::MySql,
             nopad_bin: nopad_bin_collation("10.11.19-MariaDB-0+deb12u1"),
             version: "10.11.19-MariaDB-0+deb12u1".into(),
+            max_packet: 16 << 20,
         }
     }
 

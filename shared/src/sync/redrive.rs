@@ -213,6 +213,46 @@ impl Sink {
         Ok(out)
     }
 
+    /// Claims the dead-letter rows of `selected` messages ((record, message_index)) for `txn`, first thing in
+    /// it: each row is locked until the transaction ends, so that a second `redrive` running at the same time
+    /// waits for this one and then finds the rows this one deleted gone. Returns how many of them are gone
+    /// already (another redrive applied them since they were read): the caller must then read its chunk again
+    /// rather than apply those messages a second time.
+    ///
+    /// PostgreSQL, MySQL and MariaDB: `SELECT … FOR UPDATE` (it waits for a lock another transaction holds
+    /// and then reads the row as that one left it). SQLite locks the whole database for a writer: a write
+    /// that matches no row takes that lock before anything is read.
+    pub(super) async fn claim_dead_letters(
+        &self,
+        txn: &impl ConnectionTrait,
+        selected: &[(&RecordKey, u32)],
+    ) -> Result<usize, DbErr> {
+        let table = Alias::new(&self.options.dead_letter_table);
+        let sqlite = self.backend() == sea_orm::DbBackend::Sqlite;
+        if sqlite {
+            let mut take_lock = Query::update();
+            take_lock
+                .table(table.clone())
+                .value(Alias::new("attempts"), Expr::col(Alias::new("attempts")))
+                .and_where(Expr::cust("1 = 0"));
+            txn.execute(&take_lock).await?;
+        }
+        let per = self.rows_per_statement(self.backend(), RECORD_KEY.len() + 1);
+        let mut found = 0;
+        for chunk in selected.chunks(per) {
+            let mut select = Query::select();
+            select
+                .column(Alias::new("message_index"))
+                .from(table.clone())
+                .and_where(key_in(chunk));
+            if !sqlite {
+                select.lock(sea_orm::sea_query::LockType::Update);
+            }
+            found += txn.query_all(&select).await?.len();
+        }
+        Ok(selected.len().saturating_sub(found))
+    }
+
     /// Deletes the dead-letter rows of `resolved` messages ((record, message_index)) in `txn`.
     pub(super) async fn delete_dead_letters(
         &self,
@@ -224,27 +264,30 @@ impl Sink {
             let mut delete = Query::delete();
             delete
                 .from_table(Alias::new(&self.options.dead_letter_table))
-                .and_where(
-                    Expr::tuple(
-                        RECORD_KEY
-                            .iter()
-                            .chain(["message_index"].iter())
-                            .map(|c| Expr::col(Alias::new(*c))),
-                    )
-                    .in_tuples(chunk.iter().map(|(k, index)| {
-                        ValueTuple::Many(vec![
-                            k.topic_key.clone().into(),
-                            k.partition.into(),
-                            k.offset.into(),
-                            i32::try_from(k.occurrence).unwrap_or(i32::MAX).into(),
-                            i32::try_from(*index).unwrap_or(i32::MAX).into(),
-                        ])
-                    })),
-                );
+                .and_where(key_in(chunk));
             txn.execute(&delete).await?;
         }
         Ok(())
     }
+}
+
+/// `(record key…, message_index) IN (…)` of these messages.
+fn key_in(messages: &[(&RecordKey, u32)]) -> sea_orm::sea_query::SimpleExpr {
+    Expr::tuple(
+        RECORD_KEY
+            .iter()
+            .chain(["message_index"].iter())
+            .map(|c| Expr::col(Alias::new(*c))),
+    )
+    .in_tuples(messages.iter().map(|(k, index)| {
+        ValueTuple::Many(vec![
+            k.topic_key.clone().into(),
+            k.partition.into(),
+            k.offset.into(),
+            i32::try_from(k.occurrence).unwrap_or(i32::MAX).into(),
+            i32::try_from(*index).unwrap_or(i32::MAX).into(),
+        ])
+    }))
 }
 
 /// The columns of [`ADDED_LATER`] the table lacks.

@@ -2,7 +2,7 @@
 
 use sea_orm::DbBackend;
 use sea_orm::sea_query::{
-    Alias, ColumnDef, Index, IndexCreateStatement, Table, TableCreateStatement,
+    Alias, ColumnDef, Index, IndexCreateStatement, Table, TableCreateStatement, Value as SqlValue,
 };
 
 /// A target table as the bulk statements see it: column names in row order, and which of them form the key.
@@ -124,6 +124,73 @@ pub fn in_statements<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
         rest = tail;
         Some(head)
     })
+}
+
+/// [`in_statements`], and on MySQL / MariaDB (`budget`: the bytes a statement's values may take under the
+/// server's `max_allowed_packet`) also cut so that no statement's values, by `bytes`, exceed it. A server
+/// drops the connection of a statement over the limit, which would fail the batch on every retry. An item over
+/// the budget by itself goes alone (the caller keeps such rows out: [`Sink`](super::Sink) dead-letters them).
+pub fn in_packets<'i, T: Sync>(
+    items: &'i [T],
+    max: usize,
+    budget: Option<usize>,
+    bytes: impl Fn(&T) -> usize + Send + 'i,
+) -> Box<dyn Iterator<Item = &'i [T]> + Send + 'i> {
+    let Some(budget) = budget else {
+        return Box::new(in_statements(items, max));
+    };
+    let max = max.max(1);
+    let mut rest = items;
+    Box::new(std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut n = 0;
+        let mut total = 0usize;
+        while n < rest.len() && n < max {
+            let size = bytes(&rest[n]);
+            if n > 0 && total.saturating_add(size) > budget {
+                break;
+            }
+            total = total.saturating_add(size);
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    }))
+}
+
+/// What a value takes in a MySQL statement's packet (binary protocol): its bytes, and room for its type and
+/// length prefix. JSON is measured by writing it, without keeping the text.
+pub fn value_bytes(value: &SqlValue) -> usize {
+    const PER_VALUE: usize = 12;
+    let data = match value {
+        SqlValue::String(Some(s)) => s.len(),
+        SqlValue::Bytes(Some(b)) => b.len(),
+        SqlValue::Json(Some(j)) => {
+            struct Count(usize);
+            impl std::io::Write for Count {
+                fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.0 += buf.len();
+                    Ok(buf.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let mut count = Count(0);
+            let _ = serde_json::to_writer(&mut count, j);
+            count.0
+        }
+        _ => 8,
+    };
+    data + PER_VALUE
+}
+
+/// [`value_bytes`] of a row.
+pub fn row_bytes(row: &[SqlValue]) -> usize {
+    row.iter().map(value_bytes).sum()
 }
 
 /// The most bind parameters one statement may carry on each backend (SQLite ≥ 3.32: 32766; the wire

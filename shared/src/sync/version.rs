@@ -110,14 +110,64 @@ pub fn key_json<'v>(values: impl IntoIterator<Item = &'v SqlValue>) -> String {
             SqlValue::Double(Some(f)) => J::from(*f),
             SqlValue::Float(Some(f)) => J::from(f64::from(*f)),
             SqlValue::ChronoDateTimeUtc(Some(t)) => J::from(t.timestamp_millis()),
+            SqlValue::ChronoDateTime(Some(t)) => J::from(t.and_utc().timestamp_millis()),
+            // Canonical already ([`super::normal`]): equal JSON keys have equal text.
+            SqlValue::Json(Some(j)) => J::clone(j),
             other => number(other).map_or_else(|| J::String(format!("{other:?}")), J::from),
         })
         .collect();
     J::Array(json).to_string()
 }
 
-/// A value read back from a key column, as [`key_json`] writes the value that was bound.
-fn read_key_value(row: &QueryResult, i: usize) -> Option<SqlValue> {
+/// A value read back from a key column, in the form of `like` (the value of that column in the batch), then
+/// normalised ([`super::normal`]), so that [`key_json`] of it is the JSON of the value that was bound. Each
+/// backend returns a column in its own way (SQLite: timestamps as text and booleans as integers, MySQL:
+/// booleans as integers, PostgreSQL: `jsonb` as JSON), so the read follows the batch's value, not the column.
+fn read_key_value(row: &QueryResult, i: usize, like: Option<&SqlValue>) -> Option<SqlValue> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    let text = || row.try_get_by_index::<String>(i).ok();
+    let mut value = match like {
+        Some(SqlValue::Bool(_)) => SqlValue::Bool(Some(
+            row.try_get_by_index::<bool>(i)
+                .ok()
+                .or_else(|| row.try_get_by_index::<i64>(i).ok().map(|n| n != 0))?,
+        )),
+        Some(SqlValue::Double(_) | SqlValue::Float(_)) => SqlValue::Double(Some(
+            row.try_get_by_index::<f64>(i)
+                .ok()
+                .or_else(|| row.try_get_by_index::<f32>(i).ok().map(f64::from))?,
+        )),
+        Some(SqlValue::ChronoDateTimeUtc(_) | SqlValue::ChronoDateTime(_)) => {
+            SqlValue::ChronoDateTimeUtc(Some(
+                row.try_get_by_index::<DateTime<Utc>>(i)
+                    .ok()
+                    .or_else(|| {
+                        row.try_get_by_index::<NaiveDateTime>(i)
+                            .ok()
+                            .map(|t| t.and_utc())
+                    })
+                    .or_else(|| {
+                        DateTime::parse_from_rfc3339(&text()?)
+                            .ok()
+                            .map(|t| t.to_utc())
+                    })?,
+            ))
+        }
+        Some(SqlValue::Json(_)) => {
+            let json = match row.try_get_by_index::<serde_json::Value>(i) {
+                Ok(j) => j,
+                Err(_) => serde_json::from_str(&text()?).ok()?,
+            };
+            SqlValue::Json(Some(Box::new(json)))
+        }
+        _ => read_any(row, i)?,
+    };
+    super::normal::normalise(&mut value);
+    Some(value)
+}
+
+/// A text, integer, boolean or timestamp key value, whichever the column gives.
+fn read_any(row: &QueryResult, i: usize) -> Option<SqlValue> {
     use chrono::{DateTime, Utc};
     if let Ok(s) = row.try_get_by_index::<String>(i) {
         return Some(SqlValue::String(Some(s)));
@@ -300,6 +350,12 @@ impl Sink {
         let mut cleared: Vec<&str> = Vec::new();
         if row_by_row {
             for ((row, origin), clears) in &decided.upserts {
+                if let Some(reason) = self.too_large(row) {
+                    applied
+                        .rejected
+                        .push((*origin, format!("{}: {reason}", table.name)));
+                    continue;
+                }
                 let stmt = guarded_upsert(table, &[row], version, backend)?;
                 if self
                     .savepoint(txn, &stmt, *origin, table, applied, true)
@@ -326,7 +382,11 @@ impl Sink {
         } else {
             let rows = self.rows_per_statement(backend, table.columns.len());
             cleared.extend(decided.upserts.iter().filter_map(|(_, c)| c.as_deref()));
-            let upserts = table::in_statements(&decided.upserts, rows).map(|chunk| {
+            let budget = self.packet_budget();
+            let upserts = table::in_packets(&decided.upserts, rows, budget, |((row, _), _)| {
+                table::row_bytes(row)
+            })
+            .map(|chunk| {
                 let chunk: Vec<&[SqlValue]> = chunk.iter().map(|((row, _), _)| *row).collect();
                 Ok(backend.build(&guarded_upsert(table, &chunk, version, backend)?))
             });
@@ -457,9 +517,11 @@ impl Sink {
                     ),
                 );
             }
+            let like = chunk.first().map(|(k, _)| k.as_slice()).unwrap_or_default();
             for row in txn.query_all(&select).await? {
-                let key: Option<Vec<SqlValue>> =
-                    (0..klen).map(|i| read_key_value(&row, i)).collect();
+                let key: Option<Vec<SqlValue>> = (0..klen)
+                    .map(|i| read_key_value(&row, i, like.get(i).copied()))
+                    .collect();
                 if let (Some(key), Some(at)) = (key, read_version(&row, klen)) {
                     current.insert(key_json(&key), at);
                 }

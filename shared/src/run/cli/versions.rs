@@ -112,6 +112,9 @@ pub(super) async fn replay_plan(
         Ok(events) => events,
         Err(e) => return fail(err, EXIT_INVALID, &e),
     };
+    let mut compiled = compiled;
+    // A plan leaves nothing behind: not even the empty file of a SQLite URL's `mode=rwc`.
+    compiled.sink.create_database = false;
     let handler = match compiled.handler(database_url).await {
         Ok(h) => h,
         Err(e) => return fail(err, EXIT_INVALID, &e.to_string()),
