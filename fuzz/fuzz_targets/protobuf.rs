@@ -1,6 +1,7 @@
 //! Protobuf values and keys (bare messages of every field kind, Confluent framing with message indexes) and
 //! AWS Glue framing (Avro, JSON and Protobuf payloads, zlib or not). The first input byte picks the codec:
-//! `protobuf` (bare or Confluent) or `auto` (Glue, Confluent Protobuf or Avro, JSON).
+//! `protobuf` (bare or Confluent) or `auto` (Glue, Confluent Protobuf or Avro, JSON). Decoding is
+//! deterministic: the same bytes twice give the same text (map entries in key order) or the same refusal.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -42,7 +43,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let codec = if selector % 2 == 0 { &*PROTOBUF } else { &*AUTO };
-    let _ = codec.decode(value, None);
+    let first = codec.decode(value, None);
+    // Deterministic: the same bytes are the same messages, as text too (map entries in key order), or the
+    // same refusal.
+    let again = codec.decode(value, None);
+    match (&first, &again) {
+        (Ok(a), Ok(b)) => {
+            let text = |d: &msk_sync::decode::Decoded<'_>| -> Vec<String> {
+                d.messages.iter().map(|m| m.to_value().to_string()).collect()
+            };
+            assert_eq!(text(a), text(b));
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("one decode failed, the other did not: {first:?} / {again:?}"),
+    }
     let key = base64::engine::general_purpose::STANDARD.encode(value);
     let _ = codec.decode_key(Some(&key));
 });

@@ -269,6 +269,7 @@ impl<'a> MskEvent<'a> {
             // Not the event's usual shape, or not an event: serde reads it whole, and says what is wrong.
             None => Self::read_whole(text)?,
         };
+        event.check_escaped(text)?;
         event.validate()?;
         Ok(event)
     }
@@ -278,6 +279,7 @@ impl<'a> MskEvent<'a> {
     #[doc(hidden)]
     pub fn parse_serial(text: &'a str) -> Result<Self, NotAnMskEvent> {
         let event = Self::read_whole(text)?;
+        event.check_escaped(text)?;
         event.validate()?;
         Ok(event)
     }
@@ -287,7 +289,24 @@ impl<'a> MskEvent<'a> {
         EventSeed
             .deserialize(&mut de)
             .and_then(|e| de.end().map(|()| e))
-            .map_err(|e| NotAnMskEvent(e.to_string()))
+            .map_err(|e| NotAnMskEvent(crate::text::json_error(&e)))
+    }
+
+    /// The check [`Base64Text`] leaves to the end: a key or value that had an escape and holds a control
+    /// character once unescaped may have held it raw, which JSON forbids. The whole text is then read again
+    /// by serde_json, which refuses raw control characters in every string. Lambda's values are base64,
+    /// which has no escape, so this almost never runs.
+    fn check_escaped(&self, text: &str) -> Result<(), NotAnMskEvent> {
+        let suspect = |f: &Option<Cow<'_, str>>| matches!(f, Some(Cow::Owned(s)) if crate::text::has_control(s.as_bytes()));
+        if self
+            .records
+            .iter()
+            .any(|r| suspect(&r.key) || suspect(&r.value))
+        {
+            serde_json::from_str::<IgnoredAny>(text)
+                .map_err(|e| NotAnMskEvent(crate::text::json_error(&e)))?;
+        }
+        Ok(())
     }
 
     /// As [`MskEvent::parse`]; the bytes must be UTF-8 (checked once, for the whole payload).
@@ -560,14 +579,27 @@ impl<'de> Visitor<'de> for Base64Text {
         f.write_str("base64 text")
     }
     fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+        // Borrowed: the string had no escape, so these are the event's own bytes, where JSON allows no
+        // control character (serde_json's wording).
+        if crate::text::has_control(v) {
+            return Err(E::custom(
+                "control character (\\u0000-\\u001F) found while parsing a string",
+            ));
+        }
         crate::text::utf8(v)
             .map(Cow::Borrowed)
             .map_err(|_| E::custom("a key or value is not UTF-8 text"))
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-        String::from_utf8(v.to_vec())
-            .map(Cow::Owned)
-            .map_err(|_| E::custom("a key or value is not UTF-8 text"))
+        // Unescaped already: a control character here may have been an escape (valid JSON, and the record's
+        // base64 is then bad) or raw; [`MskEvent::check_escaped`] tells them apart. The text is UTF-8, so only
+        // an escape can make these bytes not UTF-8: a lone surrogate.
+        String::from_utf8(v.to_vec()).map(Cow::Owned).map_err(|_| {
+            E::custom(
+                "a key or value holds a \\u escape of a lone UTF-16 surrogate (\\ud800 to \\udfff not in a \
+                 high-low pair), which is not a character",
+            )
+        })
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
         Ok(Cow::Borrowed(v))
@@ -596,11 +628,33 @@ impl<'de> Visitor<'de> for Partitions<'_, 'de> {
         f.write_str("a map of \"<topic>-<partition>\" to record lists")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key_seed(Name)? {
+            if let Some(twice) = repeated_partition(&mut seen, key) {
+                return Err(de::Error::custom(twice));
+            }
             map.next_value_seed(List(&mut *self.0))?;
         }
         Ok(())
     }
+}
+
+/// `key` added to the partition keys `seen` so far, or the error when it is there already. The records map
+/// repeating a key is refused, not read as JSON parsers read a repeated key (the last wins): the first list's
+/// records would be dropped without a trace, and Lambda never repeats a key (a partition's records are one
+/// list).
+pub(crate) fn repeated_partition<'de>(
+    seen: &mut std::collections::HashSet<Cow<'de, str>>,
+    key: Cow<'de, str>,
+) -> Option<String> {
+    if seen.contains(&key) {
+        return Some(format!(
+            "the records map lists {:?} twice (each partition's records must be one list)",
+            crate::text::bounded(&crate::text::escaped(&key), 200)
+        ));
+    }
+    seen.insert(key);
+    None
 }
 
 struct List<'l, 'de>(&'l mut Vec<Record<'de>>);
@@ -1068,16 +1122,117 @@ mod tests {
         );
     }
 
+    /// JSON forbids raw control characters in strings, and every JSON parser refuses them: so does the event
+    /// reader, in keys and values too (which it reads as bytes, for speed), on one thread or several. Escaped
+    /// ones are valid JSON: the record is then refused later, by base64, with its reason.
     #[test]
-    fn a_control_character_in_a_value_leaves_it_to_base64_decoding() {
-        // JSON forbids raw control characters in strings; in a value they are bad base64, so the record (not the
-        // whole batch) is refused later, with its reason, and the others are applied.
-        let text = "{\"eventSource\":\"aws:kafka\",\"records\":{\"t-0\":[{\"topic\":\"t\",\"partition\":0,\"offset\":1,\"timestamp\":1,\"value\":\"e3\u{1}0=\"}]}}";
-        let event = MskEvent::parse(text).unwrap();
-        assert_eq!(event.records[0].value.as_deref(), Some("e3\u{1}0="));
-        // Elsewhere the JSON rule holds.
-        let bad_topic = text.replace("\"topic\":\"t\"", "\"topic\":\"t\u{1}\"");
-        assert!(MskEvent::parse(&bad_topic).is_err());
+    fn a_raw_control_character_in_any_string_is_invalid_json() {
+        let record = |value: &str| {
+            format!(
+                "{{\"topic\":\"t\",\"partition\":0,\"offset\":1,\"timestamp\":1,\"key\":\"a2V5\",\"value\":\"{value}\"}}"
+            )
+        };
+        let event = |records: &[String]| {
+            format!(
+                "{{\"eventSource\":\"aws:kafka\",\"records\":{{\"t-0\":[{}]}}}}",
+                records.join(",")
+            )
+        };
+        let fine: Vec<String> = (0..40).map(|_| record("e30=")).collect();
+        for c in ['\t', '\u{1}', '\0', '\n', '\u{1f}'] {
+            for field in ["value", "key", "topic"] {
+                for at in [0, 39] {
+                    let mut records = fine.clone();
+                    records[at] = records[at].replacen(
+                        &format!("\"{field}\":\""),
+                        &format!("\"{field}\":\"{c}"),
+                        1,
+                    );
+                    let text = event(&records);
+                    for threads in [1, 2, 4] {
+                        let err = MskEvent::parse_with(&text, threads, 64).unwrap_err();
+                        assert!(
+                            err.0.contains("control character"),
+                            "{c:?} in {field} of record {at}, {threads} threads: {err}"
+                        );
+                    }
+                    assert!(MskEvent::parse_serial(&text).is_err());
+                    // After an escape in the same string, which makes serde_json unescape it into a copy.
+                    let mut records = fine.clone();
+                    records[at] = records[at].replacen(
+                        &format!("\"{field}\":\""),
+                        &format!("\"{field}\":\"\\/{c}"),
+                        1,
+                    );
+                    let text = event(&records);
+                    for threads in [1, 2, 4] {
+                        let err = MskEvent::parse_with(&text, threads, 64).unwrap_err();
+                        assert!(err.0.contains("control character"), "{err}");
+                    }
+                }
+            }
+        }
+        // Escaped, it is JSON: the value holds the character, which base64 decoding refuses later.
+        let text = event(&[record("e3\\u00010="), record("\\/\\t")]);
+        let parsed = MskEvent::parse(&text).unwrap();
+        assert_eq!(parsed.records[0].value.as_deref(), Some("e3\u{1}0="));
+        assert_eq!(parsed.records[1].value.as_deref(), Some("/\t"));
+        // Whitespace between tokens is not in a string.
+        let pretty = text.replace(",", ",\n\t ");
+        assert_eq!(MskEvent::parse(&pretty).unwrap(), parsed);
+    }
+
+    /// A records map that names a partition twice is refused (the last list would otherwise replace the first
+    /// without a trace, or both be read as one).
+    #[test]
+    fn a_partition_listed_twice_is_refused() {
+        let list = |offset: i64| {
+            format!(
+                "[{{\"topic\":\"t\",\"partition\":0,\"offset\":{offset},\"timestamp\":1,\"value\":\"e30=\"}}]"
+            )
+        };
+        let filler: Vec<String> = (1..30).map(|p| format!("\"u-{p}\":{}", list(p))).collect();
+        let text = format!(
+            "{{\"eventSource\":\"aws:kafka\",\"records\":{{\"t-0\":{},{},\"t-0\":{}}}}}",
+            list(1),
+            filler.join(","),
+            list(2)
+        );
+        for threads in [1, 2, 3, 8] {
+            let err = MskEvent::parse_with(&text, threads, 64).unwrap_err();
+            assert!(
+                err.0
+                    .contains("the records map lists \"t-0\" twice (each partition's records must be one list)")
+                    && err.0.contains("at line 1 column"),
+                "{threads} threads: {err}"
+            );
+        }
+        // Escaped differently, the same key.
+        let escaped = text.replacen("\"t-0\"", "\"t\\u002d0\"", 1);
+        assert!(MskEvent::parse(&escaped).unwrap_err().0.contains("twice"));
+        // Two lists of two partitions are fine.
+        let two = text.replacen("\"t-0\"", "\"t-1\"", 1);
+        assert_eq!(MskEvent::parse(&two).unwrap().records.len(), 31);
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_says_what_is_wrong() {
+        let base = r#"{"eventSource":"aws:kafka","records":{"t-0":[{"topic":"T","partition":0,"offset":1,"timestamp":1,"key":"K","value":"e30="}]}}"#;
+        for (place, with) in [
+            ("\"T\"", r#""t\ud800""#),
+            ("\"T\"", r#""t\ud800\u0041""#),
+            ("\"T\"", r#""\udc00""#),
+            ("\"K\"", r#""a\ud800b""#),
+            ("\"aws:kafka\"", r#""aws:kafka\udbff""#),
+        ] {
+            let text = base.replacen(place, with, 1);
+            let err = MskEvent::parse(&text).unwrap_err().0;
+            assert!(
+                err.contains("lone UTF-16 surrogate") && err.contains("not a character"),
+                "{with}: {err}"
+            );
+            assert!(!err.contains("unexpected end of hex escape"), "{err}");
+        }
     }
 
     #[test]

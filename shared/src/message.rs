@@ -26,6 +26,16 @@ use serde_json::{Number, Value};
 
 use crate::text::Name;
 
+/// What the allocator takes for `n` bytes (glibc's malloc: a header and 16-byte granules, 32 at least;
+/// nothing for nothing): the unit in which messages and rows are counted against a batch's budget.
+pub(crate) fn heap(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        n.saturating_add(8).next_multiple_of(16).max(32)
+    }
+}
+
 /// A JSON value whose strings and field names borrow from the decoded record where they can.
 #[derive(Debug, Clone, Default)]
 pub enum Message<'a> {

@@ -11,20 +11,29 @@
 //! | field names | the JSON name, lowerCamelCase (`planet_name` → `planetName`, or its `json_name` option); `proto_field_names = true` keeps the names as declared |
 //! | fields without presence (proto3 scalars, repeated, maps) | always there, with their default when unset (`0`, `""`, `false`, `[]`, `{}`): a row must get `false`, not a missing column |
 //! | fields with presence (messages, `optional`, oneof members) | only when set |
-//! | int32, uint32, sint32, fixed32, sfixed32, float, double, bool, string | number, boolean, string; NaN and ±infinity as `"NaN"`, `"Infinity"`, `"-Infinity"` |
+//! | int32, uint32, sint32, fixed32, sfixed32, double, bool, string | number, boolean, string; NaN and ±infinity as `"NaN"`, `"Infinity"`, `"-Infinity"` |
+//! | float | the shortest text that reads back as that float32 (`0.1`, not its widening `0.10000000149011612`) |
 //! | int64, uint64, sint64, fixed64, sfixed64 | number, exact (not the quoted string proto3 JSON prints: the tree holds 64-bit integers exactly) |
 //! | enum | the value's name (its number when the schema has no such value) |
 //! | bytes | standard base64 |
-//! | repeated, map | array, object (keys as strings) |
-//! | google.protobuf.Timestamp / Duration | RFC 3339 in UTC (`"2024-05-01T12:00:00Z"`) / `"1.5s"` |
-//! | wrappers (Int64Value, StringValue, …), Struct, Value, ListValue, FieldMask, Any, Empty | as the canonical mapping says (a wrapper is its value) |
+//! | repeated | array |
+//! | map | object, its entries in key order (false before true, numbers by value, strings by their bytes), so that one message is always one text |
+//! | google.protobuf.Timestamp | RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits (`"2024-05-01T12:00:00.500Z"`); outside years 1 to 9999, or nanos outside 0 to 999,999,999: refused |
+//! | google.protobuf.Duration | seconds with 0, 3, 6 or 9 fractional digits (`"-1.500s"`); past ±10,000 years, nanos past ±999,999,999, or seconds and nanos of different signs: refused |
+//! | FloatValue, DoubleValue | the wrapped value as the plain field (`"NaN"`, `"Infinity"`, `"-Infinity"` included) |
+//! | other wrappers (Int64Value, StringValue, …), Struct, Value, ListValue, FieldMask, Empty | as the canonical mapping says (a wrapper is its value; a Value holding NaN or ±infinity is refused) |
+//! | google.protobuf.Any | `{"@type": url, …the packed message's fields}` (a well-known type under `"value"`); a type the `.proto` files do not define, or Any packed more than [`MAX_ANY_DEPTH`] deep, is refused |
+//!
+//! What Python's protobuf (`json_format.MessageToDict`) refuses is refused here too: the record is
+//! dead-lettered with the reason.
 //!
 //! Unknown fields (a newer writer's) are skipped. Every error is permanent for the record (dead-lettered), says
 //! what is wrong (truncated, wrong wire type, unknown message index, nesting past prost's limit of 100 levels)
 //! and never quotes the data. Every length is checked against the bytes left before anything is allocated
-//! (prost), so the decoded message is at most a constant factor of the record's bytes; its tree, where defaults
-//! fill in every field without presence, is measured before it is built ([`decode_within`], the batch's
-//! `max_decoded_mib`).
+//! (prost), so the decoded message is at most a constant factor of the record's bytes; that factor is large
+//! (a value slot, a B-tree node per message), so the decoded message is measured on the wire before it is
+//! decoded ([`decoded_size`]), and its tree, where defaults fill in every field without presence, before it is
+//! built ([`estimate`]): both within the batch's `max_decoded_mib` ([`decode_within`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -204,19 +213,151 @@ pub fn decode_within(
             desc.full_name()
         )
     };
+    // prost-reflect's decoded message is itself many times the wire bytes (a value slot, a B-tree node per
+    // message with a field set): measured on the wire first, it must fit with the tree made from it.
+    let decoding = decoded_size(bytes, desc, allowance).ok_or_else(|| over_budget(bytes, desc))?;
     let message = DynamicMessage::decode(desc.clone(), bytes)
         .map_err(|e| DecodeError::Permanent(format!("{}: {}", subject(), reason(&e))))?;
-    let Some(cost) = estimate(&message, allowance) else {
-        return Err(DecodeError::Permanent(format!(
-            "value ({} bytes, a {} message) would decode to more than the batch's messages may take \
-             (codec.max_decoded_mib)",
-            bytes.len(),
-            desc.full_name()
-        )));
+    let Some(cost) = estimate(&message, allowance - decoding) else {
+        return Err(over_budget(bytes, desc));
     };
     let tree = tree(&message, naming)
         .map_err(|e| DecodeError::Permanent(format!("{}: {e}", subject())))?;
     Ok((tree, cost))
+}
+
+/// The refusal of a message past the batch's budget; the caller adds the limit.
+fn over_budget(bytes: &[u8], desc: &MessageDescriptor) -> DecodeError {
+    DecodeError::Permanent(format!(
+        "value ({} bytes, a {} message) would decode to more than the batch's messages may take \
+         (codec.max_decoded_mib)",
+        bytes.len(),
+        desc.full_name()
+    ))
+}
+
+/// An upper bound of the memory prost-reflect's [`DynamicMessage`] takes for the message in `bytes`, read off
+/// the wire without decoding it; `None` past `allowance`. Bytes that are not a message are counted as far as
+/// they read (decoding them then fails, having allocated no more than that).
+///
+/// The model: a message's set fields are a B-tree of value slots, whose nodes hold 11 and are at least half
+/// full but the root; a repeated field's items a vector (up to twice their slots, as it grows); a map a hash
+/// table (the same); strings, bytes and unknown fields their bytes; a packed scalar at least a byte each.
+pub fn decoded_size(bytes: &[u8], desc: &MessageDescriptor, allowance: usize) -> Option<usize> {
+    const VALUE: usize = std::mem::size_of::<prost_reflect::Value>();
+    // A B-tree leaf: 11 keys (u32), 11 slots (a value or an unknown-field set), a parent and two counters.
+    const LEAF: usize = 11 * (4 + VALUE + 8) + 16;
+    const ITEM: usize = 2 * VALUE;
+    const ENTRY: usize = 2 * (VALUE + std::mem::size_of::<prost_reflect::MapKey>()) + 8;
+    const UNKNOWN: usize = 2 * 48;
+
+    struct Scan {
+        total: usize,
+        allowance: usize,
+    }
+    impl Scan {
+        fn add(&mut self, n: usize) -> Option<()> {
+            self.total = self.total.saturating_add(n);
+            (self.total <= self.allowance).then_some(())
+        }
+        /// One message's fields (`desc` `None`: an unknown group's); stops at the end of `bytes`, or at an
+        /// end-group tag when `group`.
+        fn message(
+            &mut self,
+            bytes: &[u8],
+            pos: &mut usize,
+            desc: Option<&MessageDescriptor>,
+            depth: usize,
+            group: bool,
+        ) -> Option<()> {
+            let mut entries = 0usize;
+            while *pos < bytes.len() {
+                let Some(tag) = varint(bytes, pos) else { break };
+                let (number, wire) = (tag >> 3, tag & 7);
+                let field = u32::try_from(number)
+                    .ok()
+                    .and_then(|n| desc.and_then(|d| d.get_field(n)));
+                match wire {
+                    0 | 1 | 5 => {
+                        let skip = match wire {
+                            0 => varint(bytes, pos).map(|_| 0),
+                            1 => Some(8),
+                            _ => Some(4),
+                        };
+                        let Some(skip) = skip else { break };
+                        *pos = pos.saturating_add(skip);
+                        entries += 1;
+                        self.add(match &field {
+                            Some(f) if f.is_list() => ITEM,
+                            Some(_) => 0,
+                            None => UNKNOWN,
+                        })?;
+                    }
+                    2 => {
+                        let Some(len) = varint(bytes, pos).and_then(|l| usize::try_from(l).ok())
+                        else {
+                            break;
+                        };
+                        let end = pos.saturating_add(len).min(bytes.len());
+                        let body = &bytes[*pos..end];
+                        *pos = end;
+                        entries += 1;
+                        match &field {
+                            Some(f) if f.is_map() => {
+                                self.add(ENTRY)?;
+                                if let prost_reflect::Kind::Message(entry) = f.kind()
+                                    && depth < 100
+                                {
+                                    self.message(body, &mut 0, Some(&entry), depth + 1, false)?;
+                                }
+                            }
+                            Some(f) => {
+                                self.add(if f.is_list() { ITEM } else { 0 })?;
+                                match f.kind() {
+                                    prost_reflect::Kind::Message(m) if depth < 100 => {
+                                        self.message(body, &mut 0, Some(&m), depth + 1, false)?;
+                                    }
+                                    prost_reflect::Kind::Message(_) => {}
+                                    prost_reflect::Kind::String | prost_reflect::Kind::Bytes => {
+                                        self.add(body.len())?;
+                                    }
+                                    // Packed scalars: at least a byte each.
+                                    _ => self.add(body.len().saturating_mul(ITEM))?,
+                                }
+                            }
+                            None => self.add(UNKNOWN + body.len())?,
+                        }
+                    }
+                    3 => {
+                        entries += 1;
+                        self.add(if field.as_ref().is_some_and(|f| f.is_list()) {
+                            ITEM
+                        } else {
+                            UNKNOWN
+                        })?;
+                        let inner = match field.as_ref().map(|f| f.kind()) {
+                            Some(prost_reflect::Kind::Message(m)) => Some(m),
+                            _ => None,
+                        };
+                        if depth >= 100 {
+                            break;
+                        }
+                        self.message(bytes, pos, inner.as_ref(), depth + 1, true)?;
+                    }
+                    4 if group => break,
+                    _ => break,
+                }
+            }
+            // At most one node per 5 entries (each node but the root is at least half full).
+            self.add(entries.div_ceil(5).saturating_mul(LEAF))
+        }
+    }
+    let mut scan = Scan {
+        total: 0,
+        allowance,
+    };
+    scan.message(bytes, &mut 0, Some(desc), 0, false)?;
+    Some(scan.total)
 }
 
 /// The well-known types, which the proto3 JSON mapping writes in a form of their own (prost-reflect's serde
@@ -246,18 +387,27 @@ fn well_known(full_name: &str) -> bool {
 }
 
 /// A decoded message as the message tree, straight (a detour through `serde_json::Value` cost a third of the
-/// decode): fields in number order, those without presence always, with their defaults; the well-known
-/// types through prost-reflect's serde mapping.
+/// decode): fields in number order, those without presence always, with their defaults; map entries in key
+/// order; the well-known types as [`well_known_tree`] writes them.
 fn tree(m: &DynamicMessage, naming: Naming) -> Result<Message<'static>, String> {
     use prost_reflect::ReflectMessage;
     let desc = m.descriptor();
     if well_known(desc.full_name()) {
-        return m
-            .serialize_with_options(serde_json::value::Serializer, &naming.options())
-            .map(Message::from)
-            .map_err(|e| e.to_string());
+        return well_known_tree(m, naming);
     }
     let mut object = crate::message::Object::with_capacity(desc.fields().len());
+    fields_into(m, naming, &mut object)?;
+    Ok(Message::Object(object))
+}
+
+/// The fields of `m` (not a well-known type) appended to `object`.
+fn fields_into(
+    m: &DynamicMessage,
+    naming: Naming,
+    object: &mut crate::message::Object<'static>,
+) -> Result<(), String> {
+    use prost_reflect::ReflectMessage;
+    let desc = m.descriptor();
     for f in desc.fields() {
         if f.supports_presence() && !m.has_field(&f) {
             continue;
@@ -277,8 +427,13 @@ fn tree(m: &DynamicMessage, naming: Naming) -> Result<Message<'static>, String> 
             let prost_reflect::Value::Map(entries) = &*value else {
                 return Err(format!("map field {} holds no map", f.name()));
             };
-            let mut fields = Vec::with_capacity(entries.len());
-            for (k, v) in entries {
+            // prost-reflect holds a map in a hash map, whose order changes from run to run: the entries are
+            // written in key order (false before true, numbers by value, strings by their bytes), so that the
+            // same message is always the same text.
+            let mut sorted: Vec<_> = entries.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut fields = Vec::with_capacity(sorted.len());
+            for (k, v) in sorted {
                 let key = match k {
                     prost_reflect::MapKey::Bool(b) => b.to_string(),
                     prost_reflect::MapKey::I32(n) => n.to_string(),
@@ -295,7 +450,200 @@ fn tree(m: &DynamicMessage, naming: Naming) -> Result<Message<'static>, String> 
         };
         object.insert(name.to_string(), converted);
     }
-    Ok(Message::Object(object))
+    Ok(())
+}
+
+/// The range of a Timestamp's seconds the proto3 JSON mapping allows: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+/// The largest magnitude of a Duration's seconds the mapping allows (10,000 years).
+const DURATION_SECONDS: i64 = 315_576_000_000;
+const NANOS_PER_SECOND: i32 = 1_000_000_000;
+
+/// A well-known type as the proto3 JSON mapping writes it, refusing the values it refuses (as Python's
+/// protobuf does: a Timestamp or Duration out of range, a Duration whose seconds and nanos differ in sign, a
+/// `Value` holding NaN or an infinity, an `Any` of an unknown type).
+fn well_known_tree(m: &DynamicMessage, naming: Naming) -> Result<Message<'static>, String> {
+    use prost_reflect::ReflectMessage;
+    use prost_reflect::Value as V;
+    let desc = m.descriptor();
+    let name = desc.full_name();
+    let number = |n: u32| m.get_field_by_number(n);
+    match &name["google.protobuf.".len()..] {
+        "Timestamp" => {
+            let (seconds, nanos) = seconds_nanos(number(1).as_deref(), number(2).as_deref());
+            timestamp(seconds, nanos).map(Message::from)
+        }
+        "Duration" => {
+            let (seconds, nanos) = seconds_nanos(number(1).as_deref(), number(2).as_deref());
+            duration(seconds, nanos).map(Message::from)
+        }
+        // The wrapped value as the plain field would be written: NaN and the infinities as strings (not the
+        // `null` of prost-reflect's mapping), a float as the shortest text that reads back as that float.
+        "FloatValue" | "DoubleValue" => match number(1).as_deref() {
+            Some(v @ (V::F32(_) | V::F64(_))) => scalar(v, &prost_reflect::Kind::Double, naming),
+            _ => Err(format!("{name} without its value field")),
+        },
+        "Any" => any(m, naming),
+        // Deterministic already (Struct's fields are a BTreeMap in prost-types), and refused where the
+        // mapping refuses (a non-finite number in a Value).
+        _ => m
+            .serialize_with_options(serde_json::value::Serializer, &naming.options())
+            .map(Message::from)
+            .map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+/// A Timestamp's or Duration's seconds (field 1) and nanos (field 2).
+fn seconds_nanos(
+    seconds: Option<&prost_reflect::Value>,
+    nanos: Option<&prost_reflect::Value>,
+) -> (i64, i32) {
+    (
+        seconds.and_then(prost_reflect::Value::as_i64).unwrap_or(0),
+        nanos.and_then(prost_reflect::Value::as_i32).unwrap_or(0),
+    )
+}
+
+/// `nanos` as 0, 3, 6 or 9 fractional digits, as few as show it exactly (the mapping's and Python's choice).
+fn fraction(nanos: u32) -> String {
+    if nanos == 0 {
+        String::new()
+    } else if nanos % 1_000_000 == 0 {
+        format!(".{:03}", nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        format!(".{:06}", nanos / 1_000)
+    } else {
+        format!(".{nanos:09}")
+    }
+}
+
+/// A google.protobuf.Timestamp as RFC 3339 in UTC, or why it is not a valid one.
+pub(crate) fn timestamp(seconds: i64, nanos: i32) -> Result<String, String> {
+    if !TIMESTAMP_SECONDS.contains(&seconds) {
+        return Err(format!(
+            "google.protobuf.Timestamp is not valid: seconds {seconds} is outside 0001-01-01T00:00:00Z to \
+             9999-12-31T23:59:59Z ({} to {})",
+            TIMESTAMP_SECONDS.start(),
+            TIMESTAMP_SECONDS.end()
+        ));
+    }
+    if !(0..NANOS_PER_SECOND).contains(&nanos) {
+        return Err(format!(
+            "google.protobuf.Timestamp is not valid: nanos {nanos} is outside 0 to 999999999"
+        ));
+    }
+    let at = chrono::DateTime::from_timestamp(seconds, 0)
+        .ok_or_else(|| format!("google.protobuf.Timestamp seconds {seconds} is not a date"))?;
+    Ok(format!(
+        "{}{}Z",
+        at.format("%Y-%m-%dT%H:%M:%S"),
+        fraction(nanos.unsigned_abs())
+    ))
+}
+
+/// A google.protobuf.Duration as seconds with a fraction and `s` (`"-1.5s"`), or why it is not a valid one.
+pub(crate) fn duration(seconds: i64, nanos: i32) -> Result<String, String> {
+    if !(-DURATION_SECONDS..=DURATION_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "google.protobuf.Duration is not valid: seconds {seconds} is outside \
+             -{DURATION_SECONDS} to {DURATION_SECONDS}"
+        ));
+    }
+    if nanos <= -NANOS_PER_SECOND || nanos >= NANOS_PER_SECOND {
+        return Err(format!(
+            "google.protobuf.Duration is not valid: nanos {nanos} is outside -999999999 to 999999999"
+        ));
+    }
+    if (seconds > 0 && nanos < 0) || (seconds < 0 && nanos > 0) {
+        return Err(format!(
+            "google.protobuf.Duration is not valid: seconds {seconds} and nanos {nanos} differ in sign"
+        ));
+    }
+    let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+    Ok(format!(
+        "{sign}{}{}s",
+        seconds.unsigned_abs(),
+        fraction(nanos.unsigned_abs())
+    ))
+}
+
+/// How many google.protobuf.Any may be packed one in another: each is decoded from its own bytes, where
+/// prost's nesting limit starts again, so without a limit of their own a few bytes per level would recurse
+/// past the stack.
+pub const MAX_ANY_DEPTH: usize = 16;
+
+thread_local! {
+    /// How many Any are being unpacked on this thread, one in another.
+    static ANY_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` one Any deeper, or refuses past [`MAX_ANY_DEPTH`].
+fn one_any_deeper<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let depth = ANY_DEPTH.with(std::cell::Cell::get);
+    if depth >= MAX_ANY_DEPTH {
+        return Err(format!(
+            "google.protobuf.Any packed more than {MAX_ANY_DEPTH} deep, one in another"
+        ));
+    }
+    ANY_DEPTH.with(|d| d.set(depth + 1));
+    let out = f();
+    ANY_DEPTH.with(|d| d.set(depth));
+    out
+}
+
+/// The type URL and the message packed in a google.protobuf.Any; `None` for an empty Any.
+fn unpack(m: &DynamicMessage) -> Result<Option<(String, DynamicMessage)>, String> {
+    use prost_reflect::ReflectMessage;
+    let type_url = m
+        .get_field_by_number(1)
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let value = m
+        .get_field_by_number(2)
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    if type_url.is_empty() && value.is_empty() {
+        return Ok(None);
+    }
+    let type_name = type_url.rsplit('/').next().unwrap_or_default();
+    let desc = m
+        .descriptor()
+        .parent_pool()
+        .get_message_by_name(type_name)
+        .ok_or_else(|| {
+            format!(
+                "google.protobuf.Any of type {:?}, which the .proto files do not define",
+                crate::text::bounded(&type_url, 200)
+            )
+        })?;
+    let packed = DynamicMessage::decode(desc.clone(), value.as_ref()).map_err(|e| {
+        format!(
+            "google.protobuf.Any's value is not a {} message: {}",
+            desc.full_name(),
+            reason(&e)
+        )
+    })?;
+    Ok(Some((type_url, packed)))
+}
+
+/// A google.protobuf.Any: `{}` when empty, else `"@type"` first, then the packed message's fields (or its
+/// well-known form under `"value"`). The type must be in the pool the schema was compiled into.
+fn any(m: &DynamicMessage, naming: Naming) -> Result<Message<'static>, String> {
+    use prost_reflect::ReflectMessage;
+    let Some((type_url, packed)) = unpack(m)? else {
+        return Ok(Message::Object(crate::message::Object::new()));
+    };
+    one_any_deeper(|| {
+        let mut object = crate::message::Object::new();
+        object.insert("@type", Message::from(type_url));
+        if well_known(packed.descriptor().full_name()) {
+            object.insert("value", well_known_tree(&packed, naming)?);
+        } else {
+            fields_into(&packed, naming, &mut object)?;
+        }
+        Ok(Message::Object(object))
+    })
 }
 
 /// One value (a list's items one by one) of kind `kind`.
@@ -317,6 +665,12 @@ fn scalar(
         V::I64(n) => Message::from(*n),
         V::U32(n) => Message::Number(serde_json::Number::from(*n)),
         V::U64(n) => Message::Number(serde_json::Number::from(*n)),
+        // The shortest text that reads back as this float32 (0.1, not its widening 0.10000000149011612), as
+        // the mapping prints it; held as the double nearest that text.
+        V::F32(f) if f.is_finite() => f
+            .to_string()
+            .parse::<f64>()
+            .map_or_else(|_| float(f64::from(*f)), float),
         V::F32(f) => float(f64::from(*f)),
         V::F64(f) => float(*f),
         V::String(s) => Message::from(s.clone()),
@@ -346,55 +700,78 @@ fn scalar(
 const FIELD: usize = std::mem::size_of::<(std::borrow::Cow<'static, str>, Message<'static>)>();
 const VALUE: usize = std::mem::size_of::<Message<'static>>();
 
-/// The estimated memory of `message`'s tree: its fields (set ones, and the defaults of those without
-/// presence), names, strings and items; `None` as soon as it passes `allowance`. Walks the decoded message
-/// without allocating.
+/// The estimated memory of `message`'s tree: its objects (a vector of every field of the type, as the tree
+/// makes them), names, strings and items, each allocation as the allocator rounds it; `None` as soon as it
+/// passes `allowance`. Walks the decoded message without allocating (but to unpack an Any).
 pub fn estimate(decoded: &DynamicMessage, allowance: usize) -> Option<usize> {
+    use crate::message::heap;
     use prost_reflect::ReflectMessage;
     fn value(v: &prost_reflect::Value, left: usize) -> Option<usize> {
         use prost_reflect::Value as V;
         let cost = match v {
-            V::String(s) => VALUE + s.len(),
-            V::Bytes(b) => VALUE + b.len().div_ceil(3) * 4,
+            V::String(s) => heap(s.len()),
+            V::Bytes(b) => heap(b.len().div_ceil(3) * 4),
             V::Message(m) => message(m, left)?,
             V::List(items) => {
-                let mut total = VALUE;
+                let mut total = heap(items.len().checked_mul(VALUE)?);
                 for item in items {
                     total = total.checked_add(value(item, left.checked_sub(total)?)?)?;
                 }
                 total
             }
             V::Map(entries) => {
-                let mut total = VALUE;
-                for v in entries.values() {
+                let mut total = heap(entries.len().checked_mul(FIELD)?);
+                for (k, v) in entries {
                     // The key becomes a name (a number's digits: at most 20 bytes).
+                    let name = match k {
+                        prost_reflect::MapKey::String(s) => heap(s.len()),
+                        _ => heap(20),
+                    };
                     total = total
-                        .checked_add(FIELD + 24)?
+                        .checked_add(name)?
                         .checked_add(value(v, left.checked_sub(total)?)?)?;
                 }
                 total
             }
-            _ => VALUE,
+            _ => 0,
         };
         (cost <= left).then_some(cost)
     }
     fn message(m: &DynamicMessage, left: usize) -> Option<usize> {
         let desc = m.descriptor();
-        let mut total = VALUE;
+        match desc.full_name() {
+            "google.protobuf.Any" => {
+                // The packed message's tree, defaults and all (a refused Any costs nothing: it fails the
+                // record).
+                return match unpack(m) {
+                    Ok(Some((url, packed))) => {
+                        let inner = one_any_deeper(|| Ok(message(&packed, left))).ok()??;
+                        let cost = inner.checked_add(heap(FIELD) + heap(url.len()))?;
+                        (cost <= left).then_some(cost)
+                    }
+                    _ => Some(0),
+                };
+            }
+            // A string.
+            "google.protobuf.Timestamp" | "google.protobuf.Duration" => return Some(heap(40)),
+            _ => {}
+        }
+        // The object holds every field of the type (with_capacity), set or not.
+        let mut total = heap(desc.fields().len().checked_mul(FIELD)?);
         for f in desc.fields() {
             if !f.supports_presence() && !m.has_field(&f) {
-                // A default: the field, its name, a scalar or an empty list or object.
-                total = total.checked_add(FIELD + f.json_name().len())?;
+                // A default: its name; a scalar, or an empty list or object, allocates nothing.
+                total = total.checked_add(heap(f.json_name().len()))?;
             }
         }
         if total > left {
             return None;
         }
         for (f, v) in m.fields() {
-            let field = FIELD + f.json_name().len();
+            let name = heap(f.json_name().len());
             total = total
-                .checked_add(field)?
-                .checked_add(value(v, left.checked_sub(total + field)?)?)?;
+                .checked_add(name)?
+                .checked_add(value(v, left.checked_sub(total + name)?)?)?;
         }
         (total <= left).then_some(total)
     }

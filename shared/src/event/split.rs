@@ -105,27 +105,32 @@ fn records_map(
     let mut records = Vec::with_capacity(
         shares
             .iter()
-            .map(|s| s.as_ref().map_or(0, |(r, _)| r.len()))
+            .map(|s| s.as_ref().map_or(0, |(r, _, _)| r.len()))
             .sum(),
     );
     let mut end = start;
+    // A partition key listed twice is an error serde's pass reports (with where it is).
+    let mut seen = std::collections::HashSet::new();
     for share in shares {
-        let (list, at) = share?;
+        let (list, keys, at) = share?;
+        for key in keys {
+            if super::repeated_partition(&mut seen, key).is_some() {
+                return None;
+            }
+        }
         records.extend(list);
         end = at;
     }
     Some((records, end))
 }
 
+/// What a share read: its records, the partition keys, and where it stopped.
+type Share<'a> = (Vec<Record<'a>>, Vec<Cow<'a, str>>, usize);
+
 /// Reads records from `from`: at the records map's `{` (`at_map`), else at a record inside one of its lists.
 /// With `stop`, the share must reach exactly `stop` expecting a record there, and returns `stop`; without, it
-/// reads to the end of the map and returns where the map ends.
-fn share(
-    text: &str,
-    from: usize,
-    at_map: bool,
-    stop: Option<usize>,
-) -> Option<(Vec<Record<'_>>, usize)> {
+/// reads to the end of the map and returns where the map ends. The partition keys it read come along.
+fn share(text: &str, from: usize, at_map: bool, stop: Option<usize>) -> Option<Share<'_>> {
     enum State {
         Key,
         Record,
@@ -133,21 +138,22 @@ fn share(
     }
     let mut r = Reader { text, pos: from };
     let mut out = Vec::new();
+    let mut keys = Vec::new();
     let mut state = State::Record;
     if at_map {
         r.expect(b'{')?;
         r.ws();
         if r.eat(b'}') {
-            return stop.is_none().then_some((out, r.pos));
+            return stop.is_none().then_some((out, keys, r.pos));
         }
         state = State::Key;
     }
     loop {
         state = match state {
             State::Key => {
-                // serde reads a key as a string, checked as one (and ignores it: the records say their topic
-                // and partition).
-                r.value::<Str<'_>>()?;
+                // serde reads a key as a string, checked as one; a key listed twice is refused (the records
+                // say their topic and partition, so the key serves nothing else).
+                keys.push(r.value::<Str<'_>>()?.0);
                 r.ws();
                 r.expect(b':')?;
                 r.ws();
@@ -161,7 +167,7 @@ fn share(
             }
             State::Record => {
                 match stop {
-                    Some(stop) if r.pos == stop => return Some((out, stop)),
+                    Some(stop) if r.pos == stop => return Some((out, keys, stop)),
                     Some(stop) if r.pos > stop => return None,
                     _ => {}
                 }
@@ -186,7 +192,7 @@ fn share(
                         State::Key
                     }
                     // The map's end: only the last share may reach it.
-                    b'}' => return stop.is_none().then_some((out, r.pos)),
+                    b'}' => return stop.is_none().then_some((out, keys, r.pos)),
                     _ => return None,
                 }
             }

@@ -52,7 +52,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
 pub(crate) fn parse(bytes: &[u8], spare: usize) -> Result<Message<'_>, String> {
     let text = crate::text::utf8(bytes)
         .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
-    Message::parse(text, spare).map_err(|e| e.to_string())
+    Message::parse(text, spare).map_err(|e| crate::text::json_error(&e))
 }
 
 #[cfg(test)]
@@ -68,6 +68,12 @@ mod tests {
         assert!(err.starts_with("value is not valid JSON"), "{err}");
         let err = decode(b"{\"a\":\"\xff\"}").unwrap_err().to_string();
         assert_eq!(err, "value is not valid JSON: invalid UTF-8 at byte 6");
+        // A lone surrogate escape says so, not "unexpected end of hex escape".
+        let err = decode(br#"{"a":"\ud800"}"#).unwrap_err().to_string();
+        assert!(
+            err.starts_with("value is not valid JSON: a \\u escape of a lone UTF-16 surrogate"),
+            "{err}"
+        );
     }
 
     #[test]
