@@ -49,7 +49,7 @@ fn unknown(change_type: &Message<'_>) -> String {
 /// ```toml
 /// change = { path = "$.eventType", upsert = ["INSERT", "UPDATE"], delete = ["DELETE"], absent = "upsert" }
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeConfig {
     /// A JSONPath into the message (RFC 9535); the first match is the change value.
@@ -67,7 +67,9 @@ pub struct ChangeConfig {
 }
 
 /// `change.absent`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Absent {
     /// Like bedrock: no change field is an update.
