@@ -80,8 +80,8 @@ pub struct MaskRule {
     by_schema: Mutex<(HashMap<String, Built>, usize)>,
     /// The masks of the writer schemas met last, by the schema's allocation. A registry or configured schema
     /// is one `Arc` for all its messages, so they find their mask here without writing the schema's canonical
-    /// form, a JSON text of the whole schema, for every record (10–13 µs a record: `decode/bytes/avro-writer-mask`
-    /// took 160–206 ms a 6 MB batch that way, 13–17 ms this way). Each entry holds its `Arc`, so its address
+    /// form, a JSON text of the whole schema, for every record (benchmark `decode/bytes/avro-writer-mask`). Each
+    /// entry holds its `Arc`, so its address
     /// cannot be another schema's while it is here. A container file's schema is its own per record: it
     /// goes by the canonical form, and is not kept here (see [`MaskRule::mask_for`]).
     recent: Mutex<Vec<(Arc<Schema>, Built)>>,

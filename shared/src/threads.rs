@@ -3,10 +3,8 @@
 //!
 //! Reading an event and planning a batch each used to start their threads per batch (`std::thread::scope`). A
 //! new thread is placed by the kernel's fork balancing, which goes by each CPU's recent load, not by whether it
-//! is idle now: on a two-CPU machine a `sched:sched_wakeup_new` trace of `--bench peer` showed half the new
-//! threads put on the CPU of the thread that started them while the other CPU sat idle, and one in seven
-//! waited 0.3–3.9 ms for a time slice there (66 ms over 72 batches, ~0.9 ms a batch). A thread that is woken,
-//! as a pool's is, goes to an idle CPU. The pools are rayon-core's: scoped jobs that borrow the batch, a panic
+//! is idle now, so a new thread can wait for a time slice on a busy CPU while another sits idle (the trace is in
+//! docs/src/performance.md). A thread that is woken, as a pool's is, goes to an idle CPU. The pools are rayon-core's: scoped jobs that borrow the batch, a panic
 //! in a job carried to the caller.
 
 use std::sync::{Arc, Mutex, PoisonError};

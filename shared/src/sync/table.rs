@@ -95,12 +95,10 @@ pub(crate) fn long_text(def: &mut ColumnDef, backend: DbBackend) -> &mut ColumnD
 /// `items` cut into statements of at most `max` rows whose sizes recur from batch to batch: the rest below
 /// `max` in powers of two, smallest first, then as many of `max` as fit (1 800 rows under a `max` of 2 000: 8,
 /// 256, 512 and 1 024). A statement's text depends on its rows, and a new text is prepared again: by sqlx, in a
-/// round trip, and by the database, which parses and plans it: for 1 800 rows of two columns, MariaDB's
-/// `PREPARE` takes 2.1–3.3 ms (server profile). With the sizes above, a table needs at most one text per power
-/// of two below `max`, prepared once per connection and then found in sqlx's statement cache, for the cost of a
-/// few more statements per batch, each of them cheap once prepared. `replay` of eight 6 MB files of different
-/// sizes: MariaDB 0.91× the time of one statement per batch; SQLite no change above the noise (0.89–1.05×),
-/// although Python's sqlite3 shows ~5 ms for a new text of that size.
+/// round trip, and by the database, which parses and plans it (milliseconds for a large statement on MariaDB).
+/// With the sizes above, a table needs at most one text per power of two below `max`, prepared once per
+/// connection and then found in sqlx's statement cache, for the cost of a few more statements per batch, each of
+/// them cheap once prepared (measured against one statement per batch: docs/src/performance.md).
 ///
 /// Smallest first because the sink builds each statement while the database runs the one before
 /// ([`super::Sink`]'s `execute_all`): only the first is built while the database waits, so it should be the
