@@ -553,11 +553,15 @@ mod tests {
             url_from_secret(pg).unwrap(),
             "postgres://app:p%40ss%3Aw%2Frd%25@db.example:5432/orders"
         );
-        let aurora = r#"{"engine":"aurora-mysql","host":"c.cluster","port":"3307","username":"a b","password":"x"}"#;
+        let aurora = r#"{"engine":"aurora-mysql","host":"c.cluster","port":"3307","username":"a b","password":"x","dbname":"app"}"#;
         assert_eq!(
             url_from_secret(aurora).unwrap(),
-            "mysql://a%20b:x@c.cluster:3307"
+            "mysql://a%20b:x@c.cluster:3307/app"
         );
+        // MySQL and MariaDB need a database: without `dbname` the secret is refused, naming the field.
+        let no_db = r#"{"engine":"aurora-mysql","host":"c.cluster","username":"u","password":"x"}"#;
+        let e = url_from_secret(no_db).unwrap_err();
+        assert!(e.contains("dbname"), "{e}");
         let mariadb =
             r#"{"engine":"mariadb","host":"m","username":"u","password":"p","dbname":"d"}"#;
         assert_eq!(url_from_secret(mariadb).unwrap(), "mysql://u:p@m:3306/d");
