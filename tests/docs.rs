@@ -147,7 +147,7 @@ urll = "x""#,
         ("outside the valid values", "[codec]\nvalue = \"xml\""),
         (
             "a column type that does not exist",
-            "[[sync]]\ntopics = [\"t\"]\ntable = \"t\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", path = \"$.id\", type = \"uuid\" }]",
+            "[[sync]]\ntopics = [\"t\"]\ntable = \"t\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", path = \"$.id\", type = \"uuid4\" }]",
         ),
         (
             "a sync without its table",
