@@ -1,8 +1,9 @@
 //! Refusals classed right (#34 items 2, 5 and 6): a refusal that will not change on retry is never transient.
 //! DDL the database refuses, a missing database, a missing grant and a missing table under `create_tables =
 //! false` are the misconfigured class (exit 2), found by `config check --database-url` without creating
-//! anything; a row over MariaDB's `max_allowed_packet` is that row's dead letter; a `[[mask]]` that classifies
-//! nothing is a config error; `replay --plan` leaves no SQLite file behind.
+//! anything; a row over MariaDB's `max_allowed_packet` is that row's dead letter; a session killed mid-batch is
+//! transient and said to be killed; a `[[mask]]` that classifies nothing is a config error; `replay --plan`
+//! leaves no SQLite file behind.
 
 use msk_sync_tests::*;
 use sea_orm::ConnectionTrait;
@@ -193,6 +194,85 @@ async fn mariadb_a_row_over_max_allowed_packet_is_its_dead_letter_and_the_rest_i
     );
     assert_eq!(dead[0][2], "NULL");
     assert_eq!(db.count("items").await, 20);
+}
+
+/// Before: a session killed under a statement was reported as "no database session was established within
+/// 10 s", as if the server had never answered. Another connection holds the row lock the batch's upsert waits
+/// for, and kills the batch's session while it waits: the batch is rolled back, transient (exit 1), and the
+/// message says the session ended in the middle of the batch.
+#[tokio::test]
+async fn mariadb_a_session_killed_mid_batch_is_said_to_be_killed() {
+    use sea_orm::TransactionTrait;
+    let db = TestDb::new(Backend::MariaDb, "ref_killed").await;
+    let cfg = db.write(
+        "killed.toml",
+        &config("", "items", r#"["id"]"#, ITEM_COLUMNS),
+    );
+    let first = replay(&db, &cfg, &db.url, &event(&[json!({"id": "a", "label": "one"})])).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+
+    let locker = sea_orm::Database::connect(&db.url).await.unwrap();
+    let held = locker.begin().await.unwrap();
+    held.execute_unprepared("SELECT * FROM items WHERE id = 'a' FOR UPDATE")
+        .await
+        .unwrap();
+    let file = db.write("e.json", &event(&[json!({"id": "a", "label": "two"})]));
+    let args: Vec<String> = [
+        "replay",
+        "--database-url",
+        &db.url,
+        "--config",
+        cfg.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let batch = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&args).await
+    });
+
+    // The batch's session, once it waits for the lock.
+    let mut waiting = None;
+    for _ in 0..200 {
+        let row = db
+            .conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.db_backend(),
+                "SELECT ID FROM information_schema.PROCESSLIST \
+                 WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND INFO LIKE 'INSERT%'",
+            ))
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            waiting = Some(row.try_get_by_index::<i64>(0).unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let id = waiting.expect("the batch's upsert never waited for the row lock");
+    db.conn
+        .execute_unprepared(&format!("KILL {id}"))
+        .await
+        .unwrap();
+    let run = batch.await.unwrap();
+    held.rollback().await.unwrap();
+    assert_code(
+        &run,
+        1,
+        &["closed this batch's session in the middle of the batch"],
+    );
+    assert!(
+        !run.stderr.contains("no database session was established"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        db.rows("items", &["id", "label"], "id").await,
+        vec![vec!["a".to_string(), "one".to_string()]],
+        "the batch was rolled back"
+    );
 }
 
 // --- create_tables = false ------------------------------------------------------------------------------------
