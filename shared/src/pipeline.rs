@@ -718,7 +718,7 @@ impl Pipeline {
         match self.open(decoder, &meta, value_buf)? {
             Opened::Messages(sync, decoded) => {
                 seen.sync = Some(sync);
-                self.settle_messages(out, sync, decoded, only, seen, &meta);
+                self.settle_messages(decoder, out, sync, decoded, only, seen, &meta);
             }
             Opened::Settled(sync, fate) => {
                 seen.sync = sync;
@@ -730,8 +730,10 @@ impl Pipeline {
 
     /// Settles each message of a record decoded for `sync` (only the `only` ones when redrive selects some:
     /// a selected message the value no longer holds is dead-lettered).
+    #[allow(clippy::too_many_arguments)]
     fn settle_messages<'e>(
         &self,
+        decoder: &Decoder<'_>,
         out: &mut dyn Settle<'e>,
         sync: usize,
         Decoded { messages, schema }: Decoded<'_>,
@@ -752,7 +754,7 @@ impl Pipeline {
                 continue;
             }
             inject(&mut message, record);
-            let fate = self.step(sync, &mut message, filter, mask.as_ref(), meta);
+            let fate = self.step(decoder, sync, &mut message, filter, mask.as_ref(), meta);
             // A message that was filtered out, or could not be masked, is never shown.
             let shown = !matches!(fate, Fate::Filtered) && !matches!(mask, Some(Err(_)));
             let at = Origin {
@@ -830,9 +832,12 @@ impl Pipeline {
         )
     }
 
-    /// One message through the emit filter, the mask, changeType routing and its sync's mapping.
+    /// One message through the emit filter, the mask, changeType routing and its sync's mapping. The row (or
+    /// key) is charged against the batch's budget (`decoder`'s), the message measured before it is mapped:
+    /// what would go past it is dead-lettered ([`crate::decode::memory`]).
     fn step(
         &self,
+        decoder: &Decoder<'_>,
         sync: usize,
         message: &mut Message<'_>,
         filter: Option<&Filter>,
@@ -851,12 +856,14 @@ impl Pipeline {
         let mapping = &self.mappings.items[sync];
         let fate = match self.change_rule(sync).route(message) {
             Ok(Change::Skip(reason)) => Ok(Fate::Skipped(reason)),
-            Ok(Change::Upsert) => mapping
-                .row(message, meta)
-                .map(|row| Fate::Upsert(sync, row)),
+            Ok(Change::Upsert) => decoder
+                .room_for(message)
+                .and_then(|()| mapping.row(message, meta))
+                .and_then(|row| decoder.charge_row(&row).map(|()| Fate::Upsert(sync, row))),
             Ok(Change::Delete) => mapping.key(message, meta).and_then(|mut key| {
                 // With a version column, the delete carries its version after the key.
                 key.extend(mapping.delete_version(message, meta)?);
+                decoder.charge_row(&key)?;
                 Ok(Fate::Delete(sync, key))
             }),
             Err(reason) => Err(reason),

@@ -67,12 +67,13 @@ pub const MAX_EMPTY_ITEMS: u64 = 65_536;
 pub const MAX_RESOLVE_COST: u64 = 1 << 23;
 /// The largest container-file block, once decompressed.
 pub const MAX_BLOCK_BYTES: usize = 64 << 20;
-/// What the container files of one batch may inflate to in total, unless `[codec] max_inflated_mib` says
-/// otherwise. Lambda hands a function at most 6 MB; honest Avro does not deflate 40 to 1.
+/// What the compressed values of one batch may inflate to in total, unless `[codec] max_inflated_mib` says
+/// otherwise or the function's memory gives less ([`super::memory::derived`]). Lambda hands a function at
+/// most 6 MB; honest Avro does not deflate 40 to 1.
 pub const DEFAULT_MAX_INFLATED_MIB: u64 = 256;
-/// The estimated memory of the messages the container files of one batch may decode to in total, unless
-/// `[codec] max_decoded_mib` says otherwise. Rows and dead letters are made from these messages, so this also
-/// bounds what the batch keeps of them.
+/// The estimated memory of what one batch's values become (messages, and rows with their copies) in total,
+/// unless `[codec] max_decoded_mib` says otherwise or the function's memory gives less
+/// ([`super::memory::derived`]).
 pub const DEFAULT_MAX_DECODED_MIB: u64 = 512;
 
 /// What the container files of one batch may still inflate and decode to. A batch's decoder holds one
@@ -84,6 +85,8 @@ pub struct Budget {
     max_decoded: usize,
     inflated: usize,
     decoded: usize,
+    /// The function's memory in MiB, when the limits were derived from it ([`super::memory::derived`]).
+    derived_from: Option<u64>,
 }
 
 impl Budget {
@@ -94,7 +97,41 @@ impl Budget {
             max_decoded,
             inflated: 0,
             decoded: 0,
+            derived_from: None,
         }
+    }
+
+    /// The same limits, said to be derived from a function of `memory_mib` (the refusals say so).
+    pub(crate) fn derived_from(self, memory_mib: Option<u64>) -> Self {
+        Self {
+            derived_from: memory_mib,
+            ..self
+        }
+    }
+
+    /// How the refusals name where a limit comes from.
+    pub(crate) fn source(&self) -> String {
+        match self.derived_from {
+            Some(mb) => format!(
+                ", derived from the function's {mb} MB ({}); set it in [codec] to change it",
+                super::memory::FUNCTION_MEMORY_ENV
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// The refusal of `what`, which would cost `cost` bytes of the batch's memory: a message too large to map,
+    /// a row too large to hold with its copies.
+    pub(crate) fn row_error(&self, what: &str, cost: usize) -> String {
+        format!(
+            "{what} would take the batch past what its messages and rows may hold: it needs about {} MiB \
+             (with its copies on the way to the statement) and the batch has {} MiB left \
+             (codec.max_decoded_mib = {} MiB in total per batch{})",
+            cost.div_ceil(1 << 20),
+            self.decoded_left() >> 20,
+            self.max_decoded >> 20,
+            self.source()
+        )
     }
 
     /// The default limits ([`DEFAULT_MAX_INFLATED_MIB`], [`DEFAULT_MAX_DECODED_MIB`]).
@@ -146,16 +183,18 @@ impl Budget {
     fn inflated_error(&self, subject: &str) -> DecodeError {
         permanent(format!(
             "{subject}: inflating it would take the batch's container files past their limit \
-             (codec.max_inflated_mib = {} MiB in total per batch)",
-            self.max_inflated >> 20
+             (codec.max_inflated_mib = {} MiB in total per batch{})",
+            self.max_inflated >> 20,
+            self.source()
         ))
     }
 
     fn decoded_error(&self, subject: &str) -> DecodeError {
         permanent(format!(
             "{subject}: its messages would take the batch's container files past their limit \
-             (codec.max_decoded_mib = {} MiB of decoded messages in total per batch)",
-            self.max_decoded >> 20
+             (codec.max_decoded_mib = {} MiB of decoded messages in total per batch{})",
+            self.max_decoded >> 20,
+            self.source()
         ))
     }
 }

@@ -21,8 +21,8 @@ use super::{Codec, Envelope, KeyFormat, SchemaFiles, registry};
 /// glue = { registry = "my-registry", region = "eu-west-1" } # … or fetched from AWS Glue
 /// raw_schema = "schemas/planet.avsc"          # the writer schema of avro-raw values
 /// reader_schema = "schemas/planet-v2.avsc"    # optional: resolve every Avro value to this schema
-/// max_inflated_mib = 256                      # what a batch's container files may inflate to, in total
-/// max_decoded_mib = 512                       # … and decode to (estimated memory of their messages)
+/// max_inflated_mib = 256                      # what a batch's compressed values may inflate to, in total
+/// max_decoded_mib = 512                       # … and its messages and rows take (default: from the function's memory)
 /// threads = 2                                 # the most threads a batch decodes on (default: the CPUs)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -79,13 +79,18 @@ pub struct CodecConfig {
     #[serde(default)]
     #[schemars(example = &"json")]
     pub key: KeyFormat,
-    /// What the deflated Avro container files of one batch may inflate to, in total, in MiB (default
-    /// [`super::avro::DEFAULT_MAX_INFLATED_MIB`]); a record past it is dead-lettered.
+    /// What the compressed values of one batch (deflated Avro container files, zlib Glue payloads) may
+    /// inflate to, in total, in MiB; a record past it is dead-lettered. Default: under Lambda, a quarter of the
+    /// function's memory less 64 MiB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`; see docs/src/memory.md), else
+    /// [`super::avro::DEFAULT_MAX_INFLATED_MIB`] (also the most it is derived to).
     #[serde(default)]
     #[schemars(extend("default" = super::avro::DEFAULT_MAX_INFLATED_MIB), example = 1024)]
     pub max_inflated_mib: Option<u64>,
-    /// The estimated memory of the messages the container files of one batch may decode to, in total, in MiB
-    /// (default [`super::avro::DEFAULT_MAX_DECODED_MIB`]); a record past it is dead-lettered.
+    /// The estimated memory of what one batch's values become on their way to the statement, in total, in
+    /// MiB: the messages of container files and Protobuf values, and every row planned, three times (the row,
+    /// the statement's values, the driver's bind buffers); a record past it is dead-lettered. Default: under
+    /// Lambda, half of the function's memory less 64 MiB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`; see
+    /// docs/src/memory.md), else [`super::avro::DEFAULT_MAX_DECODED_MIB`] (also the most it is derived to).
     #[serde(default)]
     #[schemars(extend("default" = super::avro::DEFAULT_MAX_DECODED_MIB), example = 2048)]
     pub max_decoded_mib: Option<u64>,
@@ -115,13 +120,18 @@ impl CodecConfig {
                 crate::pipeline::MAX_THREADS
             ));
         }
+        let memory = super::memory::function_memory_mib();
+        if let Some(warning) = memory.and_then(|mb| avro_ocf::over_function(self, mb)) {
+            // Explicit values win: the operator may know the batches; said once, at start.
+            tracing::warn!(%warning, "the decode budget is over the function's memory");
+        }
         match value {
             Some(value) if problems.is_empty() => Ok(Codec {
                 value,
                 key: self.key,
                 envelope: self.envelope,
                 schemas,
-                budget: avro_ocf::budget(self),
+                budget: avro_ocf::budget_for(self, memory),
             }),
             _ => Err(problems),
         }

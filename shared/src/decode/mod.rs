@@ -13,6 +13,8 @@
 //! - `envelope` (kafkaesk's, and `debezium`: Debezium's change events), `key` (record keys) and `b64`
 //!   (base64): the pieces around a value's format.
 //! - [`avro`]: the Avro binary decoder the Avro formats share.
+//! - [`memory`]: what a batch may hold (its budgets, derived from the function's memory under Lambda) and
+//!   what a message or row costs on its way to the statement.
 
 pub mod avro;
 mod b64;
@@ -22,6 +24,7 @@ mod envelope;
 mod format;
 pub mod glue;
 mod key;
+pub mod memory;
 pub mod protobuf;
 pub(crate) mod registry;
 mod schema_files;
@@ -209,6 +212,31 @@ impl<'c> Decoder<'c> {
     /// What this decoder's budget has drawn so far.
     pub fn budget(&self) -> avro::Budget {
         self.cx.budget.get()
+    }
+
+    /// Whether mapping `message` fits in what the batch may still hold (`codec.max_decoded_mib`): a `json`
+    /// column of the whole message costs its tree and its text ([`memory::json_cost_of`]). Nothing is charged
+    /// yet: the row is, once made ([`Decoder::charge_row`]). The reason, when not, is the dead letter's.
+    pub(crate) fn room_for(&self, message: &Message<'_>) -> Result<(), String> {
+        let budget = self.cx.budget.get();
+        let cost = memory::json_cost_of(message);
+        if cost > budget.decoded_left() {
+            return Err(budget.row_error("the message", cost));
+        }
+        Ok(())
+    }
+
+    /// Charges a planned row (or key) against what the batch may hold, for each of its copies on the way to
+    /// the statement ([`memory::ROW_COPIES`]); a row that would go past it is refused, with the reason.
+    pub(crate) fn charge_row(&self, row: &[sea_orm::sea_query::Value]) -> Result<(), String> {
+        let mut budget = self.cx.budget.get();
+        let cost = memory::row_cost(row).saturating_mul(memory::ROW_COPIES);
+        if cost > budget.decoded_left() {
+            return Err(budget.row_error("the row", cost));
+        }
+        budget.add_decoded(cost);
+        self.cx.budget.set(budget);
+        Ok(())
     }
 
     /// Decodes one record value into its messages (an Avro container file may carry several); strings borrow

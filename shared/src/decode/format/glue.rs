@@ -5,13 +5,14 @@
 //! sorted by full name). The schemas come from `codec.glue_schemas` or `codec.glue` ([`crate::decode::glue`]).
 //!
 //! A zlib payload inflates within the batch's budget (`codec.max_inflated_mib`, shared with Avro container
-//! files) and the per-block cap of [`avro::MAX_BLOCK_BYTES`].
+//! files) and the per-block cap of [`avro::MAX_BLOCK_BYTES`]; the copy its message then makes is charged to
+//! `codec.max_decoded_mib` ([`memory`]).
 
 use std::sync::Arc;
 
 use super::{Context, ValueFormat, json};
 use crate::decode::glue::{GlueSchema, VersionId};
-use crate::decode::{CodecConfig, DecodeError, Decoded, avro, protobuf};
+use crate::decode::{CodecConfig, DecodeError, Decoded, avro, memory, protobuf};
 use crate::message::Message;
 
 /// The first byte of a Glue-framed value.
@@ -72,8 +73,25 @@ impl ValueFormat for Glue {
                 let inflated = avro::inflate_zlib(payload, "value (Glue, zlib)", &mut budget);
                 cx.budget.set(budget);
                 let inflated = inflated?;
-                // The payload is this function's: the messages own their strings.
-                let owned = decode_payload(&inflated, schema, cx)?.into_owned();
+                // The payload is this function's: the messages own their strings, a copy charged against the
+                // batch's budget before it is made (a Protobuf message owns its strings already).
+                let decoded = decode_payload(&inflated, schema, cx)?;
+                if !matches!(schema, GlueSchema::Protobuf(_)) {
+                    let mut budget = cx.budget.get();
+                    let cost = decoded
+                        .messages
+                        .iter()
+                        .fold(0usize, |t, m| t.saturating_add(memory::message_cost(m)));
+                    if cost > budget.decoded_left() {
+                        return Err(DecodeError::Permanent(format!(
+                            "value (Glue, zlib): {}",
+                            budget.row_error("its message", cost)
+                        )));
+                    }
+                    budget.add_decoded(cost);
+                    cx.budget.set(budget);
+                }
+                let owned = decoded.into_owned();
                 // Decoded is invariant (SmallVec): rebuilt, each message coerces.
                 Ok(Decoded {
                     messages: owned

@@ -78,9 +78,10 @@ pub(crate) fn within_budget(
         .map_err(|e| match e {
             DecodeError::Permanent(m) if m.ends_with("(codec.max_decoded_mib)") => {
                 DecodeError::Permanent(format!(
-                    "{} = {} MiB in total per batch)",
+                    "{} = {} MiB in total per batch{})",
                     m.trim_end_matches(')'),
-                    budget.max_decoded_mib()
+                    budget.max_decoded_mib(),
+                    budget.source()
                 ))
             }
             other => other,
