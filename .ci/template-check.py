@@ -83,7 +83,23 @@ VPC = {
 }
 EXTRA = {
     "defaults": {},
-    "planet+topics": {"PlanetSync": "true", "Topics": "servicea.planet,serviceb.moon,servicec.star"},
+    # Five topics (the most the template has triggers for) and the function's own registry password secret.
+    "planet+topics": {
+        "PlanetSync": "true",
+        "Topics": "servicea.planet,serviceb.moon,servicec.star,serviced.comet,servicee.nebula",
+        "RegistryPasswordSecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:msk-sync/registry-AbCdEf",
+        "RegistryPasswordSecretKmsKeyArn": KEY,
+    },
+}
+
+# Values CloudFormation must refuse before it creates anything (the parameter's AllowedPattern): a 6th topic,
+# which no trigger would read, and lists the template would split wrongly.
+MUST_REFUSE = {
+    "six topics": {"Topics": "t1,t2,t3,t4,t5,t6"},
+    "an empty topic": {"Topics": "t1,,t3"},
+    "a trailing comma": {"Topics": "t1,"},
+    "a space after a comma": {"Topics": "t1, t2"},
+    "no topic": {"Topics": ""},
 }
 
 
@@ -178,6 +194,11 @@ def main():
     parsed = yaml_parse(source)
     # One validator (its boto session takes a while to make), given each combination in turn.
     validator = SamTemplateValidator(copy.deepcopy(parsed), BundledPolicies(), region="us-east-1")
+    for what, bad in MUST_REFUSE.items():
+        if not check_parameters(parsed["Parameters"], {**REQUIRED, **bad}):
+            failures.append(f"the template accepts {what} ({bad})")
+    print(f"parameter values refused as they must be: {len(MUST_REFUSE) - len(failures)} of {len(MUST_REFUSE)}",
+          flush=True)
     for name, settings, params in combinations():
         template = copy.deepcopy(parsed)
         problems = check_parameters(template["Parameters"], params)

@@ -105,12 +105,15 @@ fn toml_as_json(path: &Path) -> Value {
     serde_json::to_value(value).unwrap()
 }
 
-/// Every sample config (msk-sync.toml, events/*.toml) names the committed schema on its first line and
+/// Every sample config (msk-sync.toml, the config layer's copy, events/*.toml) names the committed schema on its first line and
 /// validates against it; a config with an unknown key, a wrong type or a value outside the valid ones does not
 /// (the control that shows the validator can fail).
 #[test]
 fn every_sample_config_validates_against_the_schema() {
-    let mut samples = vec![repo().join("msk-sync.toml")];
+    let mut samples = vec![
+        repo().join("msk-sync.toml"),
+        repo().join("deploy/config/msk-sync/msk-sync.toml"),
+    ];
     for entry in std::fs::read_dir(repo().join("events")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
@@ -169,6 +172,21 @@ urll = "x""#,
             "the schema accepts a config with {name}"
         );
     }
+}
+
+/// The config layer's msk-sync.toml (deploy/config/msk-sync/, what template.yaml deploys by default) is the
+/// repository's sample msk-sync.toml: the same settings, key for key (only the header comments and the
+/// `#:schema` path differ). A deployment's own config goes beside it under another name (template.yaml's
+/// `ConfigFile`), so the sample stays the sample.
+#[test]
+fn the_config_layers_sample_is_the_repositorys_msk_sync_toml() {
+    let repository = toml_as_json(&repo().join("msk-sync.toml"));
+    let layer = toml_as_json(&repo().join("deploy/config/msk-sync/msk-sync.toml"));
+    assert!(
+        repository == layer,
+        "deploy/config/msk-sync/msk-sync.toml and msk-sync.toml hold different settings: make the same change \
+         in both (put a deployment's own config beside the sample and name it with template.yaml's ConfigFile)"
+    );
 }
 
 /// The statements of `text` (`config sql`'s output): one per line, comments left out.

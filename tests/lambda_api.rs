@@ -414,3 +414,177 @@ async fn version_names_the_binary_its_version_and_commit() {
         );
     }
 }
+
+/// A schema registry that wants basic auth `user:password`: `/schemas/ids/1` is events/schemas/planet.avsc,
+/// other ids are the registry's "schema not found", and a request without those credentials is HTTP 401.
+/// Returns its URL and the Authorization headers it was sent.
+async fn registry_with_basic_auth(
+    user: &str,
+    password: &str,
+) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+    use base64::Engine;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let schema = std::fs::read_to_string(repo().join("events/schemas/planet.avsc")).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (expected, log, schema) = (expected.clone(), Arc::clone(&log), schema.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let auth = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("authorization:")
+                        .then(|| l[14..].trim().to_string())
+                });
+                let (status, body) = if auth.as_deref() != Some(expected.as_str()) {
+                    (
+                        "401 Unauthorized",
+                        r#"{"error_code":401,"message":"Unauthorized"}"#.to_string(),
+                    )
+                } else if path == "/schemas/ids/1" {
+                    (
+                        "200 OK",
+                        serde_json::json!({ "schema": schema }).to_string(),
+                    )
+                } else {
+                    (
+                        "404 Not Found",
+                        r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
+                    )
+                };
+                log.lock().unwrap().push(auth);
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A secret in moto, created with the SDK the function reads it with; its ARN.
+async fn moto_secret(moto: &MotoServer, name: &str, value: &str) -> String {
+    use aws_sdk_secretsmanager::config::{Credentials, Region};
+    let url = moto.url();
+    let source = msk_sync::run::secret::SecretSource::new("-").with_config(move |loader| {
+        loader
+            .endpoint_url(url.clone())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+    });
+    let client = aws_sdk_secretsmanager::Client::new(&source.config_loader().load().await);
+    let out = client
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create the secret in moto");
+    out.arn().expect("the new secret's ARN").to_string()
+}
+
+/// The schema registry's password from Secrets Manager (issue 35): the function, in Lambda mode with the AWS
+/// environment Lambda gives it (here pointed at moto), reads `codec.registry.password_secret` at its first
+/// batch and asks a registry behind basic auth for the schema of a Confluent-framed Avro value, which
+/// applies. A secret without a password fails the batch as misconfigured, naming the field and the secret,
+/// never quoting what it holds.
+#[tokio::test]
+async fn the_registry_password_comes_from_secrets_manager() {
+    let moto = MotoServer::start(&[]).await;
+    let (url, seen) = registry_with_basic_auth("msk-sync", "R3gistry-Pw").await;
+    let good = moto_secret(
+        &moto,
+        "msk-sync/registry",
+        r#"{"username": "msk-sync", "password": "R3gistry-Pw"}"#,
+    )
+    .await;
+    let bad = moto_secret(
+        &moto,
+        "msk-sync/registry-bad",
+        r#"{"username": "S3ntinel-User"}"#,
+    )
+    .await;
+    let db = TestDb::new(Backend::Sqlite, "lambda_api_registry_secret").await;
+    let config = |secret: &str| {
+        let text = std::fs::read_to_string(repo().join("events/avro.toml"))
+            .unwrap()
+            .replace(
+                "schemas = { \"1\" = \"schemas/planet.avsc\" }   # relative to this file",
+                &format!("registry = {{ url = \"{url}\", password_secret = \"{secret}\" }}"),
+            );
+        assert!(text.contains("password_secret"));
+        db.write(&format!("registry-{}.toml", secret.len()), &text)
+            .display()
+            .to_string()
+    };
+    let aws = |config: String| {
+        vec![
+            ("MSK_SYNC_CONFIG", config),
+            ("DATABASE_URL", db.url.clone()),
+            ("AWS_ENDPOINT_URL", moto.url()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ]
+    };
+    let event = std::fs::read_to_string(event_file("planet-avro-confluent.json")).unwrap();
+
+    let (port, mut posts) = runtime_api(vec![event.clone()]).await;
+    let _child = start_function(port, &aws(config(&good)));
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/response"), "{post:?}");
+    assert_eq!(
+        (
+            &post.body["upserted"],
+            &post.body["deleted"],
+            &post.body["deadLettered"]
+        ),
+        (&1.into(), &1.into(), &2.into()),
+        "{post:?}"
+    );
+    assert!(db.count("servicea_planet_avro").await >= 1);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the registry was asked");
+    // "Basic base64(msk-sync:R3gistry-Pw)" on every request: the password came from the secret.
+    assert!(
+        seen.iter()
+            .all(|a| a.as_deref() == Some("Basic bXNrLXN5bmM6UjNnaXN0cnktUHc=")),
+        "{seen:?}"
+    );
+
+    let (port, mut posts) = runtime_api(vec![event]).await;
+    let _child = start_function(port, &aws(config(&bad)));
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/error"), "{post:?}");
+    assert_eq!(post.body["errorType"], "Misconfigured", "{post:?}");
+    let message = post.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("codec.registry.password_secret")
+            && message.contains(&bad)
+            && message.contains("\"password\" is missing"),
+        "{message}"
+    );
+    assert!(!message.contains("S3ntinel-User"), "{message}");
+}

@@ -963,9 +963,15 @@ impl Handler {
                 HandlerError::Transient(format!("batch not applied (retry it): {e}"))
             }
         })?;
-        self.pipeline.prepare(event).await.map_err(|e| {
-            tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
-            HandlerError::Transient(format!("batch not applied (retry it): {e}"))
+        self.pipeline.prepare(event).await.map_err(|e| match e {
+            DecodeError::Misconfigured(_) => {
+                tracing::error!(event_source = %source, records = event.record_count(), error = %e, "misconfigured: the batch cannot be decoded");
+                HandlerError::Misconfigured(e.to_string())
+            }
+            _ => {
+                tracing::warn!(event_source = %source, records = event.record_count(), error = %e, "batch not decoded");
+                HandlerError::Transient(format!("batch not applied (retry it): {e}"))
+            }
         })?;
         let Plan {
             changes,

@@ -880,7 +880,9 @@ impl AvroSchema {
     /// `at` is where the value starts, for errors.
     fn logical<'a>(node: &Node, c: &mut Cursor<'a>, at: usize) -> Res<Message<'a>> {
         let out_of_range = |c: &Cursor<'_>, e: DecodeError| match e {
-            DecodeError::Permanent(m) | DecodeError::Transient(m) => c.bad(at, m),
+            DecodeError::Permanent(m)
+            | DecodeError::Transient(m)
+            | DecodeError::Misconfigured(m) => c.bad(at, m),
         };
         Ok(match node {
             Node::Date => {

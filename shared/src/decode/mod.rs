@@ -26,7 +26,7 @@ pub mod glue;
 mod key;
 pub mod memory;
 pub mod protobuf;
-pub(crate) mod registry;
+pub mod registry;
 mod schema_files;
 mod schemas;
 
@@ -117,6 +117,10 @@ pub enum DecodeError {
     /// Something outside the record failed (e.g. a schema registry): retry the batch.
     #[error("{0}")]
     Transient(String),
+    /// The configuration is wrong outside the record (a registry secret without a password): the batch fails
+    /// as misconfigured, and retries fail alike until a person fixes it.
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 impl Codec {
@@ -154,6 +158,20 @@ impl Codec {
     /// `codec.envelope`.
     pub fn envelope(&self) -> Option<Envelope> {
         self.envelope
+    }
+
+    /// `codec.registry.password_secret`, for the runtime to connect a [`registry::CredentialsSource`].
+    pub fn registry_password_secret(&self) -> Option<&str> {
+        self.schemas.registry()?.password_secret()
+    }
+
+    /// Connects what reads `codec.registry.password_secret` (once; `false` when one is connected already, or
+    /// the codec has no registry). Without one, a request to the registry fails as misconfigured.
+    pub fn connect_registry_credentials(
+        &self,
+        source: Arc<dyn registry::CredentialsSource>,
+    ) -> bool {
+        self.schemas.registry().is_some_and(|r| r.connect(source))
     }
 
     /// The AWS Glue settings (`codec.glue`), for the runtime to connect a [`glue::GlueSource`].

@@ -15,9 +15,18 @@
 //!
 //! Messages say what happened ("timed out after 5000 ms", "HTTP 503 Service Unavailable", "HTTP 200 but not a
 //! schema response") and never quote the body.
+//!
+//! The basic-auth password comes from the config (`password`), an environment variable (`password_env`), or an
+//! AWS Secrets Manager secret (`password_secret`). The secret is read by a [`CredentialsSource`] the runtime
+//! connects (`run::registry_secret`, with the AWS SDK: decoding never imports AWS), at the first request and
+//! kept for the instance; a 401 or 403 from the registry forgets it, so the next batch reads it again (a rotated
+//! password). A secret whose contents give no password is the misconfigured class ([`DecodeError::Misconfigured`]),
+//! a read that fails transient, as for the database secret.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
@@ -44,6 +53,16 @@ pub struct RegistryConfig {
     #[serde(default)]
     #[schemars(example = &"REGISTRY_PASSWORD")]
     pub password_env: Option<String>,
+    /// The ARN (or name) of an AWS Secrets Manager secret that holds the basic-auth password: the password as
+    /// the secret's whole text, or JSON `{"username": …, "password": …}` (its `username`, when it has one, wins
+    /// over `username` here). Read at the first request, again after the registry refuses it (rotation); needs
+    /// `secretsmanager:GetSecretValue` on it (template.yaml's `RegistryPasswordSecretArn`). Not with `password` or
+    /// `password_env`.
+    #[serde(default)]
+    #[schemars(
+        example = &"arn:aws:secretsmanager:eu-west-1:123456789012:secret:msk-sync/registry-AbCdEf"
+    )]
+    pub password_secret: Option<String>,
     /// How long one request may take, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -63,10 +82,46 @@ fn default_not_found_ttl_ms() -> u64 {
 /// The largest answer read from the registry (schemas are a few KB; a bigger body is not a schema response).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
 
+/// Basic-auth credentials read from a secret. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The secret's user name, when it holds one (else `codec.registry.username`).
+    pub username: Option<String>,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the secret of `codec.registry.password_secret`: `Err(Misconfigured)` when what it holds gives no
+/// password, `Err(Transient)` when it cannot be read now. Errors name the secret, never a value of it.
+pub trait CredentialsSource: Send + Sync + std::fmt::Debug {
+    /// Reads the secret now.
+    fn credentials(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Credentials, DecodeError>> + Send + '_>>;
+}
+
+/// User name and password of basic auth.
+type Auth = (String, Option<String>);
+
+/// The client of one registry (`codec.registry`), with the schemas it answered.
 #[derive(Debug)]
 pub struct SchemaRegistry {
     base: String,
-    auth: Option<(String, Option<String>)>,
+    auth: Option<Auth>,
+    /// `password_secret`, and the user name of the config.
+    secret: Option<(String, Option<String>)>,
+    /// What reads the secret, connected by the runtime.
+    source: OnceLock<Arc<dyn CredentialsSource>>,
+    /// The secret's credentials, read at the first request and forgotten when the registry refuses them.
+    from_secret: Mutex<Option<Auth>>,
     client: reqwest::Client,
     timeout_ms: u64,
     not_found_ttl: Duration,
@@ -81,7 +136,9 @@ type Answer = Result<RegistrySchema, (String, Instant)>;
 /// message type in it).
 #[derive(Debug, Clone)]
 pub enum RegistrySchema {
+    /// An Avro schema.
     Avro(Arc<Schema>),
+    /// A compiled .proto file, its imports included.
     Protobuf(prost_reflect::FileDescriptor),
 }
 
@@ -129,12 +186,24 @@ fn url_segment(s: &str) -> String {
 }
 
 impl SchemaRegistry {
+    /// The client of `cfg`; what is wrong in it (a URL that is not http(s), two passwords, an unset
+    /// `password_env`) is an error naming the setting.
     pub fn new(cfg: &RegistryConfig) -> Result<Self, String> {
         if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
             return Err(format!(
                 "codec.registry.url {:?} is not an http(s) URL",
                 cfg.url
             ));
+        }
+        if cfg.password_secret.is_some() && (cfg.password.is_some() || cfg.password_env.is_some()) {
+            return Err(
+                "codec.registry: password_secret and password / password_env name the password twice: \
+                 keep one"
+                    .into(),
+            );
+        }
+        if cfg.password_secret.as_deref().is_some_and(str::is_empty) {
+            return Err("codec.registry.password_secret is empty".into());
         }
         let password = match (&cfg.password, &cfg.password_env) {
             (_, Some(var)) => Some(
@@ -161,11 +230,54 @@ impl SchemaRegistry {
         Ok(Self {
             base: cfg.url.trim_end_matches('/').to_string(),
             auth: cfg.username.clone().map(|u| (u, password)),
+            secret: cfg
+                .password_secret
+                .clone()
+                .map(|id| (id, cfg.username.clone())),
+            source: OnceLock::new(),
+            from_secret: Mutex::new(None),
             client,
             timeout_ms: cfg.timeout_ms,
             not_found_ttl: Duration::from_millis(cfg.not_found_ttl_ms),
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// `codec.registry.password_secret`, when set.
+    pub fn password_secret(&self) -> Option<&str> {
+        self.secret.as_ref().map(|(id, _)| id.as_str())
+    }
+
+    /// Connects what reads `password_secret` (once; `false` when one is connected already).
+    pub fn connect(&self, source: Arc<dyn CredentialsSource>) -> bool {
+        self.source.set(source).is_ok()
+    }
+
+    /// The credentials of a request: the config's, or the secret's (read now if not yet).
+    async fn auth(&self) -> Result<Option<Auth>, DecodeError> {
+        let Some((secret_id, config_user)) = &self.secret else {
+            return Ok(self.auth.clone());
+        };
+        let mut cached = self.from_secret.lock().await;
+        if let Some(auth) = &*cached {
+            return Ok(Some(auth.clone()));
+        }
+        let Some(source) = self.source.get() else {
+            return Err(DecodeError::Misconfigured(format!(
+                "codec.registry.password_secret {secret_id}: nothing reads secrets in this build \
+                 (feature \"aws\")"
+            )));
+        };
+        let credentials = source.credentials().await?;
+        let Some(user) = credentials.username.or_else(|| config_user.clone()) else {
+            return Err(DecodeError::Misconfigured(format!(
+                "codec.registry.password_secret {secret_id}: the secret has no \"username\" and \
+                 codec.registry.username is not set"
+            )));
+        };
+        let auth = (user, Some(credentials.password));
+        *cached = Some(auth.clone());
+        Ok(Some(auth))
     }
 
     /// The schema with this id; `Err(Permanent)` when the registry does not know it (asked again once that
@@ -271,8 +383,8 @@ impl SchemaRegistry {
             .client
             .get(&url)
             .header("Accept", "application/vnd.schemaregistry.v1+json");
-        if let Some((user, password)) = &self.auth {
-            request = request.basic_auth(user, password.as_deref());
+        if let Some((user, password)) = self.auth().await? {
+            request = request.basic_auth(user, password);
         }
         let transient =
             |why: String| DecodeError::Transient(format!("schema registry, {what}: {why}"));
@@ -281,6 +393,15 @@ impl SchemaRegistry {
             .await
             .map_err(|e| transient(self.failure(&e)))?;
         let status = response.status();
+        if self.secret.is_some()
+            && matches!(
+                status,
+                reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+            )
+        {
+            // The password may have been rotated: the next request reads the secret again.
+            *self.from_secret.lock().await = None;
+        }
         let mut body = Vec::new();
         loop {
             match response.chunk().await {

@@ -145,6 +145,10 @@ impl Schemas {
         }
     }
 
+    pub(crate) fn registry(&self) -> Option<&SchemaRegistry> {
+        self.registry.as_ref()
+    }
+
     pub(crate) fn has_registry(&self) -> bool {
         self.registry.is_some()
     }

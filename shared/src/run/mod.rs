@@ -13,6 +13,8 @@ pub mod lambda;
 pub mod local;
 mod logs;
 #[cfg(feature = "aws")]
+pub mod registry_secret;
+#[cfg(feature = "aws")]
 pub mod secret;
 
 use std::path::Path;
@@ -119,7 +121,8 @@ impl App {
 
     /// Compiles `config` with this function's syncs: the typed ones, else the config's `[[sync]]` sections,
     /// of which a declarative function needs one at least.
-    /// With feature `aws`, a codec with `codec.glue` is connected to AWS Glue here ([`glue::connect`]).
+    /// With feature `aws`, a codec with `codec.glue` is connected to AWS Glue here ([`glue::connect`]), and one
+    /// with `codec.registry.password_secret` to Secrets Manager ([`registry_secret::connect`]).
     pub fn compile(&self, config: &Config) -> Result<Compiled, Vec<String>> {
         let compiled = match &self.syncs {
             Syncs::Typed(m) => config.compile(Some(m.clone())),
@@ -129,7 +132,10 @@ impl App {
             Syncs::Declarative => config.compile(None),
         }?;
         #[cfg(feature = "aws")]
-        glue::connect(compiled.pipeline.codec());
+        {
+            glue::connect(compiled.pipeline.codec());
+            registry_secret::connect(compiled.pipeline.codec());
+        }
         Ok(compiled)
     }
 

@@ -211,7 +211,7 @@ impl SecretSource {
 /// carries the secret itself, so an answer the SDK could not read (a `CreatedDate` that is a string, a body
 /// cut short) is described by its status and size only. A service error keeps its code and message (the
 /// service's own words, which name the secret and the principal, never its value).
-fn describe(e: &SdkError<GetSecretValueError, HttpResponse>) -> String {
+pub(crate) fn describe(e: &SdkError<GetSecretValueError, HttpResponse>) -> String {
     let status = e.raw_response().map(|r| r.status().as_u16());
     let size = e
         .raw_response()
