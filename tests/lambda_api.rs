@@ -25,6 +25,15 @@ struct Post {
 /// The runtime API: hands out `payloads` one per `/next` (then keeps the function waiting), and reports
 /// every POST.
 async fn runtime_api(payloads: Vec<String>) -> (u16, mpsc::UnboundedReceiver<Post>) {
+    runtime_api_with_time(payloads, Duration::from_secs(120)).await
+}
+
+/// As [`runtime_api`], each invocation given `time` (its `Lambda-Runtime-Deadline-Ms`, from when `/next`
+/// answers), as a function's timeout gives it.
+async fn runtime_api_with_time(
+    payloads: Vec<String>,
+    time: Duration,
+) -> (u16, mpsc::UnboundedReceiver<Post>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -34,7 +43,7 @@ async fn runtime_api(payloads: Vec<String>) -> (u16, mpsc::UnboundedReceiver<Pos
         while let Ok((stream, _)) = listener.accept().await {
             let (tx, queue) = (tx.clone(), Arc::clone(&queue));
             next_id += 1000;
-            tokio::spawn(serve(stream, tx, queue, next_id));
+            tokio::spawn(serve(stream, tx, queue, next_id, time));
         }
     });
     (port, rx)
@@ -45,6 +54,7 @@ async fn serve(
     tx: mpsc::UnboundedSender<Post>,
     queue: Arc<Mutex<VecDeque<String>>>,
     mut id: usize,
+    time: Duration,
 ) {
     let mut stream = BufReader::new(stream);
     loop {
@@ -92,7 +102,7 @@ async fn serve(
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_millis()
-                + 120_000;
+                + time.as_millis();
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: req-{id}\r\n\
                  Lambda-Runtime-Deadline-Ms: {deadline}\r\n\
@@ -192,6 +202,65 @@ async fn a_setup_failure_is_posted_as_an_init_error() {
             .as_str()
             .is_some_and(|m| m.contains("/nonexistent/msk-sync.toml")),
         "{post:?}"
+    );
+
+    // And so is a metrics namespace CloudWatch refuses: its metrics would be dropped without a word.
+    let db = TestDb::new(Backend::Sqlite, "lambda_api_namespace").await;
+    for namespace in ["AWS/Lambda", "costs$"] {
+        let (port, mut posts) = runtime_api(Vec::new()).await;
+        let child = start_function(
+            port,
+            &[
+                ("DATABASE_URL", db.url.clone()),
+                ("MSK_SYNC_METRICS_NAMESPACE", namespace.into()),
+            ],
+        );
+        let post = next_post(&mut posts).await;
+        assert_eq!(post.path, "/2018-06-01/runtime/init/error", "{post:?}");
+        assert_eq!(post.body["errorType"], "Misconfigured", "{post:?}");
+        assert!(
+            post.body["errorMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains("MSK_SYNC_METRICS_NAMESPACE")),
+            "{post:?}"
+        );
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{namespace}");
+    }
+}
+
+/// A database that accepts connections and never answers, in an invocation with 4 s left (a function whose
+/// timeout is under `database.batch_timeout_seconds`): the batch fails as transient when the invocation's
+/// time is about to run out, saying so, instead of Lambda killing it without a word (here, before the pool's
+/// 10 s connection deadline).
+#[tokio::test]
+async fn a_hung_database_fails_the_batch_within_the_invocation_s_remaining_time() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let event = std::fs::read_to_string(event_file("mixed-partitions.json")).unwrap();
+    let (api, mut posts) = runtime_api_with_time(vec![event], Duration::from_secs(4)).await;
+    let _child = start_function(
+        api,
+        &[(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/test"),
+        )],
+    );
+    let post = next_post(&mut posts).await;
+    assert!(post.path.ends_with("/error"), "{post:?}");
+    assert_eq!(post.body["errorType"], "TransientFailure", "{post:?}");
+    let message = post.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the database did not finish it within")
+            && message.contains("the invocation's remaining time")
+            && message.contains("rolled back"),
+        "{message}"
     );
 }
 

@@ -470,11 +470,13 @@ async fn replay(
             sizes.push(bytes.len() as u64);
         }
     }
+    let batch_timeout = compiled.sink.batch_timeout;
     let mut replayer = match output {
         Output::DryRun => Replayer::DryRun(Box::new(compiled.pipeline)),
         _ => match compiled.handler(database_url).await {
             Ok(h) => Replayer::Apply {
                 handler: Box::new(h),
+                batch_timeout,
                 metrics: match (output == Output::ReportsAndMetrics)
                     .then(|| Metrics::from_env(app.name))
                     .transpose()
@@ -558,6 +560,9 @@ enum Replayer {
     Apply {
         /// Boxed: a handler is several times the size of a pipeline.
         handler: Box<Handler>,
+        /// `database.batch_timeout_seconds`: past it a file's batch is dropped (rolled back) and the replay
+        /// stops as transient, as `consume` and Lambda mode do.
+        batch_timeout: std::time::Duration,
         metrics: Option<Metrics>,
         progress: Progress,
     },
@@ -604,11 +609,23 @@ impl Replayer {
             }
             Replayer::Apply {
                 handler,
+                batch_timeout,
                 metrics,
                 progress,
             } => {
                 let started = std::time::Instant::now();
-                let outcome = handler.handle(event).await;
+                // A database that stops answering mid-statement (the server-side statement timeout cannot
+                // help: its answer never comes) fails the file's batch at its deadline instead of hanging the
+                // replay; dropping the call drops its transaction, rolled back.
+                let outcome = tokio::time::timeout(*batch_timeout, handler.handle(event))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(HandlerError::Transient(format!(
+                            "batch not applied (retry it): the database did not finish it within {} s \
+                             (database.batch_timeout_seconds); rolled back",
+                            batch_timeout.as_secs()
+                        )))
+                    });
                 let emf_line = metrics
                     .as_ref()
                     .map(|m| m.line(event, outcome.as_ref(), started.elapsed()));

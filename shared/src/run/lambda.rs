@@ -82,6 +82,7 @@ pub async fn run(app: App) -> ExitCode {
         let handler = Arc::clone(&handler);
         let metrics = Arc::clone(&metrics);
         let payload = taken.take(&event.context.request_id);
+        let deadline = Deadline::of_invocation(deadline, event.context.deadline());
         // An ERROR-level span, so that its request id reaches every log line of the invocation whatever the
         // level (lambda_runtime's own span is INFO, filtered out at WARN and above).
         let span = tracing::error_span!("invocation", requestId = %event.context.request_id);
@@ -377,12 +378,47 @@ pub async fn invoke_raw(
     .await
 }
 
+/// How long a batch's database work may take in Lambda mode: `database.batch_timeout_seconds`, or less when
+/// the invocation has less time left (a function timeout under the batch deadline), so that the batch fails
+/// with a message naming what ran out instead of being killed by Lambda without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// How long the batch may take.
+    pub limit: std::time::Duration,
+    /// Whether the invocation's remaining time set it (else `database.batch_timeout_seconds` did).
+    pub remaining_time: bool,
+}
+
+/// What a batch leaves of the invocation's time: reporting the failure and writing the batch's metrics.
+pub const INVOCATION_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Deadline {
+    /// The batch deadline of an invocation that must end by `ends` (Lambda's `Lambda-Runtime-Deadline-Ms`).
+    pub fn of_invocation(batch_timeout: std::time::Duration, ends: std::time::SystemTime) -> Self {
+        let remaining = ends
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(INVOCATION_MARGIN);
+        if remaining < batch_timeout {
+            Self {
+                limit: remaining,
+                remaining_time: true,
+            }
+        } else {
+            Self {
+                limit: batch_timeout,
+                remaining_time: false,
+            }
+        }
+    }
+}
+
 async fn respond(
     handler: ServeRef<'_>,
     event: Result<MskEvent<'_>, NotAnMskEvent>,
     partial: bool,
     metrics: Option<&Metrics>,
-    deadline: Option<std::time::Duration>,
+    deadline: Option<Deadline>,
 ) -> Result<Response, Diagnostic> {
     let event = event.map_err(|e| HandlerError::Invalid(e.to_string()))?;
     let started = Instant::now();
@@ -390,17 +426,31 @@ async fn respond(
     // a message, before Lambda's own timeout kills the invocation without one. Dropping the call drops its
     // transaction: rolled back.
     let outcome = match deadline {
-        Some(limit) => tokio::time::timeout(limit, handler.handle(&event))
+        Some(Deadline {
+            limit,
+            remaining_time,
+        }) => tokio::time::timeout(limit, handler.handle(&event))
             .await
             .unwrap_or_else(|_| {
                 tracing::warn!(
                     records = event.record_count(),
+                    deadline_ms = limit.as_millis() as u64,
+                    remaining_time,
                     "the database did not finish the batch within its deadline: rolled back"
                 );
+                let within = if remaining_time {
+                    format!(
+                        "{:.1} s (the invocation's remaining time less {} s: the function's timeout \
+                         is shorter than database.batch_timeout_seconds)",
+                        limit.as_secs_f64(),
+                        INVOCATION_MARGIN.as_secs()
+                    )
+                } else {
+                    format!("{} s (database.batch_timeout_seconds)", limit.as_secs())
+                };
                 Err(HandlerError::Transient(format!(
-                    "batch not applied (retry it): the database did not finish it within {} s \
-                     (database.batch_timeout_seconds); rolled back",
-                    limit.as_secs()
+                    "batch not applied (retry it): the database did not finish it within {within}; \
+                     rolled back"
                 )))
             }),
         None => handler.handle(&event).await,

@@ -281,8 +281,11 @@ struct RunnerContext {
     /// Consumer lag per partition, from the latest statistics, and when those came.
     lag: Mutex<BTreeMap<(String, i32), i64>>,
     lag_at: Mutex<Option<Instant>>,
-    /// Set while a failed batch waits for its retry: every partition assigned meanwhile is paused at once,
-    /// so that nothing is fetched that cannot be applied.
+    /// Records librdkafka fetched and holds for the next polls, per partition, from the same statistics:
+    /// what the runner has in memory besides its records in hand.
+    queued: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Set from a batch's first failure until it is applied or dropped (its backoffs and retries): every
+    /// partition assigned meanwhile is paused at once, so that nothing is fetched that cannot be applied.
     paused: AtomicBool,
     /// Set by every rebalance: a group that is still settling is not idle.
     rebalanced: AtomicBool,
@@ -303,12 +306,17 @@ impl ClientContext for RunnerContext {
     fn stats(&self, statistics: Statistics) {
         let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
         *self.lag_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
         lag.clear();
+        queued.clear();
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; a negative lag is not known yet.
                 if partition >= 0 && p.consumer_lag >= 0 {
                     lag.insert((topic.clone(), partition), p.consumer_lag);
+                }
+                if partition >= 0 && p.fetchq_cnt > 0 {
+                    queued.insert((topic.clone(), partition), p.fetchq_cnt);
                 }
             }
         }
@@ -745,8 +753,23 @@ impl<H: BatchHandler> Runner<H> {
     }
 
     /// Applies a batch and commits its offsets; a transient failure retries it until it succeeds, the
-    /// rebalance takes all its partitions away, or a signal stops the runner.
+    /// rebalance takes all its partitions away, or a signal stops the runner. From the first failure until
+    /// the batch is done with, every assigned partition is paused, through the backoffs and the retries
+    /// alike: nothing is fetched that cannot be applied.
     fn apply(
+        &mut self,
+        batch: Vec<Record<'static>>,
+        next_progress: &mut Instant,
+        started: Instant,
+    ) -> Result<(), ConsumeError> {
+        let applied = self.apply_until_done(batch, next_progress, started);
+        if self.consumer.context().paused.load(Ordering::Relaxed) {
+            self.resume_all();
+        }
+        applied
+    }
+
+    fn apply_until_done(
         &mut self,
         mut batch: Vec<Record<'static>>,
         next_progress: &mut Instant,
@@ -786,12 +809,11 @@ impl<H: BatchHandler> Runner<H> {
             tracing::warn!(records = batch.len(), retry_in_ms = backoff.as_millis() as u64, error = %error, "batch failed, will retry");
             // Keep polling while waiting, or the group would count this member as dead. Every assigned
             // partition is paused, also one the group assigns meanwhile (see `post_rebalance`), so nothing
-            // is fetched that cannot be applied; what was fetched before the pause waits in `pending`.
+            // is fetched that cannot be applied; what was polled before the pause waits in `pending`.
             self.pause_all();
             let until = Instant::now() + backoff;
             while Instant::now() < until {
                 if self.stop.load(Ordering::Relaxed) {
-                    self.resume_all();
                     return Err(ConsumeError::Unfinished(error));
                 }
                 if let Some(record) = self.poll_one(POLL_SLICE) {
@@ -802,7 +824,8 @@ impl<H: BatchHandler> Runner<H> {
                     *next_progress = Instant::now() + self.options.progress_every;
                 }
             }
-            self.resume_all();
+            // The retry runs with the partitions still paused (librdkafka would otherwise fetch ahead
+            // while the database keeps failing); they resume once the batch is applied or dropped.
             self.drop_revoked(&mut batch);
             if batch.is_empty() {
                 return Ok(());
@@ -955,6 +978,16 @@ impl<H: BatchHandler> Runner<H> {
             .lag_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let queued: i64 = self
+            .consumer
+            .context()
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(tp, _)| held.contains(*tp))
+            .map(|(_, n)| n)
+            .sum();
         let lag = match (lag.is_empty(), lag_at) {
             (true, _) | (_, None) => " unknown".to_string(),
             (false, Some(at)) => format!(
@@ -965,7 +998,7 @@ impl<H: BatchHandler> Runner<H> {
         let _ = writeln!(
             self.progress,
             "consume: {state}: {} records in {} batches ({:.0} records/s over the last {:.0} s), {} retries, \
-             {} partitions held, {} records in hand; lag:{lag}",
+             {} partitions held, {} records in hand, {queued} fetched ahead by the client; lag:{lag}",
             self.summary.records,
             self.summary.batches,
             rate,
