@@ -217,46 +217,40 @@ async fn mariadb_a_session_killed_mid_batch_is_said_to_be_killed() {
         .await
         .unwrap();
     let file = db.write("e.json", &event(&[json!({"id": "a", "label": "two"})]));
-    let args: Vec<String> = [
+    let args = [
         "replay",
         "--database-url",
         &db.url,
         "--config",
         cfg.to_str().unwrap(),
         file.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let batch = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cli(&args).await
-    });
-
-    // The batch's session, once it waits for the lock.
-    let mut waiting = None;
-    for _ in 0..200 {
-        let row = db
-            .conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                db.db_backend(),
-                "SELECT ID FROM information_schema.PROCESSLIST \
-                 WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND INFO LIKE 'INSERT%'",
-            ))
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            waiting = Some(row.try_get_by_index::<i64>(0).unwrap());
-            break;
+    ];
+    // The batch's session, once its upsert waits for the lock, is killed from a third connection.
+    let killer = async {
+        for _ in 0..400 {
+            let row = db
+                .conn
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db.db_backend(),
+                    "SELECT ID FROM information_schema.PROCESSLIST \
+                     WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND INFO LIKE 'INSERT%'",
+                ))
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                let id = row.try_get_by_index::<i64>(0).unwrap();
+                db.conn
+                    .execute_unprepared(&format!("KILL {id}"))
+                    .await
+                    .unwrap();
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let id = waiting.expect("the batch's upsert never waited for the row lock");
-    db.conn
-        .execute_unprepared(&format!("KILL {id}"))
-        .await
-        .unwrap();
-    let run = batch.await.unwrap();
+        false
+    };
+    let (run, killed) = tokio::join!(run_cli(&args), killer);
+    assert!(killed, "the batch's upsert never waited for the row lock");
     held.rollback().await.unwrap();
     assert_code(
         &run,
