@@ -208,7 +208,13 @@ async fn mariadb_a_session_killed_mid_batch_is_said_to_be_killed() {
         "killed.toml",
         &config("", "items", r#"["id"]"#, ITEM_COLUMNS),
     );
-    let first = replay(&db, &cfg, &db.url, &event(&[json!({"id": "a", "label": "one"})])).await;
+    let first = replay(
+        &db,
+        &cfg,
+        &db.url,
+        &event(&[json!({"id": "a", "label": "one"})]),
+    )
+    .await;
     assert_eq!(first.code, 0, "{}", first.stderr);
 
     let locker = sea_orm::Database::connect(&db.url).await.unwrap();
