@@ -1,7 +1,13 @@
 //! Key and version normalisation (`sync::normal`): what the collapse, the stale check and the SQL guard compare
-//! must be one value per entity. For any JSON value: the canonical form is a fixed point, survives a trip through
-//! its text, and does not depend on the order of object members. For any timestamp: normalised to whole
-//! milliseconds, towards the past, idempotent.
+//! must be one value per entity. For any JSON value: the canonical form is a fixed point, does not depend on the
+//! order of object members, and its text (what the database receives) names it: two canonical values are equal
+//! exactly when their texts are. For any timestamp: normalised to whole milliseconds, towards the past,
+//! idempotent.
+//!
+//! Not checked: that parsing the text gives the value back. serde_json's default float parser is not correctly
+//! rounded in the last place (`12345678901234567890123123455678901` and the shortest text of what it reads,
+//! `1.2345678901234567e34`, read as two neighbouring floats). Memory and database still agree: memory compares
+//! the float, the database the float's shortest text, and distinct floats have distinct shortest texts.
 #![no_main]
 
 use chrono::{DateTime, Timelike};
@@ -39,13 +45,11 @@ fn json(data: &[u8]) {
     // Text, not `==`: serde_json's ordered maps compare equal whatever their order.
     let text = c.to_string();
     assert_eq!(canonical(c.clone()).to_string(), text, "not a fixed point");
-    let again: Json = serde_json::from_str(&text).expect("canonical JSON is JSON");
-    assert_eq!(canonical(again).to_string(), text, "changed through its text");
-    assert_eq!(
-        canonical(reversed(&value)).to_string(),
-        text,
-        "depends on member order"
-    );
+    let reordered = canonical(reversed(&value));
+    assert_eq!(reordered.to_string(), text, "depends on member order");
+    // Equal texts, equal values (serde_json's `==` on numbers compares their values).
+    assert_eq!(reordered, c, "one text for two values");
+    let _: Json = serde_json::from_str(&text).expect("canonical JSON is JSON");
 }
 
 fn timestamp(data: &[u8]) {
