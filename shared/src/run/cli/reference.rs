@@ -101,6 +101,15 @@ pub const ENVIRONMENT: &[EnvVar] = &[
         example: "orders-entity-sync",
     },
     EnvVar {
+        name: "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        read_by: "cli, lambda",
+        default: "unset: the budgets' defaults (256 and 512 MiB)",
+        description: "The function's memory in MB. Lambda sets it (set it by hand to replay with a \
+            function's budgets); unless `[codec]` sets them, `codec.max_inflated_mib` and \
+            `codec.max_decoded_mib` derive from it.",
+        example: "256",
+    },
+    EnvVar {
         name: "AWS_LAMBDA_RUNTIME_API",
         read_by: "both",
         default: "unset: the binary runs its command line",
