@@ -394,11 +394,25 @@ pub const INVOCATION_MARGIN: std::time::Duration = std::time::Duration::from_sec
 
 impl Deadline {
     /// The batch deadline of an invocation that must end by `ends` (Lambda's `Lambda-Runtime-Deadline-Ms`).
+    /// A deadline already past, or within the margin, is not one Lambda hands over (a function's timeout is
+    /// at least 1 s, and an invocation starts with all of it); runtime emulators that count their own build
+    /// into it do (`cargo lambda watch` compiles the function on its first invocation): `batch_timeout`
+    /// alone then bounds the batch.
     pub fn of_invocation(batch_timeout: std::time::Duration, ends: std::time::SystemTime) -> Self {
-        let remaining = ends
+        let left = ends
             .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default()
-            .saturating_sub(INVOCATION_MARGIN);
+            .unwrap_or_default();
+        if left <= INVOCATION_MARGIN {
+            tracing::warn!(
+                "the invocation's deadline has passed or leaves no time (a runtime emulator's clock?): the \
+                 batch is bounded by database.batch_timeout_seconds alone"
+            );
+            return Self {
+                limit: batch_timeout,
+                remaining_time: false,
+            };
+        }
+        let remaining = left - INVOCATION_MARGIN;
         if remaining < batch_timeout {
             Self {
                 limit: remaining,
@@ -502,6 +516,39 @@ impl From<HandlerError> for Diagnostic {
         Diagnostic {
             error_type: error_type.into(),
             error_message: super::logs::without_source_lines(&e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_batch_deadline_is_the_shorter_of_the_timeout_and_the_invocation_s_time() {
+        let timeout = Duration::from_secs(30);
+        let now = SystemTime::now();
+        let long = Deadline::of_invocation(timeout, now + Duration::from_secs(300));
+        assert_eq!((long.limit, long.remaining_time), (timeout, false));
+        let short = Deadline::of_invocation(timeout, now + Duration::from_secs(5));
+        assert!(short.remaining_time, "{short:?}");
+        assert!(
+            short.limit <= Duration::from_secs(4) && short.limit > Duration::from_secs(3),
+            "{short:?}"
+        );
+    }
+
+    #[test]
+    fn a_deadline_lambda_would_never_give_leaves_the_batch_timeout() {
+        let timeout = Duration::from_secs(30);
+        let now = SystemTime::now();
+        for ends in [
+            now - Duration::from_secs(20),
+            now + Duration::from_millis(500),
+        ] {
+            let d = Deadline::of_invocation(timeout, ends);
+            assert_eq!((d.limit, d.remaining_time), (timeout, false), "{ends:?}");
         }
     }
 }
