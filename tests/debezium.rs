@@ -454,32 +454,43 @@ fn avro_value(c: &Change) -> Vec<u8> {
     framed
 }
 
+/// The history as `value` frames each change (a tombstone after each delete), with the LSN as the version:
+/// applied in order, then shuffled (`seed`) in batches of `chunk` on top, it ends in the source's state.
+async fn framed_stream_ends_in_the_source_state(
+    db: &TestDb,
+    h: &Handler,
+    value: impl Fn(&Change) -> Vec<u8>,
+    seed: u64,
+    chunk: usize,
+) {
+    let mut recs: Vec<Record> = Vec::new();
+    for c in history() {
+        recs.push((c.id, Some(value(&c)), false));
+        if c.op == "d" {
+            recs.push((c.id, None, false));
+        }
+    }
+    let report = h.handle_json(event(&recs, 0)).await.unwrap();
+    balanced(&report);
+    assert_eq!(customers(db).await, final_state());
+    let mut again = recs.clone();
+    Lcg(seed).shuffle(&mut again);
+    for (i, part) in again.chunks(chunk).enumerate() {
+        let report = h
+            .handle_json(event(part, 1_000 + i as i64 * 10))
+            .await
+            .unwrap();
+        balanced(&report);
+    }
+    assert_eq!(customers(db).await, final_state());
+}
+
 async fn the_same_stream_in_confluent_framed_avro(backend: Backend) {
     let db = TestDb::new(backend, "debezium_avro").await;
     let avsc = db.write("customers-envelope.avsc", AVRO_SCHEMA);
     let codec = format!("schemas = {{ \"31\" = \"{}\" }}\n", avsc.display());
     let h = handler(&db, &config(true, "avro-confluent", &codec)).await;
-    let mut recs: Vec<Record> = Vec::new();
-    for c in history() {
-        recs.push((c.id, Some(avro_value(&c)), false));
-        if c.op == "d" {
-            recs.push((c.id, None, false));
-        }
-    }
-    // In order, then shuffled and repeated on top: the same final state.
-    let report = h.handle_json(event(&recs, 0)).await.unwrap();
-    balanced(&report);
-    assert_eq!(customers(&db).await, final_state());
-    let mut again = recs.clone();
-    Lcg(5).shuffle(&mut again);
-    for (i, chunk) in again.chunks(3).enumerate() {
-        let report = h
-            .handle_json(event(chunk, 1_000 + i as i64 * 10))
-            .await
-            .unwrap();
-        balanced(&report);
-    }
-    assert_eq!(customers(&db).await, final_state());
+    framed_stream_ends_in_the_source_state(&db, &h, avro_value, 5, 3).await;
 }
 
 /// The envelope as Confluent's ProtobufConverter writes it for a Debezium source: `Envelope` first in the file,
@@ -554,27 +565,7 @@ async fn the_same_stream_in_confluent_framed_protobuf(backend: Backend) {
     let proto = db.write("customers-envelope.proto", PROTO);
     let codec = format!("schemas = {{ \"32\" = \"{}\" }}\n", proto.display());
     let h = handler(&db, &config(true, "protobuf", &codec)).await;
-    let mut recs: Vec<Record> = Vec::new();
-    for c in history() {
-        recs.push((c.id, Some(protobuf_value(&c)), false));
-        if c.op == "d" {
-            recs.push((c.id, None, false));
-        }
-    }
-    let report = h.handle_json(event(&recs, 0)).await.unwrap();
-    balanced(&report);
-    assert_eq!(customers(&db).await, final_state());
-    // Replayed shuffled, in small batches: the LSN keeps every row where the source left it.
-    let mut again = recs.clone();
-    Lcg(9).shuffle(&mut again);
-    for (i, chunk) in again.chunks(4).enumerate() {
-        let report = h
-            .handle_json(event(chunk, 1_000 + i as i64 * 10))
-            .await
-            .unwrap();
-        balanced(&report);
-    }
-    assert_eq!(customers(&db).await, final_state());
+    framed_stream_ends_in_the_source_state(&db, &h, protobuf_value, 9, 4).await;
 }
 
 async fn truncates_heartbeats_and_tombstones_are_filtered_with_their_reason(backend: Backend) {
