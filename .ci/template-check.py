@@ -15,6 +15,13 @@ translated templates differ only in those defaults (the transform leaves the con
 cfn-lint takes seconds per template, so cfn-lint runs on a set of them in which every setting of every axis
 occurs at least once, and on every distinct translated text (there is one today).
 
+Each translated template is also read for what a production stack must hold, with the combination's values:
+the transient-failure and offset-lag alarms on by default, every event-source mapping's retry limits as the
+parameters give them and no batch ever skipped without a destination, and an S3 destination writable
+(`s3:PutObject` on its objects, `s3:ListBucket` on the bucket). Controls prove the checks can fail (each alarm
+turned off is caught), and the Rules must refuse every combination that would skip a batch (a destination in
+on-demand mode or without a limit, a limit without a destination).
+
 usage: template-check.py [template.yaml] [output directory]; exit 1 on any failure.
 """
 
@@ -102,6 +109,20 @@ MUST_REFUSE = {
     "no topic": {"Topics": ""},
 }
 
+# Settings the stack checks must notice (each turns off something a production stack needs).
+STACK_CONTROLS = {
+    "the transient-failure alarm turned off": {"TransientFailureAlarmPeriods": "0"},
+    "the offset-lag alarm turned off": {"OffsetLagAlarmThreshold": "0"},
+}
+# Combinations the template's Rules must refuse: each would let Lambda skip a batch.
+MUST_REFUSE_RULES = {
+    "a destination in on-demand mode": {"OnFailureDestinationArn": ON_FAILURE["sqs"]["OnFailureDestinationArn"]},
+    "a destination without a retry or age limit": {
+        "ProvisionedMode": "true", "OnFailureDestinationArn": ON_FAILURE["sqs"]["OnFailureDestinationArn"]},
+    "a retry limit without a destination": {"ProvisionedMode": "true", "MaximumRetryAttempts": "3"},
+    "a record-age limit without a destination": {"ProvisionedMode": "true", "MaximumRecordAgeInSeconds": "600"},
+}
+
 
 def combinations():
     for axes in itertools.product(AUTH.items(), POLLERS.items(), ON_FAILURE.items(), VPC.items(), EXTRA.items()):
@@ -167,6 +188,97 @@ def evaluate(expr, values):
     return expr
 
 
+def resolve(expr, values, conditions, done=None):
+    """A value of the translated template with the parameters' values: Ref (a parameter; a resource stays
+    "<Ref X>"), Fn::If / Condition (through the template's Conditions), Fn::Sub of parameters, Fn::Split /
+    Select / Join, and the Rules functions; AWS::NoValue resolves to None and is dropped from lists."""
+    done = {} if done is None else done
+
+    def condition(name):
+        if name not in done:
+            done[name] = bool(resolve(conditions[name], values, conditions, done))
+        return done[name]
+
+    def go(e):
+        if isinstance(e, list):
+            return [x for x in (go(x) for x in e) if x is not None]
+        if not isinstance(e, dict):
+            return e
+        if len(e) == 1:
+            ((fn, arg),) = e.items()
+            if fn == "Ref":
+                return None if arg == "AWS::NoValue" else values.get(arg, f"<Ref {arg}>")
+            if fn == "Condition":
+                return condition(arg)
+            if fn == "Fn::If":
+                return go(arg[1] if condition(arg[0]) else arg[2])
+            if fn == "Fn::Sub" and isinstance(arg, str):
+                out = arg
+                for key, value in values.items():
+                    out = out.replace("${" + key + "}", str(value))
+                return out
+            if fn == "Fn::Split":
+                return str(go(arg[1])).split(arg[0])
+            if fn == "Fn::Select":
+                items = go(arg[1])
+                at = int(go(arg[0]))
+                return items[at] if at < len(items) else ""
+            if fn == "Fn::Join":
+                return arg[0].join(str(x) for x in go(arg[1]))
+            if fn in ("Fn::Equals", "Fn::Not", "Fn::And", "Fn::Or"):
+                return evaluate({fn: [go(x) for x in arg]}, values)
+        return {k: v for k, v in ((k, go(v)) for k, v in e.items()) if v is not None}
+
+    return go(expr)
+
+
+def stack_problems(template, params):
+    """What a production stack must hold (issue 37 items 6 and 7), read off one translated template with its
+    combination's values: the outage alarms on by default, no batch skipped unless a limit and a destination
+    are given, and an S3 destination writable."""
+    values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+    values.update(params)
+    conditions = template.get("Conditions", {})
+    done = {}
+    resources = {
+        name: r
+        for name, r in template["Resources"].items()
+        if "Condition" not in r or resolve({"Condition": r["Condition"]}, values, conditions, done)
+    }
+
+    def of_type(kind):
+        return [resolve(r.get("Properties", {}), values, conditions, done) for r in resources.values()
+                if r["Type"] == kind]
+
+    problems = []
+    alarms = of_type("AWS::CloudWatch::Alarm")
+    for metric, namespace in (("TransientFailure", None), ("OffsetLag", "AWS/Lambda")):
+        if not any(a.get("MetricName") == metric and namespace in (None, a.get("Namespace")) for a in alarms):
+            problems.append(f"no alarm on {metric}")
+    mappings = of_type("AWS::Lambda::EventSourceMapping")
+    if not mappings:
+        problems.append("no event-source mapping")
+    destination = params.get("OnFailureDestinationArn", "")
+    for m in mappings:
+        limits = {k: str(m.get(k, "-1")) for k in ("MaximumRetryAttempts", "MaximumRecordAgeInSeconds")}
+        given = {k: params.get(k, "-1") for k in limits}
+        if limits != given:
+            problems.append(f"a mapping's retry limits are {limits}, the parameters say {given}")
+        if not destination and (set(limits.values()) != {"-1"} or "DestinationConfig" in m):
+            problems.append("a mapping without a destination may skip a batch")
+        sent_to = m.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination", "")
+        if destination and sent_to != destination:
+            problems.append(f"a mapping sends failed batches to {sent_to!r}, not {destination!r}")
+    if destination.startswith("arn:aws:s3:::"):
+        statements = [s for p in of_type("AWS::IAM::ManagedPolicy") for s in p["PolicyDocument"]["Statement"]]
+        statements += [s for r in of_type("AWS::IAM::Role") for p in r.get("Policies", [])
+                       for s in p["PolicyDocument"]["Statement"]]
+        for action, resource in (("s3:PutObject", f"{destination}/*"), ("s3:ListBucket", destination)):
+            if not any(s.get("Action") == action and s.get("Resource") == resource for s in statements):
+                problems.append(f"no {action} on {resource}")
+    return problems
+
+
 def refused(template, params):
     """The descriptions of the template's Rules assertions this combination fails."""
     values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
@@ -199,6 +311,18 @@ def main():
             failures.append(f"the template accepts {what} ({bad})")
     print(f"parameter values refused as they must be: {len(MUST_REFUSE) - len(failures)} of {len(MUST_REFUSE)}",
           flush=True)
+    # The stack checks can fail: each alarm turned off is caught.
+    for what, bad in STACK_CONTROLS.items():
+        template = copy.deepcopy(parsed)
+        validator.sam_template, validator.parameter_overrides = template, {**REQUIRED, **bad}
+        if not stack_problems(yaml_parse(validator.get_translated_template_if_valid()), {**REQUIRED, **bad}):
+            failures.append(f"the stack checks are blind to {what} ({bad})")
+    # Combinations that would skip a batch are refused before anything is created.
+    for what, bad in MUST_REFUSE_RULES.items():
+        if not refused(parsed, {**REQUIRED, **bad}):
+            failures.append(f"the template's Rules let {what} through ({bad})")
+    print(f"stack controls and skipping combinations refused: {len(STACK_CONTROLS) + len(MUST_REFUSE_RULES)}",
+          flush=True)
     for name, settings, params in combinations():
         template = copy.deepcopy(parsed)
         problems = check_parameters(template["Parameters"], params)
@@ -214,6 +338,9 @@ def main():
         except Exception as e:  # the transform's own message says what is wrong
             failures.append(f"{name}: SAM transform: {e}")
             continue
+        problems = stack_problems(translated, params)
+        if problems:
+            failures.append(f"{name}: " + "; ".join(problems))
         text = json.dumps(translated, sort_keys=True)
         # This combination's values become the defaults cfn-lint evaluates.
         for key, value in params.items():
