@@ -46,8 +46,7 @@ fn relative(path: &Path, from: &Path) -> Option<PathBuf> {
         base = base.parent()?;
         up.push(Component::ParentDir);
     }
-    if base.parent().is_none() {
-        return None;
-    }
+    // Sharing only the root: an absolute path says more.
+    base.parent()?;
     Some(up.join(path.strip_prefix(base).ok()?))
 }
