@@ -8,25 +8,29 @@
 //!
 //! Data flows one way; no module imports a later stage.
 //!
-//! - [`event`]: the MSK event model and the flatten + order step.
-//! - [`decode`]: base64 and one file per value format, into [`message::Message`]s (JSON's data model,
-//!   borrowing from the record's bytes).
+//! - [`event`]: the MSK event model and the flatten + order step (`event/seeds.rs`: the one-pass reader).
+//! - [`decode`]: base64 and one file (or folder: `avro/`, `protobuf/`) per value format, into
+//!   [`message::Message`]s (JSON's data model, borrowing from the record's bytes).
 //! - `filter`: the emit filter (aether); `mask`: classification masking (aether, plus nested records).
 //! - [`change`]: what a message asks for: bedrock's `changeType`, a sync's own change field, or Debezium's `op`.
 //! - `topics`: which sync receives a topic (exact names, globs, `*`).
-//! - [`sync`]: mappings (declarative and typed), the preflight against the database, collapse per key, bulk
-//!   apply, dead letters, the version guard.
-//! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`]; the [`pipeline::Handler`].
+//! - [`sync`]: mappings (declarative and typed), the preflight against the database (`setup`, `preflight/`),
+//!   collapse per key (`collapse`), bulk apply (`apply`, `statements`), what a database error means
+//!   (`db_error`), dead letters, the version guard.
+//! - [`pipeline`]: the stages over one batch, producing a [`report::BatchReport`] (`pipeline/batch.rs`: where
+//!   each message's fate is settled); the [`pipeline::Handler`] (`pipeline/handler.rs`).
 //! - [`redrive`]: dead letters run again through the current config; [`preview`]: `replay --plan`, a batch
 //!   applied in a transaction that is rolled back, message by message.
 //! - [`report`]: the batch report, which is also the Lambda response.
 //! - [`metrics`]: a batch's report as CloudWatch Embedded Metric Format (Lambda's stdout, `--emf`).
 //! - `text`: strings borrowed from serde, UTF-8 checks (shared by the event and the messages).
-//! - `threads`: the threads a batch is read and planned on, which stay up between batches.
+//! - `threads`: the threads a batch is read and planned on, which stay up between batches, and their limit
+//!   (below both `decode` and `pipeline`, which read it).
 //! - [`config`]: the configuration file and its validation.
 //! - [`run`]: the ways in: Lambda, `replay` (and `--plan`), `redrive`, `config check`, and the local runner on a
 //!   Kafka broker (`consume`, `publish`, feature `kafka`), and the database secret read from Secrets Manager
-//!   (`run::secret`, feature `aws`). The only module that knows about Lambda, Kafka or AWS clients.
+//!   (`run::secret`, feature `aws`). One file per command under `run/cli/`; the runner's loop in
+//!   `run/local/runner.rs`. The only module that knows about Lambda, Kafka or AWS clients.
 //!
 //! `filter`, `mask`, `topics`, `text` and `threads` are internal; their settings are in [`config`].
 //!

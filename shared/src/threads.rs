@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rayon_core::{ThreadPool, ThreadPoolBuilder};
 
+/// The most threads a batch is decoded on, whatever `codec.threads` says (each thread holds a copy of the
+/// batch's schema snapshot; Lambda has at most six CPUs).
+pub const MAX_THREADS: usize = 256;
+
 /// How many pools are kept, one per number of threads: a process reads and plans with one number
 /// (`codec.threads`); tests and the fuzz targets use a few.
 const POOLS: usize = 4;

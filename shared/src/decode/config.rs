@@ -97,7 +97,7 @@ pub struct CodecConfig {
     /// The most threads one batch is decoded on (default: the CPUs the process may use; see
     /// [`crate::pipeline::Pipeline::plan_batch`]). `1` decodes on the handler's thread only.
     #[serde(default)]
-    #[schemars(range(min = 1, max = crate::pipeline::MAX_THREADS), example = 2)]
+    #[schemars(range(min = 1, max = crate::threads::MAX_THREADS), example = 2)]
     pub threads: Option<usize>,
 }
 
@@ -113,11 +113,11 @@ impl CodecConfig {
         let schemas = Schemas::build(self, files, &mut problems);
         let value = format::Value::build(self, &schemas, &mut problems);
         if let Some(n) = self.threads
-            && !(1..=crate::pipeline::MAX_THREADS).contains(&n)
+            && !(1..=crate::threads::MAX_THREADS).contains(&n)
         {
             problems.push(format!(
                 "codec.threads must be between 1 and {}",
-                crate::pipeline::MAX_THREADS
+                crate::threads::MAX_THREADS
             ));
         }
         let memory = super::memory::function_memory_mib();
