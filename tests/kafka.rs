@@ -1462,12 +1462,15 @@ async fn tansu_partitions_assigned_while_a_batch_is_retried_are_not_fetched() {
     }
     // B leaves the group: its two partitions go to A, while A's batch waits for a retry.
     b_stop.store(true, Ordering::SeqCst);
+    // B stops either with its batch unfinished or, when a rebalance took that batch's partitions from it
+    // meanwhile (a busy machine delays heartbeats), with the batch dropped: neither is what this test is about.
     let b_outcome = tokio::time::timeout(Duration::from_secs(30), b)
         .await
         .expect("runner B did not stop")
         .unwrap();
     assert!(
-        matches!(b_outcome, Err(ConsumeError::Unfinished(_))),
+        matches!(b_outcome, Err(ConsumeError::Unfinished(_)))
+            || matches!(&b_outcome, Ok(s) if s.records == 0 && s.dropped_on_revoke > 0),
         "{b_outcome:?}"
     );
     let mark = a_lines.text().len();
