@@ -188,6 +188,13 @@ def evaluate(expr, values):
     return expr
 
 
+def parameter_values(template, params):
+    """Every parameter's value as text: the combination's, else the template's default."""
+    values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+    values.update(params)
+    return values
+
+
 def resolve(expr, values, conditions, done=None):
     """A value of the translated template with the parameters' values: Ref (a parameter; a resource stays
     "<Ref X>"), Fn::If / Condition (through the template's Conditions), Fn::Sub of parameters, Fn::Split /
@@ -236,8 +243,7 @@ def stack_problems(template, params):
     """What a production stack must hold (issue 37 items 6 and 7), read off one translated template with its
     combination's values: the outage alarms on by default, no batch skipped unless a limit and a destination
     are given, and an S3 destination writable."""
-    values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
-    values.update(params)
+    values = parameter_values(template, params)
     conditions = template.get("Conditions", {})
     done = {}
     resources = {
@@ -281,8 +287,7 @@ def stack_problems(template, params):
 
 def refused(template, params):
     """The descriptions of the template's Rules assertions this combination fails."""
-    values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
-    values.update(params)
+    values = parameter_values(template, params)
     out = []
     for rule in template.get("Rules", {}).values():
         if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], values):
